@@ -1,0 +1,162 @@
+"""Value types shared by every layer: what is desired, what Zoho shows, and what Zoho answered.
+
+All instants are timezone-aware UTC datetimes; channel ids are strings everywhere (Zoho's SDKs mix
+int and str). Events are compared as sets of (module, op) with ``Module.all`` expanded, because the
+GET listing reports ``Deals.all`` as its three explicit operations.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta, timezone
+from typing import Any, Literal
+
+OPS: tuple[str, ...] = ("create", "edit", "delete")
+"""The operations ``Module.all`` stands for."""
+
+Event = tuple[str, str]
+"""(module API name, op) with op one of OPS."""
+
+_EVENT_RE = re.compile(r"^([A-Za-z][A-Za-z0-9_ ]*)\.(create|edit|delete|all)$")
+
+
+class EventError(ValueError):
+    """An event string that is not ``Module.op``."""
+
+
+def parse_event(text: str) -> frozenset[Event]:
+    """``"Deals.all"`` -> the three explicit events; anything not ``Module.op`` raises EventError."""
+    match = _EVENT_RE.match(text)
+    if match is None:
+        raise EventError(f"event {text!r} is not Module.op (op one of create, edit, delete, all)")
+    module, op = match.groups()
+    if op == "all":
+        return frozenset((module, o) for o in OPS)
+    return frozenset({(module, op)})
+
+
+def parse_events(texts: Iterable[str]) -> frozenset[Event]:
+    out: set[Event] = set()
+    for text in texts:
+        out |= parse_event(text)
+    return frozenset(out)
+
+
+def format_events(events: Iterable[Event]) -> list[str]:
+    """Sorted event strings, collapsing a module with all three ops back to ``Module.all``."""
+    by_module: dict[str, set[str]] = {}
+    for module, op in events:
+        by_module.setdefault(module, set()).add(op)
+    out: list[str] = []
+    for module in sorted(by_module):
+        ops = by_module[module]
+        if ops >= set(OPS):
+            out.append(f"{module}.all")
+        else:
+            out.extend(f"{module}.{op}" for op in OPS if op in ops)
+    return out
+
+
+def modules_of(events: Iterable[Event]) -> list[str]:
+    return sorted({module for module, _ in events})
+
+
+def utc(dt: datetime) -> datetime:
+    """An aware datetime converted to UTC; naive datetimes are refused (they hide a timezone bug)."""
+    if dt.tzinfo is None or dt.utcoffset() is None:
+        raise ValueError(f"naive datetime {dt!r}: every instant must carry its offset")
+    return dt.astimezone(UTC)
+
+
+def parse_instant(text: str) -> datetime:
+    """Zoho's ISO 8601 with an offset (``2021-05-11T15:01:32+05:30``) -> aware UTC."""
+    return utc(datetime.fromisoformat(text.strip().replace("Z", "+00:00")))
+
+
+def format_instant(dt: datetime, offset: timedelta = timedelta(0)) -> str:
+    """ISO 8601 with a numeric offset and no fractional seconds, as Zoho expects ``channel_expiry``."""
+    return utc(dt).astimezone(timezone(offset)).replace(microsecond=0).isoformat()
+
+
+def canonical_json(value: Any) -> str | None:
+    """A stable text form of a JSON value (for ``notification_condition``), None for None."""
+    if value is None:
+        return None
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
+Product = Literal["crm", "bigin"]
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelSpec:
+    """One desired channel, secrets already resolved (never log ``token``)."""
+
+    account: str
+    channel_id: str
+    events: frozenset[Event]
+    notify_url: str
+    ttl: timedelta
+    name: str | None = None
+    token: str | None = None
+    notify_on_related_action: bool = False
+    return_affected_field_values: bool = False
+    notification_condition: str | None = None
+    """canonical_json of the list as written in the state file, passed through to Zoho."""
+
+    @property
+    def label(self) -> str:
+        return self.name or self.channel_id
+
+
+@dataclass(frozen=True, slots=True)
+class WatchItem:
+    """A channel as sent in a POST/PUT/PATCH: the spec plus the expiry we ask for."""
+
+    spec: ChannelSpec
+    expires_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class ObservedChannel:
+    """One channel as the GET listing shows it, its per-module rows merged."""
+
+    channel_id: str
+    events: frozenset[Event]
+    notify_url: str
+    expires_at: datetime
+    """The earliest expiry over its modules, aware UTC."""
+    token: str | None = None
+    notify_on_related_action: bool | None = None
+    return_affected_field_values: bool | None = None
+    notification_condition: str | None = None
+
+    @property
+    def modules(self) -> list[str]:
+        return modules_of(self.events)
+
+
+@dataclass(frozen=True, slots=True)
+class ItemResult:
+    """Zoho's answer for one channel in a write request, whatever the HTTP status was."""
+
+    channel_id: str
+    ok: bool
+    code: str
+    message: str = ""
+    expires_at: datetime | None = None
+    """On success, the earliest ``channel_expiry`` over the modules Zoho reported."""
+    api_name: str | None = None
+    json_path: str | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def not_found(self) -> bool:
+        """Zoho no longer knows the channel (lapsed, or deleted behind our back)."""
+        return self.code in NOT_FOUND_CODES
+
+
+NOT_FOUND_CODES = frozenset({"NOT_SUBSCRIBED", "RESOURCE_NOT_FOUND"})
