@@ -160,3 +160,29 @@ class ItemResult:
 
 
 NOT_FOUND_CODES = frozenset({"NOT_SUBSCRIBED", "RESOURCE_NOT_FOUND"})
+
+
+ChannelState = Literal["pending", "active", "at_risk", "lapsed", "failed", "removing"]
+
+
+@dataclass(frozen=True, slots=True)
+class RegistryEntry:
+    """What the store knows of a channel watchkeeper owns (created or adopted): the planner's view.
+
+    ``applied`` is the spec last accepted by Zoho, so a changed state file is seen as drift even
+    on a pass that did not list. ``renew_at`` is drawn once per granted lifetime and stored, so a
+    restart does not redraw it. ``retry_at`` holds a failed channel back until then.
+    """
+
+    account: str
+    channel_id: str
+    state: ChannelState
+    applied: ChannelSpec | None = None
+    expires_at: datetime | None = None
+    lifetime: timedelta | None = None
+    renew_at: datetime | None = None
+    failures: int = 0
+    retry_at: datetime | None = None
+    last_error: str | None = None
+    terminal: bool = False
+    """The last failure was one retrying will not fix (a rejected item, bad credentials)."""
