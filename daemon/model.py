@@ -7,6 +7,7 @@ GET listing reports ``Deals.all`` as its three explicit operations.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from collections.abc import Iterable
@@ -159,6 +160,15 @@ class ItemResult:
         return self.code in NOT_FOUND_CODES
 
 
+def token_digest(account: str, channel_id: str, token: str | None) -> str | None:
+    """A one-way fingerprint of a channel token, so the store can notice a changed token without
+    keeping it (DESIGN.md section 5: verification tokens are never stored)."""
+    if token is None:
+        return None
+    material = "\0".join(("watchkeeper-token-v1", account, channel_id, token)).encode()
+    return hashlib.sha256(material).hexdigest()
+
+
 NOT_FOUND_CODES = frozenset({"NOT_SUBSCRIBED", "RESOURCE_NOT_FOUND"})
 
 
@@ -178,6 +188,8 @@ class RegistryEntry:
     channel_id: str
     state: ChannelState
     applied: ChannelSpec | None = None
+    """Its ``token`` is always None: the store never keeps channel tokens, only their digest."""
+    applied_token_digest: str | None = None
     expires_at: datetime | None = None
     lifetime: timedelta | None = None
     renew_at: datetime | None = None
