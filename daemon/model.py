@@ -102,7 +102,7 @@ class ChannelSpec:
     notify_url: str
     ttl: timedelta
     name: str | None = None
-    token: str | None = None
+    token: str | None = field(default=None, repr=False)
     notify_on_related_action: bool = False
     return_affected_field_values: bool = False
     notification_condition: str | None = None
@@ -130,7 +130,7 @@ class ObservedChannel:
     notify_url: str
     expires_at: datetime
     """The earliest expiry over its modules, aware UTC."""
-    token: str | None = None
+    token: str | None = field(default=None, repr=False)
     notify_on_related_action: bool | None = None
     return_affected_field_values: bool | None = None
     notification_condition: str | None = None

@@ -6,8 +6,12 @@ tests (and the soak harness) are reproducible.
 
 from __future__ import annotations
 
+import random
+from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
+
+from daemon.model import RegistryEntry, utc
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,3 +30,116 @@ class Policy:
     """Under this fraction of the lifetime left, renew at once (channel.at_risk)."""
     terminal_retry: timedelta = timedelta(hours=1)
     """A terminal failure is retried after a reload, or after this long."""
+    retry_margin: timedelta = timedelta(seconds=5)
+    """A retry capped by the expiry is placed this far before it, so the request lands in time."""
+    retry_floor: timedelta = timedelta(seconds=1)
+    """The least a retry waits: a channel failing right at its expiry must not spin (under a frozen
+    clock a zero wait would never let time move on)."""
+    clamp_fraction: float = 0.90
+    """Zoho granting under this fraction of the requested lifetime means it used its default."""
+    reconcile_jitter: float = 0.10
+    """Listings are spread by this fraction either way so several daemons do not list in step."""
+
+
+def draw_renew_at(
+    granted_at: datetime, expires_at: datetime, policy: Policy, rng: random.Random
+) -> datetime:
+    """A random point within ``renew_window`` of the lifetime Zoho granted (not the one requested:
+    Zoho may have clamped it), drawn once per renewal and stored so a restart does not redraw it.
+    A lifetime already over (clock skew, a slow answer) renews at once."""
+    lifetime = utc(expires_at) - utc(granted_at)
+    if lifetime <= timedelta(0):
+        return utc(granted_at)
+    low, high = policy.renew_window
+    return utc(granted_at) + lifetime * rng.uniform(low, high)
+
+
+def emergency_at(expires_at: datetime, lifetime: timedelta, policy: Policy) -> datetime:
+    """From this instant on the channel is at risk and is renewed at once, whatever its renew_at."""
+    return utc(expires_at) - lifetime * policy.emergency_fraction
+
+
+def is_at_risk(expires_at: datetime, lifetime: timedelta, now: datetime, policy: Policy) -> bool:
+    """At most ``emergency_fraction`` of the lifetime left. Inclusive, so that waking up exactly at
+    ``emergency_at`` (what next_due returns) finds the renewal due instead of waking again."""
+    return utc(now) >= emergency_at(expires_at, lifetime, policy)
+
+
+def backoff(failures: int, policy: Policy, rng: random.Random) -> timedelta:
+    """Full jitter: uniform over [0, min(retry_max, retry_initial * 2**(failures-1))], so a fleet
+    failing together does not retry together. ``failures`` counts the failure just had (>= 1)."""
+    if failures < 1:
+        raise ValueError(f"failures must be at least 1, not {failures}")
+    # The exponent is bounded so a long failure streak cannot overflow timedelta.
+    cap = min(policy.retry_max, policy.retry_initial * (1 << min(failures - 1, 32)))
+    return cap * rng.random()
+
+
+def next_retry(
+    now: datetime,
+    failures: int,
+    expires_at: datetime | None,
+    policy: Policy,
+    rng: random.Random,
+    *,
+    terminal: bool = False,
+) -> datetime:
+    """When a failed channel is next tried.
+
+    Transient: now + backoff, but while the channel is still live the retry comes ``retry_margin``
+    before its expiry at the latest, so backing off never lets it lapse. Never sooner than
+    ``retry_floor`` (which may pass an expiry closer than that: nothing can be done in time then,
+    and the lapse is repaired by re-creating). Terminal: retrying will not help, so wait
+    ``terminal_retry`` (a reload retries sooner), expiry or not.
+    """
+    now = utc(now)
+    if terminal:
+        return now + policy.terminal_retry
+    delay = backoff(failures, policy, rng)
+    if expires_at is not None and utc(expires_at) > now:
+        delay = min(delay, utc(expires_at) - policy.retry_margin - now)
+    return now + max(delay, policy.retry_floor)
+
+
+def batch_horizon(lifetime: timedelta, policy: Policy) -> timedelta:
+    """How far ahead of its renew_at a channel may be renewed to join a due renewal of its account:
+    a little lifetime traded for far fewer requests."""
+    return lifetime * policy.batch_fraction
+
+
+def expiry_clamped(requested: timedelta, granted: timedelta, policy: Policy) -> bool:
+    """Zoho answered with far less than asked (it falls back to a 1-2 hour default for expiries it
+    dislikes): worth a ``channel.expiry_clamped`` warning; the schedule follows what it granted."""
+    return granted < requested * policy.clamp_fraction
+
+
+def next_reconcile(now: datetime, policy: Policy, rng: random.Random) -> datetime:
+    """The next full listing: ``reconcile_every`` with ±``reconcile_jitter`` spread."""
+    spread = policy.reconcile_jitter
+    return utc(now) + policy.reconcile_every * rng.uniform(1 - spread, 1 + spread)
+
+
+def entry_due(entry: RegistryEntry, now: datetime, policy: Policy) -> datetime:
+    """When the planner will next have something to do for this channel, all else unchanged.
+
+    Held back: its retry_at (nothing happens before). Otherwise its renew_at, or its emergency time
+    if that comes first; a lapsed channel, or one with no schedule (never granted, no renew_at), is
+    due now.
+    """
+    now = utc(now)
+    if entry.retry_at is not None and utc(entry.retry_at) > now:
+        return utc(entry.retry_at)
+    if entry.state == "lapsed" or entry.expires_at is None or entry.renew_at is None:
+        return now
+    if entry.lifetime is None:  # no emergency tier to compute: at the latest, notice the lapse
+        return min(utc(entry.renew_at), utc(entry.expires_at))
+    return min(utc(entry.renew_at), emergency_at(entry.expires_at, entry.lifetime, policy))
+
+
+def next_due(entries: Iterable[RegistryEntry], now: datetime, policy: Policy) -> datetime | None:
+    """The earliest entry_due over ``entries``; None when there are none.
+
+    Pass only channels the planner can act on: a channel whose deletion was refused keeps a past
+    renew_at and would otherwise make every instant due.
+    """
+    return min((entry_due(entry, now, policy) for entry in entries), default=None)

@@ -1,0 +1,186 @@
+"""``watchkeeper``: argument parsing and one function per command; no business logic.
+
+Exit codes (DESIGN.md section 4): validate 0 / 78; plan 0 in sync, 2 changes pending, 1 error;
+apply 0 all done, 1 something failed. Results go to stdout, log lines to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from daemon import __version__, logs, report
+from daemon.config import ConfigError, DesiredState, load
+from daemon.zoho.errors import ZohoError
+
+EX_OK, EX_ERROR, EX_PENDING, EX_CONFIG = 0, 1, 2, 78
+
+
+def _state_path(args: argparse.Namespace) -> Path:
+    return Path(args.state or os.environ.get("WATCHKEEPER_STATE") or "state/channels.toml")
+
+
+def _db_path(args: argparse.Namespace, state: DesiredState) -> Path:
+    explicit = args.db or os.environ.get("WATCHKEEPER_DB")
+    return Path(explicit) if explicit else state.database
+
+
+def _load(args: argparse.Namespace) -> DesiredState | None:
+    try:
+        return load(_state_path(args))
+    except ConfigError as exc:
+        for issue in exc.issues:
+            print(f"error: {issue}", file=sys.stderr)
+        return None
+    except OSError as exc:
+        print(f"error: cannot read state file {_state_path(args)}: {exc.strerror}", file=sys.stderr)
+        return None
+
+
+def _emit(args: argparse.Namespace, doc: dict[str, Any], text: str) -> None:
+    print(json.dumps(doc, indent=2) if args.json else text)
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    state = _load(args)
+    if state is None:
+        return EX_CONFIG
+    counts = f"{len(state.accounts)} account(s), {len(state.channels)} channel(s)"
+    print(f"{_state_path(args)}: valid ({counts})")
+    return EX_OK
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from daemon.runtime import open_engine
+
+    state = _load(args)
+    if state is None:
+        return EX_ERROR
+    try:
+        with open_engine(state, _db_path(args, state)) as engine:
+            result = engine.plan(engine.list_all(), datetime.now(UTC) + engine.skew)
+    except ZohoError as exc:
+        print(f"error: listing failed: {exc}", file=sys.stderr)
+        return EX_ERROR
+    names = {(c.account, c.channel_id): c.name for c in state.channels}
+    doc = report.plan_json(result, names)
+    _emit(args, doc, report.plan_text(doc))
+    return EX_OK if doc["in_sync"] else EX_PENDING
+
+
+def cmd_apply(args: argparse.Namespace) -> int:
+    from daemon.runtime import open_engine
+
+    state = _load(args)
+    if state is None:
+        return EX_ERROR
+    with open_engine(state, _db_path(args, state)) as engine:
+        confirmed = engine.undesired() if args.allow_mass_delete else frozenset()
+        result = engine.run_pass(datetime.now(UTC), listing=True, confirmed=confirmed)
+    doc = report.apply_json(result)
+    _emit(args, doc, report.apply_text(doc))
+    return EX_OK if result.ok else EX_ERROR
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from daemon.store import Store
+
+    state = _load(args)
+    if state is None:
+        return EX_ERROR
+    store = Store(_db_path(args, state))
+    try:
+        rows, foreign = store.status_rows(), store.foreign()
+    finally:
+        store.close()
+    _emit(args, report.status_json(rows, foreign), report.status_text(rows, foreign, datetime.now(UTC)))
+    return EX_OK
+
+
+def cmd_gaps(args: argparse.Namespace) -> int:
+    from daemon.store import Store
+
+    state = _load(args)
+    if state is None:
+        return EX_ERROR
+    since = datetime.fromisoformat(args.since).astimezone(UTC) if args.since else None
+    store = Store(_db_path(args, state))
+    try:
+        gaps = store.gaps(since=since, channel_id=args.channel)
+    finally:
+        store.close()
+    _emit(args, report.gaps_json(gaps), report.gaps_text(gaps, datetime.now(UTC)))
+    return EX_OK
+
+
+def cmd_emulate(args: argparse.Namespace) -> int:
+    from daemon.emulator import serve
+
+    serve(args.host, args.port)
+    return EX_OK
+
+
+def _iso(text: str) -> str:
+    try:
+        datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an ISO 8601 instant: {text!r}") from None
+    return text
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="watchkeeper", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"watchkeeper {__version__}")
+    parser.add_argument(
+        "--state", help="state file (default $WATCHKEEPER_STATE, else state/channels.toml)"
+    )
+    parser.add_argument("--db", help="SQLite database (default $WATCHKEEPER_DB, else [daemon].database)")
+    parser.add_argument("--log-format", choices=["auto", "json", "console"], default="auto")
+    parser.add_argument(
+        "--log-level", type=str.lower, choices=["debug", "info", "warning", "error"], default="info"
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    sub.add_parser("validate", help="check the state file (exit 0 valid, 78 invalid)").set_defaults(
+        func=cmd_validate
+    )
+    p = sub.add_parser("plan", help="what apply would do (exit 0 in sync, 2 changes pending, 1 error)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_plan)
+    p = sub.add_parser("apply", help="one reconcile pass (exit 0 all done, 1 something failed)")
+    p.add_argument("--json", action="store_true")
+    p.add_argument(
+        "--allow-mass-delete", action="store_true", help="confirm deletions the guards refused"
+    )
+    p.set_defaults(func=cmd_apply)
+    p = sub.add_parser("status", help="one row per channel: state, expiry, next renewal, failures")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_status)
+    p = sub.add_parser("gaps", help="windows in which a channel was not live (to backfill)")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--since", type=_iso, help="only gaps open or ended after this instant")
+    p.add_argument("--channel", help="only this channel id")
+    p.set_defaults(func=cmd_gaps)
+    p = sub.add_parser("emulate", help="run the local Zoho emulator")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8765)
+    p.set_defaults(func=cmd_emulate)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    one_shot = args.command not in ("emulate",)
+    logs.configure(args.log_format, args.log_level, sys.stderr if one_shot else sys.stdout)
+    code: int = args.func(args)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

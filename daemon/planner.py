@@ -1,0 +1,347 @@
+"""PURE: what to do, given what is desired, what Zoho shows, what we own, and the time.
+
+``plan`` is the whole decision (DESIGN.md section 3); the engine only carries it out. It never reads
+the clock nor does I/O, so tests and the soak harness can replay any situation exactly.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Literal
+
+from daemon.model import (
+    ChannelSpec,
+    Event,
+    ObservedChannel,
+    RegistryEntry,
+    canonical_json,
+    token_digest,
+    utc,
+)
+from daemon.policy import Policy, batch_horizon, is_at_risk
+
+ActionKind = Literal["create", "adopt", "renew", "repair", "delete"]
+Key = tuple[str, str]
+"""(account, channel_id): a channel id is only unique within its account."""
+
+DRIFT_FIELDS: tuple[str, ...] = (
+    "events",
+    "notify_url",
+    "token",
+    "notify_on_related_action",
+    "return_affected_field_values",
+    "notification_condition",
+)
+"""The fields Zoho keeps per channel, in the order drift is reported. ``ttl`` and ``name`` are not
+among them: a new ttl rides on the next renewal and a name is only a label in our logs."""
+
+
+@dataclass(frozen=True, slots=True)
+class Action:
+    """One thing to do to one channel.
+
+    ``reason``: create "new" / "retry" (never granted yet; "retry" after failures) / "lapsed" /
+    "vanished"; adopt "found"; renew "due" / "at_risk" / "batched"; repair "drift" (the listing
+    differs) / "changed" (the state file changed since it was applied); delete "undesired".
+    """
+
+    kind: ActionKind
+    account: str
+    channel_id: str
+    spec: ChannelSpec | None = field(repr=False)
+    """The desired spec; None for a delete. Out of repr: it carries the channel token."""
+    reason: str
+    drift: tuple[str, ...] = ()
+    """Names (never values) of the fields that differ, in DRIFT_FIELDS order."""
+    at_risk: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """Deletions held back by a guard, one per account so the ids are unambiguous."""
+
+    reason: Literal["empty", "mass_delete"]
+    account: str | None
+    channel_ids: tuple[str, ...]
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    actions: tuple[Action, ...]
+    foreign: tuple[tuple[str, ObservedChannel], ...]
+    """(account, channel) live but neither owned nor desired: reported, never touched."""
+    refused: tuple[Refusal, ...]
+
+    @property
+    def changes(self) -> bool:
+        """Something is pending: an action, or deletions waiting for a confirmation."""
+        return bool(self.actions or self.refused)
+
+
+@dataclass(frozen=True, slots=True)
+class _Idle:
+    """A live channel with nothing due: it may still join a due renewal of its account."""
+
+    spec: ChannelSpec
+    renew_at: datetime
+    lifetime: timedelta
+
+
+def plan(
+    desired: Sequence[ChannelSpec],
+    observed: Mapping[str, Mapping[str, ObservedChannel] | None],
+    registry: Mapping[Key, RegistryEntry],
+    now: datetime,
+    policy: Policy,
+    *,
+    confirmed_deletes: frozenset[Key] = frozenset(),
+) -> Plan:
+    """Decide every action of one pass: at most one per channel, sorted by (account, kind, id).
+
+    ``observed`` maps an account to its listing by channel id; None (or a missing account) means
+    not listed this pass, so nothing is created for the first time there. The mass-delete guard is
+    global: it weighs the deletions against all managed channels, whatever their account.
+    """
+    now = utc(now)
+    wanted = _index(desired)
+    actions: list[Action] = []
+    idle: list[_Idle] = []
+    for key, spec in wanted.items():
+        outcome = _for_desired(spec, observed.get(key[0]), registry.get(key), now, policy)
+        if isinstance(outcome, Action):
+            actions.append(outcome)
+        elif outcome is not None:
+            idle.append(outcome)
+    actions += _batched(idle, actions, now, policy)
+    undesired = sorted(key for key in registry if key not in wanted)
+    refused = _guard(undesired, bool(desired), len(registry), policy, confirmed_deletes)
+    if not refused:
+        actions += [
+            Action("delete", account, channel_id, None, "undesired")
+            for account, channel_id in undesired
+            if not _held_back(registry[(account, channel_id)], now)
+        ]
+    actions.sort(key=lambda a: (a.account, a.kind, a.channel_id))
+    return Plan(tuple(actions), _foreign(observed, registry, wanted), refused)
+
+
+def observed_drift(spec: ChannelSpec, seen: ObservedChannel) -> tuple[str, ...]:
+    """How the live channel differs from the desired one. Events compare as expanded sets (the
+    listing reports ``Deals.all`` as three ops); a flag the listing does not report (None) is not
+    drift; a null token Zoho shows while one is desired is."""
+    return _diff(
+        spec,
+        seen.events,
+        seen.notify_url,
+        seen.token != spec.token,
+        seen.notify_on_related_action,
+        seen.return_affected_field_values,
+        seen.notification_condition,
+    )
+
+
+def applied_drift(spec: ChannelSpec, entry: RegistryEntry) -> tuple[str, ...]:
+    """How the state file changed since Zoho last accepted the channel, so a change is applied even
+    on a pass that did not list. The token is compared by digest (the store never keeps it). No
+    applied spec recorded means no evidence: nothing."""
+    applied = entry.applied
+    if applied is None:
+        return ()
+    return _diff(
+        spec,
+        applied.events,
+        applied.notify_url,
+        token_digest(entry.account, entry.channel_id, spec.token) != entry.applied_token_digest,
+        applied.notify_on_related_action,
+        applied.return_affected_field_values,
+        applied.notification_condition,
+    )
+
+
+def same_condition(a: str | None, b: str | None) -> bool:
+    """``notification_condition`` equality as Zoho echoes it: the listing adds null-valued keys on
+    leaf nodes (``group_operator: null, group: null``), and an empty list is no condition."""
+    return _normal_condition(a) == _normal_condition(b)
+
+
+def _normal_condition(text: str | None) -> str | None:
+    if text is None:
+        return None
+    value = _drop_nulls(json.loads(text))
+    return canonical_json(value) if value not in (None, []) else None
+
+
+def _drop_nulls(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _drop_nulls(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_drop_nulls(v) for v in value]
+    return value
+
+
+def _diff(
+    spec: ChannelSpec,
+    events: frozenset[Event],
+    notify_url: str,
+    token_differs: bool,
+    related: bool | None,
+    affected: bool | None,
+    condition: str | None,
+) -> tuple[str, ...]:
+    differs = (
+        events != spec.events,
+        notify_url != spec.notify_url,
+        token_differs,
+        related is not None and related != spec.notify_on_related_action,
+        affected is not None and affected != spec.return_affected_field_values,
+        not same_condition(condition, spec.notification_condition),
+    )
+    return tuple(name for name, differ in zip(DRIFT_FIELDS, differs, strict=True) if differ)
+
+
+def _index(desired: Sequence[ChannelSpec]) -> dict[Key, ChannelSpec]:
+    """Desired specs by key; a duplicate is a bug upstream (config validation refuses them)."""
+    wanted: dict[Key, ChannelSpec] = {}
+    for spec in desired:
+        key = (spec.account, spec.channel_id)
+        if key in wanted:
+            raise ValueError(f"channel {spec.channel_id} of account {spec.account} is desired twice")
+        wanted[key] = spec
+    return wanted
+
+
+def _held_back(entry: RegistryEntry, now: datetime) -> bool:
+    """A failed channel waits for its retry_at; a transient one's never passes the expiry."""
+    return entry.retry_at is not None and utc(entry.retry_at) > now
+
+
+def _for_desired(
+    spec: ChannelSpec,
+    listing: Mapping[str, ObservedChannel] | None,
+    entry: RegistryEntry | None,
+    now: datetime,
+    policy: Policy,
+) -> Action | _Idle | None:
+    account, channel_id = spec.account, spec.channel_id
+    listed = listing.get(channel_id) if listing is not None else None
+    seen = listed if listed is not None and listed.expires_at > now else None
+    if entry is None:
+        if listing is None:
+            return None
+        if seen is None:
+            return Action("create", account, channel_id, spec, "new")
+        return Action("adopt", account, channel_id, spec, "found", observed_drift(spec, seen))
+    if _held_back(entry, now):
+        return None
+    lapse = _lapse(entry, listing, listed, now)
+    if lapse is not None:
+        return Action("create", account, channel_id, spec, lapse)
+    expires_at = seen.expires_at if seen is not None else entry.expires_at
+    assert expires_at is not None, "_lapse re-creates a channel with no known expiry"
+    lifetime = entry.lifetime or spec.ttl
+    at_risk = is_at_risk(expires_at, lifetime, now, policy)
+    live_drift = observed_drift(spec, seen) if seen is not None else ()
+    drift = set(live_drift) | set(applied_drift(spec, entry))
+    if drift:
+        fields = tuple(name for name in DRIFT_FIELDS if name in drift)
+        reason = "drift" if live_drift else "changed"
+        return Action("repair", account, channel_id, spec, reason, fields, at_risk)
+    if at_risk:
+        return Action("renew", account, channel_id, spec, "at_risk", at_risk=True)
+    if entry.renew_at is None or utc(entry.renew_at) <= now:
+        return Action("renew", account, channel_id, spec, "due")
+    return _Idle(spec, utc(entry.renew_at), lifetime)
+
+
+def _lapse(
+    entry: RegistryEntry,
+    listing: Mapping[str, ObservedChannel] | None,
+    listed: ObservedChannel | None,
+    now: datetime,
+) -> str | None:
+    """Why an owned channel is known not live (it is re-created), or None while it is believed live.
+
+    A listing of the account decides when there is one (its expiry beats ours); without one, our
+    own record does: a past expiry, or Zoho having said it no longer has the channel. A channel
+    never granted at all (a create that failed) is created again whether listed or not.
+    """
+    expired = entry.expires_at is not None and utc(entry.expires_at) <= now
+    if listing is not None:
+        if listed is not None:
+            return "lapsed" if listed.expires_at <= now else None
+        if entry.expires_at is not None:
+            return "lapsed" if expired else "vanished"
+    if entry.expires_at is None:
+        return "retry" if entry.failures else "new"
+    if entry.state == "lapsed" or expired:
+        return "lapsed"
+    return None
+
+
+def _batched(idle: list[_Idle], actions: list[Action], now: datetime, policy: Policy) -> list[Action]:
+    """A due renewal of an account takes along its channels due within a tenth of their lifetime,
+    so a fleet renews in a few full PATCH requests rather than one call per channel."""
+    due_accounts = {a.account for a in actions if a.kind == "renew"}
+    return [
+        Action("renew", item.spec.account, item.spec.channel_id, item.spec, "batched")
+        for item in idle
+        if item.spec.account in due_accounts
+        and item.renew_at - now <= batch_horizon(item.lifetime, policy)
+    ]
+
+
+def _guard(
+    undesired: list[Key],
+    any_desired: bool,
+    managed: int,
+    policy: Policy,
+    confirmed: frozenset[Key],
+) -> tuple[Refusal, ...]:
+    """The two deletion guards of DESIGN.md section 3. ``allow_empty`` lifts only the empty-list
+    guard: tearing everything down still needs the mass-delete confirmation (or a higher
+    ``max_delete_fraction``)."""
+    if not undesired:
+        return ()
+    if not any_desired and not policy.allow_empty:
+        message = (
+            f"the state file lists no channels: refusing to delete all {managed} managed channel(s) "
+            "(set allow_empty = true in [daemon] to allow it)"
+        )
+        return _refusals("empty", undesired, message)
+    if len(undesired) > policy.max_delete_fraction * managed and not set(undesired) <= confirmed:
+        message = (
+            f"refusing to delete {len(undesired)} of {managed} managed channel(s), more than "
+            f"max_delete_fraction {policy.max_delete_fraction:g}: confirm with "
+            "`watchkeeper apply --allow-mass-delete`"
+        )
+        return _refusals("mass_delete", undesired, message)
+    return ()
+
+
+def _refusals(
+    reason: Literal["empty", "mass_delete"], keys: list[Key], message: str
+) -> tuple[Refusal, ...]:
+    by_account: dict[str, list[str]] = {}
+    for account, channel_id in keys:
+        by_account.setdefault(account, []).append(channel_id)
+    return tuple(
+        Refusal(reason, account, tuple(ids), message) for account, ids in sorted(by_account.items())
+    )
+
+
+def _foreign(
+    observed: Mapping[str, Mapping[str, ObservedChannel] | None],
+    registry: Mapping[Key, RegistryEntry],
+    wanted: Mapping[Key, ChannelSpec],
+) -> tuple[tuple[str, ObservedChannel], ...]:
+    return tuple(
+        (account, listing[channel_id])
+        for account, listing in sorted(observed.items())
+        if listing is not None
+        for channel_id in sorted(listing)
+        if (account, channel_id) not in registry and (account, channel_id) not in wanted
+    )

@@ -1,0 +1,231 @@
+"""PURE: what the one-shot commands print — aligned tables for people, JSON shapes for machines.
+
+The JSON shapes are public interface (DESIGN.md section 4): ``channel_id`` always a string, times
+ISO 8601 in UTC, ``end`` null while a gap is open.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+from daemon.engine import PassReport
+from daemon.planner import Plan
+from daemon.store import Gap, StatusRow
+
+
+def iso(dt: datetime | None) -> str | None:
+    return None if dt is None else dt.isoformat().replace("+00:00", "Z")
+
+
+def human_delta(delta: timedelta) -> str:
+    """``41m``, ``6d23h``, ``-5m`` (in the past): two units at most, enough to read at a glance."""
+    seconds = int(delta.total_seconds())
+    sign = "-" if seconds < 0 else ""
+    seconds = abs(seconds)
+    parts: list[str] = []
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        if seconds >= size or (unit == "s" and not parts):
+            parts.append(f"{seconds // size}{unit}")
+            seconds %= size
+        if len(parts) == 2:
+            break
+    return sign + "".join(parts)
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    widths = [len(h) for h in headers]
+    for row in rows:
+        widths = [max(w, len(cell)) for w, cell in zip(widths, row, strict=True)]
+    lines = [
+        "  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip()
+        for line in (list(headers), *rows)
+    ]
+    return "\n".join(lines)
+
+
+# -- plan ------------------------------------------------------------------------------------
+
+
+def plan_json(plan: Plan, names: dict[tuple[str, str], str | None]) -> dict[str, Any]:
+    return {
+        "in_sync": not plan.changes,
+        "actions": [
+            {
+                "account": a.account,
+                "channel_id": a.channel_id,
+                "name": names.get((a.account, a.channel_id)),
+                "kind": a.kind,
+                "reason": a.reason,
+                "drift": list(a.drift),
+                "at_risk": a.at_risk,
+            }
+            for a in plan.actions
+        ],
+        "foreign": [
+            {"account": account, "channel_id": c.channel_id, "modules": c.modules}
+            for account, c in plan.foreign
+        ],
+        "refused": [
+            {
+                "account": r.account,
+                "reason": r.reason,
+                "channel_ids": list(r.channel_ids),
+                "message": r.message,
+            }
+            for r in plan.refused
+        ],
+    }
+
+
+def plan_text(doc: dict[str, Any]) -> str:
+    rows = [
+        [a["account"], a["channel_id"], a["name"] or "", a["kind"], a["reason"], ",".join(a["drift"])]
+        for a in doc["actions"]
+    ]
+    out = [table(["ACCOUNT", "CHANNEL", "NAME", "ACTION", "REASON", "DRIFT"], rows)] if rows else []
+    out += [f"refused: {r['message']}" for r in doc["refused"]]
+    count = len(doc["actions"])
+    summary = "in sync" if doc["in_sync"] else f"{count} change{'s' if count != 1 else ''} pending"
+    if doc["foreign"]:
+        summary += f"; {len(doc['foreign'])} foreign channel(s) left alone"
+    out.append(summary)
+    return "\n".join(out)
+
+
+# -- apply -----------------------------------------------------------------------------------
+
+
+def apply_json(report: PassReport) -> dict[str, Any]:
+    return {
+        "ok": report.ok,
+        "desired": report.desired,
+        "active": report.active,
+        "created": report.counts["create"],
+        "adopted": report.counts["adopt"],
+        "renewed": report.counts["renew"],
+        "repaired": report.counts["repair"],
+        "deleted": report.counts["delete"],
+        "failed": report.failed,
+        "foreign": report.foreign,
+        "list_failed": report.list_failed,
+        "refused": [
+            {
+                "account": r.account,
+                "reason": r.reason,
+                "channel_ids": list(r.channel_ids),
+                "message": r.message,
+            }
+            for r in report.refused
+        ],
+    }
+
+
+def apply_text(doc: dict[str, Any]) -> str:
+    keys = ("created", "adopted", "renewed", "repaired", "deleted", "failed")
+    line = ", ".join(f"{doc[k]} {k}" for k in keys)
+    out = [f"{doc['active']}/{doc['desired']} active; {line}; {doc['foreign']} foreign"]
+    out += [f"refused: {r['message']}" for r in doc["refused"]]
+    out += [f"listing failed for account {a}" for a in doc["list_failed"]]
+    return "\n".join(out)
+
+
+# -- status ----------------------------------------------------------------------------------
+
+
+def status_json(
+    rows: Sequence[StatusRow], foreign: Sequence[tuple[str, str, list[str]]]
+) -> dict[str, Any]:
+    return {
+        "channels": [
+            {
+                "account": r.account,
+                "channel_id": r.channel_id,
+                "name": r.name,
+                "state": r.state,
+                "expires_at": iso(r.expires_at),
+                "next_renewal_at": iso(r.next_renewal_at),
+                "last_renewed_at": iso(r.last_renewed_at),
+                "failures": r.failures,
+                "last_error": r.last_error,
+            }
+            for r in rows
+        ],
+        "foreign": [{"account": a, "channel_id": c, "modules": m} for a, c, m in foreign],
+    }
+
+
+def status_text(
+    rows: Sequence[StatusRow], foreign: Sequence[tuple[str, str, list[str]]], now: datetime
+) -> str:
+    def until(dt: datetime | None) -> str:
+        return "-" if dt is None else human_delta(dt - now)
+
+    body = [
+        [
+            r.account,
+            r.channel_id,
+            r.name or "",
+            r.state,
+            until(r.expires_at),
+            until(r.next_renewal_at),
+            str(r.failures),
+            r.last_error or "",
+        ]
+        for r in rows
+    ]
+    headers = [
+        "ACCOUNT",
+        "CHANNEL",
+        "NAME",
+        "STATE",
+        "EXPIRES IN",
+        "RENEWS IN",
+        "FAILURES",
+        "LAST ERROR",
+    ]
+    out = [table(headers, body) if body else "no channels yet (run `watchkeeper apply`)"]
+    if foreign:
+        out.append("")
+        out.append(
+            table(
+                ["ACCOUNT", "FOREIGN CHANNEL", "MODULES"], [[a, c, ",".join(m)] for a, c, m in foreign]
+            )
+        )
+    return "\n".join(out)
+
+
+# -- gaps ------------------------------------------------------------------------------------
+
+
+def gaps_json(gaps: Sequence[Gap]) -> dict[str, Any]:
+    return {
+        "gaps": [
+            {
+                "account": g.account,
+                "channel_id": g.channel_id,
+                "start": iso(g.start),
+                "end": iso(g.end),
+                "cause": g.cause,
+            }
+            for g in gaps
+        ]
+    }
+
+
+def gaps_text(gaps: Sequence[Gap], now: datetime) -> str:
+    if not gaps:
+        return "no gaps"
+    rows = [
+        [
+            g.account,
+            g.channel_id,
+            iso(g.start) or "",
+            iso(g.end) or "open",
+            human_delta((g.end or now) - g.start),
+            g.cause,
+        ]
+        for g in gaps
+    ]
+    return table(["ACCOUNT", "CHANNEL", "START", "END", "LENGTH", "CAUSE"], rows)

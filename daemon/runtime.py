@@ -1,0 +1,75 @@
+"""Wiring: from a validated desired state to a store, one Zoho client per account, and an engine.
+
+Kept apart from cli.py so that the daemon, the one-shot commands, the demo and the soak harness
+build their engines the same way.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+
+from daemon import logs
+from daemon.config import AccountSpec, DesiredState
+from daemon.engine import Engine
+from daemon.store import Store
+from daemon.zoho.auth import AccessToken, OAuth, StaticToken
+from daemon.zoho.client import DEFAULT_TIMEOUT, WatchClient
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def make_client(
+    account: AccountSpec,
+    store: Store,
+    http: httpx.Client,
+    clock: Callable[[], datetime] = utcnow,
+) -> WatchClient:
+    log = logs.get_logger()
+
+    def refreshed(token: AccessToken) -> None:
+        logs.REDACTOR.add([token.value])
+        log.info("auth.refreshed", account=account.name, expires_at=token.expires_at)
+
+    auth: OAuth | StaticToken
+    if account.access_token is not None:
+        auth = StaticToken(account.access_token)
+    else:
+        auth = OAuth(
+            account.endpoint.accounts_url,
+            account.client_id or "",
+            account.client_secret or "",
+            account.refresh_token or "",
+            http=http,
+            clock=clock,
+            cache=store.token_cache(account.name),
+            on_refresh=refreshed,
+        )
+    return WatchClient(account.endpoint, auth, http=http, clock=clock)
+
+
+@contextmanager
+def open_engine(
+    state: DesiredState,
+    db: Path | None = None,
+    *,
+    clock: Callable[[], datetime] = utcnow,
+    rng: random.Random | None = None,
+) -> Iterator[Engine]:
+    """An engine over the state's database (or ``db``), closed with everything it opened."""
+    logs.REDACTOR.add(state.secrets())
+    store = Store(db or state.database)
+    http = httpx.Client(timeout=DEFAULT_TIMEOUT)
+    try:
+        clients = {name: make_client(acc, store, http, clock) for name, acc in state.accounts.items()}
+        yield Engine(state, store, clients, clock=clock, rng=rng)
+    finally:
+        http.close()
+        store.close()

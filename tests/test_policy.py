@@ -1,0 +1,219 @@
+"""Timing rules of DESIGN.md section 3: renewal window, emergency tier, backoff, batching horizon."""
+
+from __future__ import annotations
+
+import random
+from datetime import UTC, datetime, timedelta, timezone
+
+import pytest
+
+from daemon.model import RegistryEntry
+from daemon.policy import (
+    Policy,
+    backoff,
+    batch_horizon,
+    draw_renew_at,
+    emergency_at,
+    entry_due,
+    expiry_clamped,
+    is_at_risk,
+    next_due,
+    next_reconcile,
+    next_retry,
+)
+
+NOW = datetime(2026, 1, 5, 12, 0, tzinfo=UTC)
+IST = timezone(timedelta(hours=5, minutes=30))
+S = timedelta(seconds=1)
+MIN = timedelta(minutes=1)
+HOUR = timedelta(hours=1)
+POLICY = Policy()
+SEEDS = range(300)
+
+
+class FixedRandom(random.Random):
+    """random() always answers ``value``: pins full jitter to an end of its range."""
+
+    def __init__(self, value: float) -> None:
+        super().__init__(0)
+        self.value = value
+
+    def random(self) -> float:
+        return self.value
+
+
+@pytest.mark.parametrize(
+    ("granted_at", "lifetime"),
+    [
+        pytest.param(NOW, HOUR, id="clamped-1h-grant"),
+        pytest.param(NOW, timedelta(hours=23), id="23h"),
+        pytest.param(NOW.astimezone(IST), 7 * timedelta(days=1), id="week-ist-offset"),
+        pytest.param(NOW, 20 * S, id="20s"),
+    ],
+)
+def test_renew_at_lies_in_the_window_of_the_granted_lifetime(
+    granted_at: datetime, lifetime: timedelta
+) -> None:
+    draws = [draw_renew_at(granted_at, granted_at + lifetime, POLICY, random.Random(s)) for s in SEEDS]
+    low, high = NOW + lifetime * 0.60, NOW + lifetime * 0.70
+    assert all(low <= d <= high for d in draws)
+    assert all(d.utcoffset() == timedelta(0) for d in draws)
+    # Spread over the window, not stuck at one point.
+    assert max(draws) - min(draws) > (high - low) * 0.8
+
+
+@pytest.mark.parametrize(("value", "fraction"), [(0.0, 0.60), (1.0, 0.70), (0.5, 0.65)])
+def test_renew_at_window_ends(value: float, fraction: float) -> None:
+    got = draw_renew_at(NOW, NOW + 10 * HOUR, POLICY, FixedRandom(value))
+    assert got == NOW + 10 * HOUR * fraction
+
+
+def test_renew_at_of_a_lifetime_already_over_is_now() -> None:
+    assert draw_renew_at(NOW, NOW - S, POLICY, random.Random(1)) == NOW
+
+
+@pytest.mark.parametrize(
+    ("expires_in", "lifetime", "at_risk"),
+    [
+        pytest.param(30 * MIN, 10 * HOUR, True, id="exactly-1/20-left"),
+        pytest.param(30 * MIN + S, 10 * HOUR, False, id="just-over-1/20"),
+        pytest.param(MIN, 10 * HOUR, True, id="a-minute-left"),
+        pytest.param(-MIN, 10 * HOUR, True, id="already-expired"),
+        pytest.param(3 * MIN, HOUR, True, id="1h-lifetime-3min-left"),
+        pytest.param(4 * MIN, HOUR, False, id="1h-lifetime-4min-left"),
+    ],
+)
+def test_emergency_tier(expires_in: timedelta, lifetime: timedelta, at_risk: bool) -> None:
+    expires = NOW + expires_in
+    assert emergency_at(expires, lifetime, POLICY) == expires - lifetime / 20
+    assert is_at_risk(expires, lifetime, NOW, POLICY) is at_risk
+    # The same instants written with Zoho's +05:30 offset decide the same way.
+    assert is_at_risk(expires.astimezone(IST), lifetime, NOW.astimezone(IST), POLICY) is at_risk
+
+
+@pytest.mark.parametrize(
+    ("failures", "cap"),
+    [
+        (1, 30 * S),
+        (2, 60 * S),
+        (3, 120 * S),
+        (4, 240 * S),
+        (5, 480 * S),
+        (6, 15 * MIN),
+        (7, 15 * MIN),
+        (10_000, 15 * MIN),
+    ],
+)
+def test_backoff_is_full_jitter_under_a_doubling_cap(failures: int, cap: timedelta) -> None:
+    draws = [backoff(failures, POLICY, random.Random(s)) for s in SEEDS]
+    assert all(timedelta(0) <= d <= cap for d in draws)
+    assert min(draws) < cap * 0.05
+    assert max(draws) > cap * 0.95
+    assert backoff(failures, POLICY, FixedRandom(0.0)) == timedelta(0)
+    assert backoff(failures, POLICY, FixedRandom(0.5)) == cap / 2
+
+
+def test_backoff_needs_a_failure() -> None:
+    with pytest.raises(ValueError, match="at least 1"):
+        backoff(0, POLICY, random.Random(0))
+
+
+@pytest.mark.parametrize(
+    ("failures", "expires_in", "earliest", "latest"),
+    [
+        pytest.param(5, None, S, 480 * S, id="no-expiry-known"),
+        pytest.param(5, -MIN, S, 480 * S, id="already-expired-not-capped"),
+        pytest.param(5, HOUR, S, 480 * S, id="expiry-far-away"),
+        pytest.param(5, 40 * S, S, 35 * S, id="capped-before-expiry"),
+        pytest.param(1, 20 * S, S, 15 * S, id="expiry-tighter-than-backoff"),
+        pytest.param(3, 3 * S, S, S, id="inside-margin-waits-the-floor"),
+    ],
+)
+def test_next_retry_never_past_the_expiry(
+    failures: int, expires_in: timedelta | None, earliest: timedelta, latest: timedelta
+) -> None:
+    expires = None if expires_in is None else NOW + expires_in
+    for seed in SEEDS:
+        got = next_retry(NOW, failures, expires, POLICY, random.Random(seed))
+        assert NOW + earliest <= got <= NOW + latest
+
+
+def test_next_retry_spreads_up_to_the_expiry_cap() -> None:
+    expires = NOW + 40 * S
+    draws = [next_retry(NOW, 5, expires, POLICY, random.Random(s)) for s in SEEDS]
+    assert max(draws) == expires - POLICY.retry_margin
+
+
+def test_terminal_failure_waits_the_terminal_retry_whatever_the_expiry() -> None:
+    got = next_retry(NOW, 3, NOW + 5 * MIN, POLICY, random.Random(0), terminal=True)
+    assert got == NOW + HOUR
+
+
+@pytest.mark.parametrize(
+    ("lifetime", "horizon"), [(10 * HOUR, HOUR), (HOUR, 6 * MIN), (7 * 24 * HOUR, 16 * HOUR + 48 * MIN)]
+)
+def test_batch_horizon_is_a_tenth_of_the_lifetime(lifetime: timedelta, horizon: timedelta) -> None:
+    assert batch_horizon(lifetime, POLICY) == horizon
+
+
+@pytest.mark.parametrize(
+    ("requested", "granted", "clamped"),
+    [
+        (23 * HOUR, HOUR, True),
+        (23 * HOUR, 22 * HOUR, False),
+        (23 * HOUR, 20 * HOUR, True),
+        (HOUR, HOUR, False),
+    ],
+)
+def test_expiry_clamped(requested: timedelta, granted: timedelta, clamped: bool) -> None:
+    assert expiry_clamped(requested, granted, POLICY) is clamped
+
+
+def test_next_reconcile_is_jittered_ten_percent() -> None:
+    draws = [next_reconcile(NOW, POLICY, random.Random(s)) for s in SEEDS]
+    assert all(NOW + 27 * MIN <= d <= NOW + 33 * MIN for d in draws)
+    assert max(draws) - min(draws) > 5 * MIN
+
+
+def entry(**kw: object) -> RegistryEntry:
+    base: dict[str, object] = {
+        "account": "main",
+        "channel_id": "1001",
+        "state": "active",
+        "expires_at": NOW + 5 * HOUR,
+        "lifetime": 10 * HOUR,
+        "renew_at": NOW + HOUR,
+    }
+    base.update(kw)
+    return RegistryEntry(**base)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("item", "due"),
+    [
+        pytest.param(entry(), NOW + HOUR, id="renew-at"),
+        pytest.param(entry(renew_at=NOW + 6 * HOUR), NOW + 4 * HOUR + 30 * MIN, id="emergency-first"),
+        pytest.param(entry(renew_at=NOW - MIN), NOW - MIN, id="overdue"),
+        pytest.param(entry(retry_at=NOW + 2 * MIN, renew_at=NOW - MIN), NOW + 2 * MIN, id="held-back"),
+        pytest.param(entry(retry_at=NOW - MIN), NOW + HOUR, id="retry-passed"),
+        pytest.param(entry(renew_at=None), NOW, id="no-renew-at"),
+        pytest.param(entry(expires_at=None, state="pending"), NOW, id="never-granted"),
+        pytest.param(entry(state="lapsed"), NOW, id="lapsed"),
+        pytest.param(
+            entry(lifetime=None, renew_at=NOW + 7 * HOUR), NOW + 5 * HOUR, id="lifetime-unknown"
+        ),
+    ],
+)
+def test_entry_due(item: RegistryEntry, due: datetime) -> None:
+    assert entry_due(item, NOW, POLICY) == due
+
+
+def test_next_due_is_the_earliest() -> None:
+    entries = [
+        entry(channel_id="1", renew_at=NOW + 3 * HOUR),
+        entry(channel_id="2", renew_at=NOW + 2 * HOUR),
+        entry(channel_id="3", retry_at=NOW + 90 * MIN, renew_at=NOW - HOUR),
+    ]
+    assert next_due(entries, NOW, POLICY) == NOW + 90 * MIN
+    assert next_due(entries[:2], NOW, POLICY) == NOW + 2 * HOUR
+    assert next_due([], NOW, POLICY) is None

@@ -1,0 +1,515 @@
+"""daemon.store against real SQLite files: round-trips, file safety, migrations, and the small
+journals (gaps, intents, confirmations, access tokens) the engine and the CLI rely on."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import stat
+from collections.abc import Iterator
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+from sqlalchemy.exc import OperationalError, StatementError
+
+from daemon import store as store_module
+from daemon.model import ChannelSpec, ObservedChannel, RegistryEntry, parse_events, token_digest
+from daemon.store import (
+    SCHEMA_VERSION,
+    TABLES,
+    Gap,
+    Intent,
+    Migration,
+    SchemaTooNewError,
+    StatusRow,
+    Store,
+)
+from daemon.zoho.auth import AccessToken
+from tests.helpers import SIM_START
+
+T0 = SIM_START
+IST = timezone(timedelta(hours=5, minutes=30))
+CHANNEL_TOKEN = "chan-token-7f3c9a1e5d2b"
+
+
+def spec(channel_id: str = "1001", account: str = "main", **changes: object) -> ChannelSpec:
+    base = ChannelSpec(
+        account=account,
+        channel_id=channel_id,
+        events=parse_events(["Deals.all", "Leads.create"]),
+        notify_url="https://hooks.example.com/zoho?key=k1",
+        ttl=timedelta(hours=24),
+        name=f"deals-{channel_id}",
+        token=CHANNEL_TOKEN,
+        notify_on_related_action=True,
+        return_affected_field_values=True,
+        notification_condition='[{"field":"Stage"}]',
+    )
+    return replace(base, **changes)  # type: ignore[arg-type]
+
+
+def entry(channel_id: str = "1001", account: str = "main", **changes: object) -> RegistryEntry:
+    applied = spec(channel_id, account)
+    base = RegistryEntry(
+        account=account,
+        channel_id=channel_id,
+        state="active",
+        applied=applied,
+        applied_token_digest=token_digest(account, channel_id, applied.token),
+        expires_at=T0 + timedelta(hours=24),
+        lifetime=timedelta(hours=24),
+        renew_at=T0 + timedelta(hours=15, minutes=7),
+        failures=0,
+    )
+    return replace(base, **changes)  # type: ignore[arg-type]
+
+
+def stored(e: RegistryEntry) -> RegistryEntry:
+    """What the store hands back for ``e``: the same entry, its applied spec without the token."""
+    return e if e.applied is None else replace(e, applied=replace(e.applied, token=None))
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Path:
+    return tmp_path / "state" / "watchkeeper.db"
+
+
+@pytest.fixture
+def store(db: Path) -> Iterator[Store]:
+    with Store(db) as s:
+        yield s
+
+
+def raw(path: Path) -> sqlite3.Connection:
+    """A plain sqlite3 connection, for what the tests build or inspect behind the store's back."""
+    return sqlite3.connect(path, isolation_level=None)
+
+
+def file_bytes(db: Path) -> bytes:
+    return b"".join(p.read_bytes() for p in (db, Path(f"{db}-wal"), Path(f"{db}-shm")) if p.exists())
+
+
+# --- registry -----------------------------------------------------------------------------------
+
+
+def test_registry_round_trip_keeps_instants_spec_and_digest_but_not_token(store: Store) -> None:
+    ist_expiry = datetime(2026, 1, 6, 14, 30, 0, 123456, tzinfo=IST)
+    e = entry(
+        expires_at=ist_expiry,
+        renew_at=ist_expiry - timedelta(hours=9),
+        lifetime=timedelta(hours=23, minutes=59, seconds=30, microseconds=5),
+        failures=2,
+        retry_at=ist_expiry - timedelta(hours=1),
+        last_error="INVALID_DATA: notify_url",
+        terminal=True,
+    )
+    store.put(e)
+
+    got = store.get("main", "1001")
+    assert got == stored(e)
+    assert got is not None
+    assert got.applied is not None
+    assert got.applied.token is None
+    assert got.applied_token_digest == token_digest("main", "1001", CHANNEL_TOKEN)
+    assert got.expires_at is not None
+    assert got.expires_at.utcoffset() == timedelta(0)
+    assert got.expires_at == ist_expiry
+    assert got.expires_at.hour == 9
+    assert store.registry() == {("main", "1001"): got}
+    assert store.get("main", "nope") is None
+
+
+def test_put_computes_missing_digest_and_keeps_entries_without_spec(store: Store) -> None:
+    store.put(entry(applied_token_digest=None))
+    bare = RegistryEntry(account="main", channel_id="2002", state="pending")
+    store.put(bare)
+
+    got = store.get("main", "1001")
+    assert got is not None
+    assert got.applied_token_digest == token_digest("main", "1001", CHANNEL_TOKEN)
+    assert store.get("main", "2002") == bare
+
+
+def test_put_upserts_and_keeps_last_renewed_at_unless_given(store: Store) -> None:
+    store.put(entry(), last_renewed_at=T0)
+    later = entry(state="at_risk", applied=spec(name="renamed"), renew_at=T0 + timedelta(hours=20))
+    store.put(later)
+
+    assert store.get("main", "1001") == stored(later)
+    [row] = store.status_rows()
+    assert row.last_renewed_at == T0
+    assert row.name == "renamed"
+    store.put(later, last_renewed_at=T0 + timedelta(hours=1))
+    assert store.status_rows()[0].last_renewed_at == T0 + timedelta(hours=1)
+
+
+def test_put_refuses_naive_instants(store: Store) -> None:
+    with pytest.raises(StatementError, match="naive datetime"):
+        store.put(entry(expires_at=datetime(2026, 1, 6, 9, 0)))
+    assert store.registry() == {}
+
+
+def test_put_refuses_a_spec_of_another_channel(store: Store) -> None:
+    with pytest.raises(ValueError, match="belongs to channel 9999"):
+        store.put(entry(applied=spec("9999")))
+
+
+def test_put_many_stores_a_large_batch_in_one_go(store: Store) -> None:
+    entries = [entry(str(100000 + i), account=f"acct{i % 3}") for i in range(3000)]
+    store.put_many(entries, last_renewed_at=T0)
+    store.put_many([])  # nothing to do is not an error
+
+    got = store.registry()
+    assert len(got) == 3000
+    assert got == {(e.account, e.channel_id): stored(e) for e in entries}
+    assert {row.last_renewed_at for row in store.status_rows()} == {T0}
+
+
+def test_remove_forgets_only_that_channel(store: Store) -> None:
+    store.put_many([entry("1"), entry("2"), entry("1", account="other")])
+    store.remove("main", "1")
+    assert set(store.registry()) == {("main", "2"), ("other", "1")}
+
+
+def test_mark_seen_records_the_listing_for_owned_channels(store: Store) -> None:
+    store.put_many([entry("1"), entry("2"), entry("1", account="other")])
+    store.mark_seen("main", ["1", "2", "not-owned"], datetime(2026, 1, 5, 15, 0, tzinfo=IST))
+    store.mark_seen("main", [], T0 + timedelta(hours=5))  # an empty listing changes nothing
+
+    assert store.last_seen("main", "1") == T0 + timedelta(minutes=30)
+    assert store.last_seen("main", "2") == T0 + timedelta(minutes=30)
+    assert store.last_seen("other", "1") is None
+    assert store.last_seen("main", "not-owned") is None
+    store.put(entry("1", state="lapsed"))  # put leaves last_seen_at alone
+    assert store.last_seen("main", "1") == T0 + timedelta(minutes=30)
+
+
+def test_status_rows_show_the_next_attempt_sorted(store: Store) -> None:
+    failing = entry(
+        "2", state="failed", failures=3, retry_at=T0 + timedelta(minutes=4), last_error="HTTP 503"
+    )
+    store.put_many([failing, entry("1", account="zeta"), entry("1")], last_renewed_at=T0)
+
+    rows = store.status_rows()
+    assert [(r.account, r.channel_id) for r in rows] == [("main", "1"), ("main", "2"), ("zeta", "1")]
+    assert rows[0] == StatusRow(
+        account="main",
+        channel_id="1",
+        name="deals-1",
+        state="active",
+        expires_at=T0 + timedelta(hours=24),
+        next_renewal_at=T0 + timedelta(hours=15, minutes=7),
+        last_renewed_at=T0,
+        failures=0,
+        last_error=None,
+    )
+    assert rows[1].next_renewal_at == T0 + timedelta(minutes=4)
+    assert (rows[1].state, rows[1].failures, rows[1].last_error) == ("failed", 3, "HTTP 503")
+
+
+def test_clear_retries_frees_terminal_failures_only(store: Store) -> None:
+    retry = T0 + timedelta(hours=1)
+    terminal = entry(
+        "1", state="failed", failures=1, retry_at=retry, terminal=True, last_error="NO_SCOPE"
+    )
+    transient = entry("2", state="failed", failures=1, retry_at=retry)
+    store.put_many([terminal, transient])
+
+    store.clear_retries()
+
+    assert store.get("main", "1") == stored(replace(terminal, retry_at=None))
+    assert store.get("main", "2") == stored(transient)
+
+
+# --- the file -----------------------------------------------------------------------------------
+
+
+def test_database_and_wal_are_private_whatever_the_umask(db: Path) -> None:
+    old = os.umask(0)
+    try:
+        with Store(db) as s:
+            s.put(entry())
+            for path in (db, Path(f"{db}-wal"), Path(f"{db}-shm")):
+                assert stat.S_IMODE(path.stat().st_mode) == 0o600, path.name
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(db.parent.stat().st_mode) == 0o700
+
+
+def test_an_existing_loose_database_is_tightened(tmp_path: Path) -> None:
+    db = tmp_path / "w.db"
+    with Store(db):
+        pass
+    db.chmod(0o644)
+    Path(f"{db}-wal").write_bytes(b"")
+    Path(f"{db}-wal").chmod(0o644)
+
+    with Store(db):
+        assert stat.S_IMODE(db.stat().st_mode) == 0o600
+        assert stat.S_IMODE(Path(f"{db}-wal").stat().st_mode) == 0o600
+
+
+def test_wal_mode_and_connection_pragmas(store: Store, db: Path) -> None:
+    with store._tx(write=False) as conn:
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar_one() == "wal"
+        assert conn.exec_driver_sql("PRAGMA synchronous").scalar_one() == 1  # NORMAL
+        assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar_one() == store_module.BUSY_TIMEOUT_MS
+    assert raw(db).execute("PRAGMA journal_mode").fetchone() == ("wal",)  # persistent in the file
+
+
+def test_a_reader_is_not_blocked_by_an_open_write(db: Path) -> None:
+    """``watchkeeper status`` reads while the daemon is inside a write transaction."""
+    with Store(db) as daemon, Store(db) as cli:
+        daemon.put(entry("1"))
+        with daemon._tx() as conn:
+            conn.exec_driver_sql("UPDATE registry SET state = 'lapsed'")
+            assert [r.state for r in cli.status_rows()] == ["active"]  # the last committed state
+        assert [r.state for r in cli.status_rows()] == ["lapsed"]
+
+
+def test_channel_tokens_never_reach_the_file(db: Path) -> None:
+    with Store(db) as s:
+        s.put(entry("1"))
+        s.put_many([entry("2"), entry("3", account="other")])
+        s.put(entry("1", applied=spec("1", token=CHANNEL_TOKEN + "-rotated"), applied_token_digest=None))
+        s.token_cache("main").save(AccessToken(value="at-1", expires_at=T0, issued_at=T0))
+        assert CHANNEL_TOKEN.encode() not in file_bytes(db)
+    content = file_bytes(db)
+    assert CHANNEL_TOKEN.encode() not in content
+    assert b"deals-1" in content  # the scan does see what the store wrote
+
+
+def test_errors_from_sqlite_do_not_quote_the_access_token(store: Store, db: Path) -> None:
+    raw(db).execute("DROP TABLE access_tokens")
+    secret = "at-secret-value-9d8e7f"
+    with pytest.raises(OperationalError, match="no such table") as caught:
+        store.token_cache("main").save(AccessToken(value=secret, expires_at=T0, issued_at=T0))
+    assert secret not in str(caught.value)
+
+
+# --- migrations ---------------------------------------------------------------------------------
+
+V1_SCHEMA = """
+CREATE TABLE registry (
+    account TEXT NOT NULL, channel_id TEXT NOT NULL, state TEXT NOT NULL, applied TEXT,
+    applied_token_digest TEXT, expires_at TEXT, lifetime_seconds REAL, renew_at TEXT,
+    failures INTEGER NOT NULL DEFAULT 0, retry_at TEXT, last_error TEXT,
+    terminal INTEGER NOT NULL DEFAULT 0, last_renewed_at TEXT, PRIMARY KEY (account, channel_id));
+CREATE TABLE gaps (id INTEGER PRIMARY KEY AUTOINCREMENT, account TEXT NOT NULL,
+    channel_id TEXT NOT NULL, start TEXT NOT NULL, "end" TEXT, cause TEXT NOT NULL);
+CREATE INDEX gaps_by_channel ON gaps (account, channel_id);
+CREATE UNIQUE INDEX gaps_one_open ON gaps (account, channel_id) WHERE "end" IS NULL;
+CREATE TABLE access_tokens (account TEXT PRIMARY KEY, value TEXT NOT NULL,
+    expires_at TEXT NOT NULL, issued_at TEXT NOT NULL);
+PRAGMA user_version = 1;
+"""
+"""Schema version 1 as released, written out by hand so the test does not trust the code under test."""
+
+
+def test_a_version_1_database_is_upgraded_with_its_history(db: Path) -> None:
+    db.parent.mkdir()
+    applied = {
+        "events": ["Deals.all"],
+        "name": "deals",
+        "notification_condition": None,
+        "notify_on_related_action": False,
+        "notify_url": "https://hooks.example.com/zoho",
+        "return_affected_field_values": False,
+        "ttl": 86400.0,
+    }
+    conn = raw(db)
+    conn.executescript(V1_SCHEMA)
+    conn.execute(
+        "INSERT INTO registry VALUES ('main', '1001', 'active', ?, 'digest-1',"
+        " '2026-01-06T09:00:00.000000+00:00', 86400.0, '2026-01-06T00:00:00.000000+00:00',"
+        " 0, NULL, NULL, 0, '2026-01-05T09:00:00.000000+00:00')",
+        (json.dumps(applied),),
+    )
+    conn.execute(
+        'INSERT INTO gaps (account, channel_id, start, "end", cause) VALUES'
+        " ('main', '1001', '2026-01-01T10:00:00.000000+00:00',"
+        "  '2026-01-01T11:30:00.000000+00:00', 'expired'),"
+        " ('main', '1001', '2026-01-04T08:00:00.000000+00:00', NULL, 'vanished')"
+    )
+    conn.execute(
+        "INSERT INTO access_tokens VALUES ('main', 'at-old',"
+        " '2026-01-05T10:00:00.000000+00:00', '2026-01-05T09:00:00.000000+00:00')"
+    )
+    conn.close()
+
+    with Store(db) as s:
+        got = s.get("main", "1001")
+        assert got is not None
+        assert got.applied is not None
+        assert got.applied.events == parse_events(["Deals.all"])
+        assert (got.applied_token_digest, got.expires_at) == ("digest-1", T0 + timedelta(hours=24))
+        [row] = s.status_rows()
+        assert (row.name, row.last_renewed_at) == ("deals", T0)  # name filled in from the v1 spec
+        jan = datetime(2026, 1, 1, tzinfo=UTC)
+        assert s.gaps() == [
+            Gap(1, "main", "1001", jan.replace(hour=10), jan.replace(hour=11, minute=30), "expired"),
+            Gap(2, "main", "1001", jan.replace(day=4, hour=8), None, "vanished"),
+        ]
+        assert s.token_cache("main").load() == AccessToken("at-old", T0 + timedelta(hours=1), T0)
+        s.begin("main", ["1001"], "PATCH", T0)  # the tables version 2 added are there
+        s.confirm_deletes([("main", "1001")], T0)
+    assert raw(db).execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
+
+
+def test_migrated_schema_matches_the_table_models(store: Store, db: Path) -> None:
+    conn = raw(db)
+    for model in TABLES:
+        table = store_module._table(model)
+        on_disk = {row[1] for row in conn.execute(f"PRAGMA table_info({table.name})")}
+        assert on_disk == set(table.c.keys()), table.name
+
+
+def test_a_newer_database_is_refused_untouched(db: Path) -> None:
+    with Store(db) as s:
+        s.put(entry())
+    conn = raw(db)
+    conn.execute("PRAGMA journal_mode = DELETE")  # so that even switching it to WAL would show
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    conn.close()
+    before = db.read_bytes()
+
+    with pytest.raises(SchemaTooNewError, match=f"schema version {SCHEMA_VERSION + 1}, newer"):
+        Store(db)
+
+    assert db.read_bytes() == before
+    assert not Path(f"{db}-wal").exists()
+
+
+def test_a_failing_migration_changes_nothing(db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with Store(db) as s:
+        s.put(entry())
+    broken = Migration(
+        SCHEMA_VERSION + 1,
+        "half a step",
+        ("CREATE TABLE added (x INTEGER)", "DELETE FROM registry", "ALTER TABLE nope ADD COLUMN y TEXT"),
+    )
+    monkeypatch.setattr(store_module, "MIGRATIONS", (*store_module.MIGRATIONS, broken))
+    monkeypatch.setattr(store_module, "SCHEMA_VERSION", broken.version)
+
+    with pytest.raises(OperationalError, match="no such table: nope"):
+        Store(db)
+
+    conn = raw(db)
+    assert conn.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
+    assert conn.execute("SELECT count(*) FROM sqlite_master WHERE name = 'added'").fetchone() == (0,)
+    assert conn.execute("SELECT count(*) FROM registry").fetchone() == (1,)
+
+
+# --- gaps ---------------------------------------------------------------------------------------
+
+
+def test_gap_open_is_idempotent_and_close_ends_it(store: Store) -> None:
+    first = store.open_gap("main", "1", datetime(2026, 1, 5, 14, 30, tzinfo=IST), "expired")
+    again = store.open_gap("main", "1", T0 + timedelta(hours=2), "vanished")
+
+    assert again == first == Gap(first.id, "main", "1", T0, None, "expired")
+    assert store.open_gap_for("main", "1") == first
+    assert store.open_gap_for("main", "2") is None
+
+    closed = store.close_gap("main", "1", T0 + timedelta(minutes=45))
+    assert closed == Gap(first.id, "main", "1", T0, T0 + timedelta(minutes=45), "expired")
+    assert store.open_gap_for("main", "1") is None
+    assert store.close_gap("main", "1", T0 + timedelta(hours=1)) is None
+
+    reopened = store.open_gap("main", "1", T0 + timedelta(hours=3), "rejected")
+    assert reopened.id != first.id
+    assert store.gaps() == [closed, reopened]
+
+
+def test_gap_closed_before_its_start_is_clamped(store: Store) -> None:
+    store.open_gap("main", "1", T0, "expired")
+    closed = store.close_gap("main", "1", T0 - timedelta(seconds=3))
+    assert closed is not None
+    assert closed.end == T0
+    assert store.gaps() == [closed]
+
+
+def test_gaps_filter_by_since_and_channel(store: Store) -> None:
+    store.open_gap("main", "1", T0, "expired")
+    old = store.close_gap("main", "1", T0 + timedelta(hours=1))
+    store.open_gap("main", "2", T0 + timedelta(hours=2), "vanished")
+    recent = store.close_gap("main", "2", T0 + timedelta(hours=4))
+    still_open = store.open_gap("other", "1", T0 + timedelta(hours=3), "rejected")
+
+    assert store.gaps() == [old, recent, still_open]  # oldest first
+    assert store.gaps(since=T0 + timedelta(hours=1)) == [recent, still_open]  # ended after `since`
+    assert store.gaps(since=T0 + timedelta(hours=5)) == [still_open]
+    assert store.gaps(channel_id="1") == [old, still_open]
+    assert store.gaps(since=T0 + timedelta(hours=2), channel_id="1") == [still_open]
+
+
+# --- access-token cache, confirmations, intents, foreign channels -------------------------------
+
+
+def test_token_cache_round_trip_per_account(db: Path) -> None:
+    issued = datetime(2026, 1, 5, 14, 30, tzinfo=IST)
+    token = AccessToken(value="at-main-1", expires_at=issued + timedelta(hours=1), issued_at=issued)
+    with Store(db) as s:
+        assert s.token_cache("main").load() is None
+        s.token_cache("main").save(token)
+        s.token_cache("other").save(AccessToken(value="at-other", expires_at=T0, issued_at=T0))
+
+    with Store(db) as s:  # a restarted daemon finds it
+        got = s.token_cache("main").load()
+        assert got == token
+        assert got is not None
+        assert got.issued_at.utcoffset() == timedelta(0)
+        newer = AccessToken(value="at-main-2", expires_at=T0 + timedelta(hours=2), issued_at=T0)
+        s.token_cache("main").save(newer)
+        assert s.token_cache("main").load() == newer
+        assert s.token_cache("other").load() == AccessToken("at-other", T0, T0)
+
+
+def test_confirmations_record_exactly_the_approved_ids(store: Store) -> None:
+    assert store.confirmed_deletes() == frozenset()
+    store.confirm_deletes([("main", "1"), ("main", "2"), ("other", "1")], T0)
+    store.confirm_deletes([("main", "1")], T0 + timedelta(minutes=1))  # again: still one
+    assert store.confirmed_deletes() == {("main", "1"), ("main", "2"), ("other", "1")}
+
+    store.clear_confirmations([("main", "2")])
+    store.clear_confirmations([])
+    assert store.confirmed_deletes() == {("main", "1"), ("other", "1")}
+    store.clear_confirmations()
+    assert store.confirmed_deletes() == frozenset()
+
+
+def test_intents_survive_a_crash_until_done(db: Path) -> None:
+    with Store(db) as s:
+        s.begin("main", ["1", "2"], "POST", T0)
+        s.begin("other", ["1"], "DELETE", T0 + timedelta(seconds=1))
+        s.done("main", ["2"])
+        s.begin("main", [], "PATCH", T0)  # no ids, no journal line
+
+    with Store(db) as s:  # the process died between begin and done
+        assert s.pending_intents() == [
+            Intent("main", "1", "POST", T0),
+            Intent("other", "1", "DELETE", T0 + timedelta(seconds=1)),
+        ]
+        s.begin("main", ["1"], "PATCH", T0 + timedelta(minutes=5))
+        assert s.pending_intents()[-1] == Intent("main", "1", "PATCH", T0 + timedelta(minutes=5))
+        s.done("main", ["1"])
+        s.done("other", ["1"])
+        assert s.pending_intents() == []
+
+
+def test_foreign_channels_are_replaced_per_account(store: Store) -> None:
+    def observed(channel_id: str, *events: str) -> ObservedChannel:
+        return ObservedChannel(channel_id, parse_events(events), "https://x.example", T0)
+
+    store.set_foreign("main", [observed("7", "Leads.create", "Deals.edit"), observed("8", "Calls.all")])
+    store.set_foreign("other", [observed("9", "Tasks.delete")])
+    assert store.foreign() == [
+        ("main", "7", ["Deals", "Leads"]),
+        ("main", "8", ["Calls"]),
+        ("other", "9", ["Tasks"]),
+    ]
+    store.set_foreign("main", [])
+    assert store.foreign() == [("other", "9", ["Tasks"])]
