@@ -26,9 +26,11 @@ from daemon.model import ChannelSpec, ItemResult, ObservedChannel, RegistryEntry
 from daemon.planner import Action, Plan, Refusal
 from daemon.store import Store
 from daemon.zoho.client import WatchClient
-from daemon.zoho.errors import AuthError, RateLimited, ZohoError
+from daemon.zoho.errors import AuthError, RateLimited, TransientError, ZohoError
 
 Key = tuple[str, str]
+UNANSWERED = frozenset({"NO_RESULT"})
+"""Item codes meaning Zoho said nothing about the item: retried like a transient failure."""
 UNKNOWN_EXPIRY_CAP = timedelta(hours=1)
 """When Zoho reports no expiry for a success, assume no more than its documented default."""
 
@@ -379,7 +381,7 @@ class Engine:
             results = list(getattr(exc, "completed", None) or [])
         granted_at = client.server_now()
         recreate: list[Action] = []
-        done = {r.channel_id: r for r in results}
+        done = {r.channel_id: r for r in results if r.code not in UNANSWERED}
         with self._batched_writes():
             for action, item in zip(actions, items, strict=True):
                 result = done.get(action.channel_id)
@@ -392,8 +394,11 @@ class Engine:
                     recreate.append(replace(action, kind="create", reason="vanished"))
                 else:
                     self._rejected(account, action, result, now, report)
-            if error is not None:
-                pending = [a.channel_id for a in actions if a.channel_id not in done]
+            pending = [a.channel_id for a in actions if a.channel_id not in done]
+            if pending:
+                error = error or TransientError(
+                    f"{method}: Zoho answered no item for {len(pending)} channel(s)"
+                )
                 self._account_failure(account, method, error, now, pending)
                 report.failed += len(pending)
         self.store.done(account, [a.channel_id for a in actions])

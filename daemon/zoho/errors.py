@@ -13,6 +13,11 @@ Messages never carry tokens or secrets.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from daemon.model import ItemResult
+
 
 class ZohoError(Exception):
     """Base of every error raised by daemon.zoho."""
@@ -21,6 +26,8 @@ class ZohoError(Exception):
         super().__init__(message)
         self.code = code
         self.status = status
+        self.completed: list[ItemResult] = []
+        """Results of the batches that succeeded before this error stopped a multi-request call."""
 
 
 class TransientError(ZohoError):

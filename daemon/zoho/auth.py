@@ -1,0 +1,263 @@
+"""Access tokens for Zoho's APIs: the OAuth refresh-token flow, or a fixed token from the state file.
+
+Zoho's accounts server allows only 10 refreshes per refresh token in 10 minutes and then blocks the
+rest of the window, so the token is cached (in memory and, through TokenCache, in the store so a
+restarted daemon reuses it), refreshed by one thread at a time, and a refresh answered with "too
+many requests" blocks further attempts locally until the server's delay has passed.
+
+No secret (refresh token, client secret, access token) ever appears in a message or a repr.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from email.utils import parsedate_to_datetime
+from typing import Any, Protocol
+
+import httpx
+
+from daemon.zoho.errors import AuthError, RateLimited, TransientError
+from daemon.zoho.regions import check_base_url
+
+DEFAULT_TIMEOUT = httpx.Timeout(connect=10.0, read=30.0, write=30.0, pool=10.0)
+"""Explicit timeouts for every call to Zoho: httpx's 5 s default is too short for a 100-item PATCH."""
+
+EARLY_REFRESH = timedelta(minutes=5)
+"""Refresh this long before the token expires ..."""
+MIN_LIFETIME_USED = 0.9
+"""... or once this fraction of its lifetime has passed, if that is later (short-lived tokens)."""
+REFRESH_BLOCK = 600.0
+"""Seconds to wait after the accounts server says "too many requests": its window is 10 minutes."""
+DEFAULT_TOKEN_LIFETIME = timedelta(hours=1)
+"""Zoho's documented access-token lifetime, assumed when a refresh answer omits expires_in."""
+_MS_THRESHOLD = 86400
+"""An ``expires_in`` above one day in seconds is the older millisecond form."""
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class AccessToken:
+    """A short-lived access token; its value is kept out of the repr."""
+
+    value: str = field(repr=False)
+    expires_at: datetime
+    issued_at: datetime
+
+    def refresh_due(self) -> datetime:
+        """When a fresh token should be fetched instead of this one."""
+        lifetime = self.expires_at - self.issued_at
+        return max(self.expires_at - EARLY_REFRESH, self.issued_at + lifetime * MIN_LIFETIME_USED)
+
+
+class TokenCache(Protocol):
+    """Persistence for the access token (the store implements it), so restarts do not refresh."""
+
+    def load(self) -> AccessToken | None: ...
+
+    def save(self, token: AccessToken) -> None: ...
+
+
+class OAuth:
+    """The refresh-token flow, single-flight: one refresh at a time, the result shared by all."""
+
+    def __init__(
+        self,
+        accounts_url: str,
+        client_id: str,
+        client_secret: str,
+        refresh_token: str,
+        *,
+        http: httpx.Client,
+        clock: Callable[[], datetime] = _utc_now,
+        cache: TokenCache | None = None,
+        on_refresh: Callable[[AccessToken], None] | None = None,
+        timeout: httpx.Timeout = DEFAULT_TIMEOUT,
+    ) -> None:
+        self._url = check_base_url(accounts_url, "accounts_url") + "/oauth/v2/token"
+        self._form = {
+            "grant_type": "refresh_token",
+            "refresh_token": refresh_token,
+            "client_id": client_id,
+            "client_secret": client_secret,
+        }
+        self._http = http
+        self._timeout = timeout
+        self._clock = clock
+        self._cache = cache
+        self._on_refresh = on_refresh
+        self._lock = threading.Lock()
+        self._current: AccessToken | None = None
+        self._loaded = False
+        self._blocked_until: datetime | None = None
+        self.api_domain: str | None = None
+        """The ``api_domain`` of the last refresh answer (the DC the token belongs to)."""
+
+    def __repr__(self) -> str:
+        return f"OAuth(accounts_url={self._url!r})"
+
+    def token(self) -> str:
+        """A valid access token: the cached one while it is fresh, else a new one.
+
+        A refresh that fails transiently falls back on the cached token while it has not expired;
+        that margin is what refreshing early is for.
+        """
+        with self._lock:
+            now = self._clock()
+            if not self._loaded:
+                self._loaded = True
+                cached = self._cache.load() if self._cache is not None else None
+                if cached is not None and now < cached.expires_at:
+                    self._current = cached
+            current = self._current
+            if current is not None and now < current.refresh_due():
+                return current.value
+            try:
+                fresh = self._refresh(now)
+            except TransientError:
+                if current is not None and self._clock() < current.expires_at:
+                    return current.value
+                raise
+            self._current = fresh
+            if self._cache is not None:
+                self._cache.save(fresh)
+            if self._on_refresh is not None:
+                self._on_refresh(fresh)
+            return fresh.value
+
+    def invalidate(self, value: str) -> None:
+        """Forget ``value`` (Zoho answered INVALID_TOKEN for it); a newer token is kept."""
+        with self._lock:
+            if self._current is not None and self._current.value == value:
+                self._current = None
+
+    def _refresh(self, now: datetime) -> AccessToken:
+        if self._blocked_until is not None and now < self._blocked_until:
+            wait = (self._blocked_until - now).total_seconds()
+            raise RateLimited(
+                f"token refresh held back {wait:.0f}s: Zoho accounts said too many requests",
+                code="too_many_requests",
+                retry_after=wait,
+            )
+        try:
+            response = self._http.post(self._url, data=self._form, timeout=self._timeout)
+        except httpx.TimeoutException as exc:
+            raise TransientError(
+                f"token refresh: POST /oauth/v2/token timed out ({type(exc).__name__})"
+            ) from None
+        except httpx.TransportError as exc:
+            raise TransientError(
+                f"token refresh: POST /oauth/v2/token failed: {type(exc).__name__}"
+            ) from None
+        try:
+            token = self._parse(response, now)
+        except RateLimited as exc:
+            self._blocked_until = now + timedelta(seconds=exc.retry_after or 0.0)
+            raise
+        return token
+
+    def _parse(self, response: httpx.Response, now: datetime) -> AccessToken:
+        status = response.status_code
+        where = f"token refresh: POST /oauth/v2/token: HTTP {status}"
+        if status == 429:
+            raise RateLimited(
+                f"{where} too many requests", status=status, retry_after=_block(response, now)
+            )
+        if status >= 500:
+            raise TransientError(f"{where} server error", status=status)
+        try:
+            body: Any = response.json()
+        except ValueError:
+            raise TransientError(f"{where} answer is not JSON", status=status) from None
+        if not isinstance(body, dict):
+            raise TransientError(f"{where} answer is not a JSON object", status=status)
+        value = body.get("access_token")
+        if isinstance(value, str) and value:
+            self.api_domain = _str_or_none(body.get("api_domain"))
+            return AccessToken(value=value, issued_at=now, expires_at=now + _lifetime(body, where))
+        error = body.get("error")
+        if isinstance(error, str) and error:
+            description = str(body.get("error_description", "")).lower()
+            if "too many requests" in description:
+                raise RateLimited(
+                    f"{where} too many requests (code {error!r})",
+                    code=error,
+                    status=status,
+                    retry_after=_block(response, now),
+                )
+            raise AuthError(f"{where} refused: {error}", code=error, status=status)
+        raise TransientError(f"{where} answer has neither access_token nor error", status=status)
+
+
+def _lifetime(body: dict[str, Any], where: str) -> timedelta:
+    """``expires_in`` in seconds, or the older form: milliseconds plus ``expires_in_sec``."""
+    raw = body.get("expires_in_sec", body.get("expires_in"))
+    if raw is None:
+        return DEFAULT_TOKEN_LIFETIME
+    try:
+        seconds = float(raw)
+    except (TypeError, ValueError):
+        raise TransientError(f"{where} expires_in is not a number") from None
+    if "expires_in_sec" not in body and seconds > _MS_THRESHOLD:
+        seconds /= 1000
+    if seconds <= 0:
+        raise TransientError(f"{where} expires_in is not positive")
+    return timedelta(seconds=seconds)
+
+
+def _block(response: httpx.Response, now: datetime) -> float:
+    """How long a refresh answered "too many requests" holds further refreshes back."""
+    delay = retry_after_seconds(response, now)
+    return REFRESH_BLOCK if delay is None else delay
+
+
+def _str_or_none(value: object) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+def retry_after_seconds(response: httpx.Response, now: datetime) -> float | None:
+    """``Retry-After`` in seconds (delta-seconds or an HTTP date, taken against ``now``)."""
+    raw = response.headers.get("Retry-After")
+    if raw is None:
+        return None
+    raw = raw.strip()
+    try:
+        seconds = float(raw)
+    except ValueError:
+        pass
+    else:
+        return max(0.0, seconds) if math.isfinite(seconds) else None
+    try:
+        when = parsedate_to_datetime(raw)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - now).total_seconds())
+
+
+class StaticToken:
+    """A fixed access token from the state file: nothing to refresh, so once Zoho rejects it the
+    account stays failed until the operator supplies a new one."""
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+        self._dead = False
+
+    def __repr__(self) -> str:
+        return f"StaticToken(dead={self._dead})"
+
+    def token(self) -> str:
+        if self._dead:
+            raise AuthError("the configured access_token was rejected by Zoho (expired or revoked)")
+        return self._value
+
+    def invalidate(self, value: str) -> None:
+        if value == self._value:
+            self._dead = True

@@ -1,0 +1,318 @@
+"""OAuth refresh flow and fixed tokens, against the emulator's accounts server over real HTTP."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
+
+import httpx
+import pytest
+
+from daemon.zoho.auth import AccessToken, OAuth, StaticToken, retry_after_seconds
+from daemon.zoho.errors import AuthError, RateLimited, TransientError
+from tests.helpers import SimClock
+
+if TYPE_CHECKING:
+    from daemon.emulator import Emulator
+
+CLIENT_ID = "emu-client-id"
+CLIENT_SECRET = "emu-client-secret"
+REFRESH_TOKEN = "emu-refresh-token"
+SECRETS = (CLIENT_SECRET, REFRESH_TOKEN)
+
+
+class MemoryCache:
+    """A TokenCache as the store implements it, kept in memory."""
+
+    def __init__(self) -> None:
+        self.saved: list[AccessToken] = []
+
+    def load(self) -> AccessToken | None:
+        return self.saved[-1] if self.saved else None
+
+    def save(self, token: AccessToken) -> None:
+        self.saved.append(token)
+
+
+@pytest.fixture
+def http() -> Iterator[httpx.Client]:
+    with httpx.Client() as client:
+        yield client
+
+
+def oauth_for(
+    emu: Emulator,
+    http: httpx.Client,
+    clock: SimClock,
+    *,
+    client_secret: str = CLIENT_SECRET,
+    refresh_token: str = REFRESH_TOKEN,
+    **kwargs: object,
+) -> OAuth:
+    return OAuth(
+        emu.url,
+        CLIENT_ID,
+        client_secret,
+        refresh_token,
+        http=http,
+        clock=clock,
+        **kwargs,  # type: ignore[arg-type]
+    )
+
+
+def refreshes(emu: Emulator) -> int:
+    return sum(1 for call in emu.calls if call.method == "TOKEN")
+
+
+def assert_no_secret(exc: BaseException, *secrets: str) -> None:
+    for text in (str(exc), repr(exc), str(exc.args)):
+        for secret in secrets:
+            assert secret not in text
+
+
+def test_token_is_cached_until_five_minutes_before_expiry(
+    emulator: Emulator, http: httpx.Client, sim_clock: SimClock
+) -> None:
+    auth = oauth_for(emulator, http, sim_clock)
+    first = auth.token()
+    assert auth.api_domain == emulator.url
+    sim_clock.advance(timedelta(minutes=54, seconds=59))
+    assert auth.token() == first
+    assert refreshes(emulator) == 1
+    sim_clock.advance(timedelta(seconds=2))
+    second = auth.token()
+    assert second != first
+    assert refreshes(emulator) == 2
+
+
+@pytest.mark.parametrize("emulator", [{"access_token_lifetime": timedelta(minutes=10)}], indirect=True)
+def test_short_lived_token_is_used_for_ninety_percent_of_its_life(
+    emulator: Emulator, http: httpx.Client, sim_clock: SimClock
+) -> None:
+    auth = oauth_for(emulator, http, sim_clock)
+    first = auth.token()
+    sim_clock.advance(timedelta(minutes=8, seconds=59))  # past "5 min before expiry", under 90%
+    assert auth.token() == first
+    sim_clock.advance(timedelta(seconds=2))
+    assert auth.token() != first
+    assert refreshes(emulator) == 2
+
+
+def test_cache_lets_a_restarted_daemon_skip_the_refresh(
+    emulator: Emulator, http: httpx.Client, sim_clock: SimClock
+) -> None:
+    cache = MemoryCache()
+    refreshed: list[AccessToken] = []
+    first = oauth_for(emulator, http, sim_clock, cache=cache, on_refresh=refreshed.append).token()
+    assert [t.value for t in cache.saved] == [first] == [t.value for t in refreshed]
+    assert cache.saved[0].expires_at - cache.saved[0].issued_at == timedelta(hours=1)
+
+    assert oauth_for(emulator, http, sim_clock, cache=cache).token() == first
+    assert refreshes(emulator) == 1
+
+    sim_clock.advance(timedelta(hours=2))  # the cached token has expired: a new process refreshes
+    assert oauth_for(emulator, http, sim_clock, cache=cache).token() != first
+    assert refreshes(emulator) == 2
+    assert len(cache.saved) == 2
+
+
+def test_concurrent_callers_share_one_refresh(
+    emulator: Emulator, http: httpx.Client, sim_clock: SimClock
+) -> None:
+    from daemon.emulator import Fault
+
+    emulator.add_fault(Fault(status=None, paths="token", latency=0.2))  # a slow accounts server
+    auth = oauth_for(emulator, http, sim_clock)
+    start = threading.Barrier(8)
+    got: list[str] = []
+
+    def call() -> None:
+        start.wait()
+        got.append(auth.token())
+
+    threads = [threading.Thread(target=call) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(got) == 8
+    assert len(set(got)) == 1
+    assert refreshes(emulator) == 1
+
+
+def test_invalidate_drops_only_the_rejected_token(
+    emulator: Emulator, http: httpx.Client, sim_clock: SimClock
+) -> None:
+    auth = oauth_for(emulator, http, sim_clock)
+    first = auth.token()
+    auth.invalidate("some-older-token")
+    assert auth.token() == first
+    auth.invalidate(first)
+    assert auth.token() != first
+    assert refreshes(emulator) == 2
+
+
+@pytest.mark.parametrize(
+    ("secret", "refresh_token", "code"),
+    [
+        ("wrong-client-secret", REFRESH_TOKEN, "invalid_client"),
+        (CLIENT_SECRET, "revoked-refresh-token", "invalid_code"),
+    ],
+)
+def test_bad_credentials_are_terminal_and_never_quoted(
+    emulator: Emulator,
+    http: httpx.Client,
+    sim_clock: SimClock,
+    secret: str,
+    refresh_token: str,
+    code: str,
+) -> None:
+    auth = oauth_for(emulator, http, sim_clock, client_secret=secret, refresh_token=refresh_token)
+    with pytest.raises(AuthError) as caught:
+        auth.token()
+    assert caught.value.code == code
+    assert code in str(caught.value)
+    assert_no_secret(caught.value, secret, refresh_token)
+
+
+def test_refresh_allowance_exhausted_is_rate_limited_and_held_back_locally(
+    emulator: Emulator, http: httpx.Client, sim_clock: SimClock
+) -> None:
+    auth = oauth_for(emulator, http, sim_clock)
+    for _ in range(10):  # Zoho allows 10 refreshes per refresh token in 10 minutes
+        auth.invalidate(auth.token())
+    with pytest.raises(RateLimited) as caught:
+        auth.token()
+    assert caught.value.retry_after == 600
+    assert_no_secret(caught.value, *SECRETS)
+    assert refreshes(emulator) == 11
+
+    sim_clock.advance(timedelta(minutes=5))
+    with pytest.raises(RateLimited) as again:
+        auth.token()
+    assert again.value.retry_after == pytest.approx(300)
+    assert refreshes(emulator) == 11  # not even asked
+
+    sim_clock.advance(timedelta(minutes=5, seconds=1))
+    auth.token()
+    assert refreshes(emulator) == 12
+
+
+def test_http_429_from_accounts_honours_retry_after(
+    emulator: Emulator, http: httpx.Client, sim_clock: SimClock
+) -> None:
+    from daemon.emulator import Fault
+
+    emulator.add_fault(Fault(status=429, paths="token", retry_after=42, count=1))
+    auth = oauth_for(emulator, http, sim_clock)
+    with pytest.raises(RateLimited) as caught:
+        auth.token()
+    assert caught.value.retry_after == 42
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [
+        {"status": 500},
+        {"status": 503, "body": "html"},
+        {"status": 200, "body": "garbage"},
+        {"status": 200, "body": "empty"},
+        {"status": None, "latency": 1.0},
+    ],
+    ids=["500", "503-html", "200-garbage", "200-empty", "timeout"],
+)
+def test_server_trouble_is_transient(
+    emulator: Emulator, http: httpx.Client, sim_clock: SimClock, fault: dict[str, object]
+) -> None:
+    from daemon.emulator import Fault
+
+    emulator.add_fault(Fault(paths="token", **fault))  # type: ignore[arg-type]
+    auth = oauth_for(emulator, http, sim_clock, timeout=httpx.Timeout(0.3))
+    with pytest.raises(TransientError) as caught:
+        auth.token()
+    assert type(caught.value) is TransientError
+    assert_no_secret(caught.value, *SECRETS)
+
+
+def test_failed_early_refresh_falls_back_on_the_still_valid_token(
+    emulator: Emulator, http: httpx.Client, sim_clock: SimClock
+) -> None:
+    from daemon.emulator import Fault
+
+    auth = oauth_for(emulator, http, sim_clock)
+    first = auth.token()
+    emulator.add_fault(Fault(status=503, paths="token"))
+    sim_clock.advance(timedelta(minutes=57))  # refresh due, token still valid for 3 minutes
+    assert auth.token() == first
+    sim_clock.advance(timedelta(minutes=3))
+    with pytest.raises(TransientError):
+        auth.token()
+
+
+def _answering(payload: dict[str, object], status: int = 200) -> httpx.Client:
+    """For answer shapes the emulator never produces (older Zoho deployments)."""
+    return httpx.Client(transport=httpx.MockTransport(lambda _: httpx.Response(status, json=payload)))
+
+
+@pytest.mark.parametrize(
+    ("payload", "lifetime"),
+    [
+        ({"access_token": "t", "expires_in": 3600}, timedelta(hours=1)),
+        ({"access_token": "t", "expires_in": 3600000}, timedelta(hours=1)),
+        ({"access_token": "t", "expires_in": 1800000, "expires_in_sec": 1800}, timedelta(minutes=30)),
+    ],
+    ids=["seconds", "milliseconds", "expires_in_sec"],
+)
+def test_lifetime_forms(payload: dict[str, object], lifetime: timedelta, sim_clock: SimClock) -> None:
+    cache = MemoryCache()
+    with _answering(payload) as http:
+        OAuth(
+            "https://accounts.zoho.com", "id", "s", "r", http=http, clock=sim_clock, cache=cache
+        ).token()
+    assert cache.saved[0].expires_at == sim_clock.now() + lifetime
+
+
+def test_error_without_access_token_names_only_the_code(sim_clock: SimClock) -> None:
+    with _answering({"error": "invalid_scope"}, status=400) as http:
+        auth = OAuth(
+            "https://accounts.zoho.com", "id", "the-secret", "the-refresh", http=http, clock=sim_clock
+        )
+        with pytest.raises(AuthError, match="invalid_scope") as caught:
+            auth.token()
+    assert_no_secret(caught.value, "the-secret", "the-refresh")
+
+
+def test_plain_http_accounts_url_is_refused_off_loopback(http: httpx.Client) -> None:
+    with pytest.raises(ValueError, match="https"):
+        OAuth("http://accounts.zoho.com", "id", "s", "r", http=http)
+
+
+def test_static_token_dies_once_rejected() -> None:
+    static = StaticToken("1000.fixed-access-token")
+    assert static.token() == "1000.fixed-access-token"
+    static.invalidate("1000.another-token")
+    assert static.token() == "1000.fixed-access-token"
+    static.invalidate("1000.fixed-access-token")
+    with pytest.raises(AuthError) as caught:
+        static.token()
+    assert_no_secret(caught.value, "1000.fixed-access-token")
+    assert "fixed-access-token" not in repr(static)
+
+
+def test_access_token_repr_hides_the_value() -> None:
+    now = datetime(2026, 1, 5, tzinfo=UTC)
+    token = AccessToken("1000.secret-value", expires_at=now + timedelta(hours=1), issued_at=now)
+    assert "secret-value" not in repr(token)
+    assert "secret-value" not in str(token)
+
+
+def test_retry_after_as_http_date() -> None:
+    now = datetime(2026, 1, 5, 9, 0, 0, tzinfo=UTC)
+    response = httpx.Response(429, headers={"Retry-After": "Mon, 05 Jan 2026 09:01:30 GMT"})
+    assert retry_after_seconds(response, now) == 90
+    assert retry_after_seconds(httpx.Response(429, headers={"Retry-After": "12"}), now) == 12
+    assert retry_after_seconds(httpx.Response(429, headers={"Retry-After": "soon"}), now) is None
+    assert retry_after_seconds(httpx.Response(429, headers={"Retry-After": "inf"}), now) is None
+    assert retry_after_seconds(httpx.Response(429), now) is None

@@ -1,0 +1,615 @@
+"""WatchClient against the emulator over real HTTP on 127.0.0.1: paging, batching, per-item results,
+error classes, clock skew, local refusals, and that no secret leaks into an error."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+import httpx
+import pytest
+
+from daemon.model import ChannelSpec, WatchItem, canonical_json, format_instant, parse_events
+from daemon.zoho.auth import AccessToken, OAuth, StaticToken
+from daemon.zoho.client import WatchClient, map_delete_results, map_write_results, merge_rows
+from daemon.zoho.errors import AuthError, RateLimited, RequestRefused, TerminalError, TransientError
+from daemon.zoho.regions import Endpoint
+from tests.helpers import SimClock
+from tests.test_zoho_auth import SECRETS, MemoryCache, assert_no_secret, oauth_for, refreshes
+
+if TYPE_CHECKING:
+    from daemon.emulator import Call, Emulator
+
+HOOK_SECRET = "hook-query-secret"
+NOTIFY_URL = f"https://hooks.example.com/zoho?source=crm&key={HOOK_SECRET}"
+CHANNEL_TOKEN = "channel-verification-token"
+ALL_SECRETS = (*SECRETS, HOOK_SECRET, CHANNEL_TOKEN)
+
+
+@pytest.fixture
+def http() -> Iterator[httpx.Client]:
+    with httpx.Client() as client:
+        yield client
+
+
+def endpoint_for(emu: Emulator, version: str = "v8") -> Endpoint:
+    return Endpoint.resolve("crm", version, api_domain=emu.url, accounts_url=emu.url)
+
+
+@pytest.fixture
+def client(emulator: Emulator, http: httpx.Client, sim_clock: SimClock) -> Iterator[WatchClient]:
+    watch = WatchClient(endpoint_for(emulator), oauth_for(emulator, http, sim_clock), clock=sim_clock)
+    yield watch
+    watch.close()
+
+
+def item(
+    channel_id: str,
+    events: tuple[str, ...] = ("Deals.all",),
+    *,
+    expires_at: datetime,
+    notify_url: str = NOTIFY_URL,
+    token: str | None = CHANNEL_TOKEN,
+    **flags: Any,
+) -> WatchItem:
+    spec = ChannelSpec(
+        account="main",
+        channel_id=channel_id,
+        events=parse_events(events),
+        notify_url=notify_url,
+        ttl=timedelta(hours=6),
+        token=token,
+        **flags,
+    )
+    return WatchItem(spec, expires_at)
+
+
+def calls(emu: Emulator, method: str) -> list[Call]:
+    return [call for call in emu.calls if call.method == method]
+
+
+def channel_ids(n: int, start: int = 1000000068001) -> list[str]:
+    return [str(start + i) for i in range(n)]
+
+
+# -- listing -------------------------------------------------------------------------------------
+
+
+def test_list_pages_until_more_records_is_false(emulator: Emulator, client: WatchClient) -> None:
+    ids = channel_ids(150)
+    for channel_id in ids:  # three modules each: 450 rows
+        emulator.add_foreign_channel(
+            channel_id, ["Deals.create", "Contacts.edit", "Leads.delete"], NOTIFY_URL
+        )
+    observed = client.list()
+    assert sorted(observed) == ids
+    assert observed[ids[77]].events == parse_events(["Deals.create", "Contacts.edit", "Leads.delete"])
+    gets = calls(emulator, "GET")
+    assert [(c.query["page"], c.query["per_page"]) for c in gets] == [
+        ("1", "200"),
+        ("2", "200"),
+        ("3", "200"),
+    ]
+
+
+def test_empty_listing_is_204(emulator: Emulator, client: WatchClient) -> None:
+    assert client.list() == {}
+    assert [c.status for c in calls(emulator, "GET")] == [204]
+
+
+def test_all_is_expanded_and_merged_with_the_other_rows(
+    emulator: Emulator, client: WatchClient, sim_clock: SimClock
+) -> None:
+    condition = [{"type": "field_selection", "module": {"api_name": "Deals", "id": "1"}}]
+    wanted = item(
+        "1000000068001",
+        ("Deals.all", "Contacts.create"),
+        expires_at=sim_clock.now() + timedelta(hours=6),
+        notify_on_related_action=True,
+        return_affected_field_values=True,
+        notification_condition=canonical_json(condition),
+    )
+    client.enable([wanted])
+    seen = client.list()["1000000068001"]
+    assert seen.events == wanted.spec.events
+    assert len(seen.events) == 4
+    assert seen.notify_url == NOTIFY_URL
+    assert seen.token == CHANNEL_TOKEN
+    assert seen.notify_on_related_action is True
+    assert seen.return_affected_field_values is True
+    assert seen.notification_condition == wanted.spec.notification_condition
+    assert seen.expires_at == wanted.expires_at
+
+
+def test_expiries_written_in_the_org_offset_come_back_as_utc(
+    emulator: Emulator, client: WatchClient, sim_clock: SimClock
+) -> None:
+    emulator.add_foreign_channel("1000000068001", ["Deals.edit"], NOTIFY_URL, ttl=timedelta(hours=6))
+    observed = client.list()["1000000068001"]  # written as 2026-01-05T20:30:00+05:30
+    assert (
+        observed.expires_at
+        == datetime(2026, 1, 5, 15, 0, 0, tzinfo=UTC)
+        == sim_clock.now() + timedelta(hours=6)
+    )
+    assert observed.expires_at.utcoffset() == timedelta(0)
+
+
+def test_an_org_west_of_utc(emulator: Emulator, http: httpx.Client, sim_clock: SimClock) -> None:
+    emulator.add_org(
+        "west", client_id="west-id", client_secret="west-secret", tz_offset=-timedelta(hours=11)
+    )
+    auth = OAuth(
+        emulator.url, "west-id", "west-secret", "emu-refresh-token-west", http=http, clock=sim_clock
+    )
+    west = WatchClient(endpoint_for(emulator), auth, clock=sim_clock)
+    expiry = sim_clock.now() + timedelta(hours=3)  # 2026-01-04T23:00:00-11:00 on Zoho's side
+    [result] = west.enable([item("1000000068009", expires_at=expiry)])
+    assert result.ok
+    assert result.expires_at == expiry
+    assert west.list()["1000000068009"].expires_at == expiry
+    assert "1000000068009" in emulator.channels("west")
+    assert "1000000068009" not in emulator.channels()
+    west.close()
+
+
+def test_merge_rows_is_linear_and_keeps_the_earliest_expiry() -> None:
+    """10,000 channels on two modules each, every row with its own expiry (no memo help)."""
+    base = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
+    rows = []
+    for n in range(10_000):
+        for module, minutes in (("Deals", n), ("Contacts", n + 30)):
+            expiry = base + timedelta(hours=6, minutes=minutes)
+            rows.append(
+                {
+                    "channel_id": str(1000000068001 + n),
+                    "resource_name": module,
+                    "events": [f"{module}.edit", f"{module}.create", f"{module}.delete"],
+                    "channel_expiry": format_instant(expiry, timedelta(hours=5, minutes=30)),
+                    "notify_url": NOTIFY_URL,
+                    "token": None,
+                    "notify_on_related_action": False,
+                    "notification_condition": None,
+                }
+            )
+    started = time.perf_counter()
+    merged = merge_rows(rows)
+    elapsed = time.perf_counter() - started
+    assert len(merged) == 10_000
+    last = merged[str(1000000068001 + 9_999)]
+    assert last.expires_at == base + timedelta(hours=6, minutes=9_999)
+    assert last.events == parse_events(["Deals.all", "Contacts.all"])
+    assert elapsed < 2.0, f"merging 20,000 rows took {elapsed:.2f}s"
+
+
+def test_events_this_daemon_cannot_express_are_left_out() -> None:
+    row = {"channel_id": "1", "channel_expiry": "2026-01-05T15:00:00+05:30", "notify_url": NOTIFY_URL}
+    merged = merge_rows([{**row, "events": ["Deals.create", "Deals.merge", 7]}])
+    assert merged["1"].events == {("Deals", "create")}
+    with pytest.raises(TransientError, match="channel_expiry"):
+        merge_rows([{**row, "channel_expiry": "soon"}])
+
+
+# -- writes --------------------------------------------------------------------------------------
+
+
+def test_250_items_go_in_three_requests_and_answer_in_order(
+    emulator: Emulator, client: WatchClient, sim_clock: SimClock
+) -> None:
+    expiry = sim_clock.now() + timedelta(days=6)
+    ids = channel_ids(250)
+    results = client.enable([item(channel_id, expires_at=expiry) for channel_id in ids])
+    assert [r.channel_id for r in results] == ids
+    assert all(r.ok and r.code == "SUCCESS" and r.expires_at == expiry for r in results)
+    posts = calls(emulator, "POST")
+    assert [(c.status, c.items) for c in posts] == [(201, 100), (201, 100), (201, 50)]
+    assert len(emulator.channels()) == 250
+
+
+@pytest.mark.parametrize("emulator", [{"max_items": 50}], indirect=True)
+def test_a_zoho_capped_at_50_items_halves_the_batch_and_remembers(
+    emulator: Emulator, client: WatchClient, sim_clock: SimClock
+) -> None:
+    expiry = sim_clock.now() + timedelta(days=6)
+    ids = channel_ids(120)
+    results = client.enable([item(channel_id, expires_at=expiry) for channel_id in ids])
+    assert [r.channel_id for r in results] == ids
+    assert all(r.ok for r in results)
+    assert [(c.status, c.items) for c in calls(emulator, "POST")] == [
+        (400, 100),
+        (201, 50),
+        (201, 50),
+        (201, 20),
+    ]
+    assert all(
+        r.ok for r in client.update([item(channel_id, expires_at=expiry) for channel_id in ids[:60]])
+    )
+    assert [(c.status, c.items) for c in calls(emulator, "PATCH")] == [(200, 50), (200, 10)]
+
+
+def test_a_size_complaint_that_halving_does_not_cure_is_not_remembered(
+    emulator: Emulator, client: WatchClient, sim_clock: SimClock
+) -> None:
+    from daemon.emulator import Fault
+
+    items = [
+        item(channel_id, expires_at=sim_clock.now() + timedelta(hours=1))
+        for channel_id in channel_ids(4)
+    ]
+    emulator.add_fault(Fault(status=400, code="LIMIT_REACHED", methods=frozenset({"POST"})))
+    with pytest.raises(TerminalError, match="LIMIT_REACHED"):
+        client.enable(items)
+    assert [c.items for c in calls(emulator, "POST")] == [4, 2, 1]
+    emulator.clear_faults()
+    emulator.clear_calls()
+    assert all(r.ok for r in client.enable(items))
+    assert [c.items for c in calls(emulator, "POST")] == [4]
+
+
+def test_a_failed_later_batch_carries_the_completed_results(
+    emulator: Emulator, http: httpx.Client, sim_clock: SimClock
+) -> None:
+    from daemon.emulator import Fault
+
+    def fail_from_now_on(response: httpx.Response) -> None:
+        emulator.add_fault(Fault(status=503, methods=frozenset({"POST"})))
+
+    hooked = httpx.Client(event_hooks={"response": [fail_from_now_on]})
+    auth = oauth_for(emulator, http, sim_clock)
+    watch = WatchClient(endpoint_for(emulator), auth, http=hooked, clock=sim_clock)
+    expiry = sim_clock.now() + timedelta(days=6)
+    ids = channel_ids(150)
+    with pytest.raises(TransientError) as caught:
+        watch.enable([item(channel_id, expires_at=expiry) for channel_id in ids])
+    assert [r.channel_id for r in caught.value.completed] == ids[:100]
+    assert all(r.ok for r in caught.value.completed)
+    assert [c.status for c in calls(emulator, "POST")] == [201, 503]
+    watch.close()
+    assert not hooked.is_closed  # a client passed in belongs to the caller
+    hooked.close()
+
+
+def test_per_item_errors_map_to_their_channels(
+    emulator: Emulator, client: WatchClient, sim_clock: SimClock
+) -> None:
+    expiry = sim_clock.now() + timedelta(hours=6)
+    items = [
+        item("1000000068001", expires_at=expiry),
+        item("not-a-number", expires_at=expiry),
+        item("1000000068003", expires_at=expiry, notify_url="ftp://hooks.example.com/"),
+        item("1000000068004", ("Contacts.create",), expires_at=expiry),
+    ]
+    results = client.enable(items)
+    assert [(r.channel_id, r.ok, r.code, r.api_name) for r in results] == [
+        ("1000000068001", True, "SUCCESS", None),
+        ("not-a-number", False, "INVALID_DATA", "channel_id"),
+        ("1000000068003", False, "INVALID_DATA", "notify_url"),
+        ("1000000068004", True, "SUCCESS", None),
+    ]
+    assert results[1].json_path == "$.watch[1].channel_id"
+    assert results[3].expires_at == expiry
+    assert [c.status for c in calls(emulator, "POST")] == [202]
+
+
+def test_patch_of_a_channel_zoho_lost_is_reported_not_found(
+    emulator: Emulator, client: WatchClient, sim_clock: SimClock
+) -> None:
+    expiry = sim_clock.now() + timedelta(hours=6)
+    client.enable([item("1000000068001", expires_at=expiry), item("1000000068003", expires_at=expiry)])
+    later = expiry + timedelta(hours=1)
+    ids = ("1000000068001", "1000000068002", "1000000068003")
+    results = client.update([item(channel_id, expires_at=later) for channel_id in ids])
+    assert [(r.channel_id, r.ok, r.code, r.not_found) for r in results] == [
+        ("1000000068001", True, "SUCCESS", False),
+        ("1000000068002", False, "NOT_SUBSCRIBED", True),
+        ("1000000068003", True, "SUCCESS", False),
+    ]
+    assert results[0].expires_at == later
+
+
+def test_patch_carries_the_full_item(
+    emulator: Emulator, client: WatchClient, sim_clock: SimClock
+) -> None:
+    expiry = sim_clock.now() + timedelta(hours=6)
+    client.enable([item("1000000068001", expires_at=expiry, notify_on_related_action=True)])
+    renewed = expiry + timedelta(hours=2)
+    client.update([item("1000000068001", expires_at=renewed, notify_on_related_action=True)])
+    [patch] = calls(emulator, "PATCH")
+    assert patch.body is not None
+    sent = patch.body["watch"][0]
+    assert set(sent) == {
+        "channel_id",
+        "events",
+        "notify_url",
+        "channel_expiry",
+        "token",
+        "notify_on_related_action",
+        "return_affected_field_values",
+    }
+    assert sent["channel_expiry"] == "2026-01-05T17:00:00+00:00"
+    assert sent["events"] == ["Deals.all"]
+    channel = emulator.channels()["1000000068001"]
+    assert channel.token == CHANNEL_TOKEN  # an omitted token would have been nulled
+    assert channel.expires_at == renewed
+
+
+def test_put_replaces_the_configuration(
+    emulator: Emulator, client: WatchClient, sim_clock: SimClock
+) -> None:
+    expiry = sim_clock.now() + timedelta(hours=6)
+    client.enable([item("1000000068001", ("Deals.all",), expires_at=expiry)])
+    [result] = client.replace(
+        [item("1000000068001", ("Contacts.create",), expires_at=expiry, token=None)]
+    )
+    assert result.ok
+    seen = client.list()["1000000068001"]
+    assert seen.events == {("Contacts", "create")}
+    assert seen.token is None
+
+
+# -- delete --------------------------------------------------------------------------------------
+
+
+def test_delete_treats_not_subscribed_as_already_gone(
+    emulator: Emulator, client: WatchClient, sim_clock: SimClock
+) -> None:
+    expiry = sim_clock.now() + timedelta(hours=6)
+    ours = ("1000000068001", "1000000068002")
+    client.enable(
+        [item(channel_id, ("Deals.all", "Leads.create"), expires_at=expiry) for channel_id in ours]
+    )
+    results = client.delete(["1000000068001", "1000000068555", "1000000068002"])
+    assert [(r.channel_id, r.ok, r.code) for r in results] == [
+        ("1000000068001", True, "SUCCESS"),
+        ("1000000068555", True, "NOT_SUBSCRIBED"),
+        ("1000000068002", True, "SUCCESS"),
+    ]
+    assert emulator.channels() == {}
+    assert [c.status for c in calls(emulator, "DELETE")] == [202]
+
+
+def test_delete_keeps_each_id_list_short(emulator: Emulator, client: WatchClient) -> None:
+    short = [str(n) for n in range(1, 251)]
+    assert all(r.ok for r in client.delete(short))
+    assert [len(c.query["channel_ids"].split(",")) for c in calls(emulator, "DELETE")] == [100, 100, 50]
+    emulator.clear_calls()
+    long_ids = channel_ids(60, start=4_000_000_000_000_000_000)  # 19 digits: 25 fit in 512 characters
+    results = client.delete(long_ids)
+    assert [r.channel_id for r in results] == long_ids
+    deletes = calls(emulator, "DELETE")
+    assert [len(c.query["channel_ids"].split(",")) for c in deletes] == [25, 25, 10]
+    assert all(len(c.query["channel_ids"]) <= 512 for c in deletes)
+
+
+def test_whole_request_4xx_is_terminal(emulator: Emulator, client: WatchClient) -> None:
+    from daemon.emulator import Fault
+
+    emulator.add_fault(Fault(status=400, code="REQUIRED_PARAM_MISSING", methods=frozenset({"DELETE"})))
+    with pytest.raises(TerminalError) as caught:
+        client.delete(["1000000068001"])
+    assert caught.value.code == "REQUIRED_PARAM_MISSING"
+    assert caught.value.status == 400
+    assert "DELETE /crm/v8/actions/watch" in str(caught.value)
+
+
+def test_a_refusal_naming_no_channel_claims_no_delete() -> None:
+    """Zoho's answer shapes the emulator never mixes: an anonymous refusal beside NOT_SUBSCRIBED
+    means no requested id may be taken as already gone."""
+    answer = [
+        {"code": "NOT_SUBSCRIBED", "status": "error", "message": "not subscribed", "details": {}},
+        {"code": "NO_PERMISSION", "status": "error", "message": "permission denied", "details": {}},
+    ]
+    results = map_delete_results(["1000000068001", "1000000068002"], answer)
+    assert [(r.ok, r.code) for r in results] == [(False, "NO_PERMISSION"), (False, "NO_PERMISSION")]
+
+
+def test_a_channel_missing_from_the_answer_is_not_taken_as_done() -> None:
+    success = {
+        "code": "SUCCESS",
+        "status": "success",
+        "message": "Successfully subscribed for actions-watch of the given module",
+        "details": {
+            "events": [
+                {"channel_expiry": "2026-01-05T20:30:00+05:30", "channel_id": "1000000068002"},
+                {"channel_expiry": "2026-01-05T20:29:00+05:30", "channel_id": "1000000068002"},
+            ]
+        },
+    }
+    first, second = map_write_results(["1000000068001", "1000000068002"], [success])
+    assert (first.channel_id, first.ok, first.code) == ("1000000068001", False, "NO_RESULT")
+    assert (second.channel_id, second.ok) == ("1000000068002", True)
+    assert second.expires_at == datetime(2026, 1, 5, 14, 59, tzinfo=UTC)  # the earlier module wins
+
+
+# -- auth ----------------------------------------------------------------------------------------
+
+
+def test_expired_access_token_is_refreshed_and_the_call_retried(
+    emulator: Emulator, http: httpx.Client, sim_clock: SimClock
+) -> None:
+    now = sim_clock.now()
+    cache = MemoryCache()  # a token the store kept, believed good for ten hours
+    cache.save(
+        AccessToken(emulator.issue_access_token(), expires_at=now + timedelta(hours=10), issued_at=now)
+    )
+    auth = oauth_for(emulator, http, sim_clock, cache=cache)
+    watch = WatchClient(endpoint_for(emulator), auth, clock=sim_clock)
+    sim_clock.advance(timedelta(minutes=61))  # Zoho expired it after its hour
+    assert watch.list() == {}
+    assert [(c.method, c.status) for c in emulator.calls] == [("GET", 401), ("TOKEN", 200), ("GET", 204)]
+    assert len(cache.saved) == 2
+    watch.close()
+
+
+@pytest.mark.parametrize(
+    ("code", "attempts"),
+    [("INVALID_TOKEN", 2), ("AUTHENTICATION_FAILURE", 2), ("OAUTH_SCOPE_MISMATCH", 1)],
+)
+def test_a_401_that_persists_is_an_auth_error(
+    emulator: Emulator, client: WatchClient, code: str, attempts: int
+) -> None:
+    from daemon.emulator import Fault
+
+    emulator.add_fault(Fault(status=401, code=code))
+    with pytest.raises(AuthError) as caught:
+        client.list()
+    assert caught.value.code == code
+    assert len(calls(emulator, "GET")) == attempts
+    assert refreshes(emulator) == attempts
+    assert_no_secret(caught.value, *ALL_SECRETS)
+
+
+def test_a_rejected_static_token_is_an_auth_error(emulator: Emulator, sim_clock: SimClock) -> None:
+    value = emulator.issue_access_token()
+    watch = WatchClient(endpoint_for(emulator), StaticToken(value), clock=sim_clock)
+    assert watch.list() == {}
+    sim_clock.advance(timedelta(hours=2))
+    with pytest.raises(AuthError) as caught:
+        watch.list()
+    assert [c.status for c in calls(emulator, "GET")] == [204, 401]
+    assert_no_secret(caught.value, value)
+    watch.close()
+
+
+def test_requests_carry_the_zoho_headers(emulator: Emulator, sim_clock: SimClock) -> None:
+    seen: list[httpx.Request] = []
+    hooked = httpx.Client(event_hooks={"request": [seen.append]})
+    value = emulator.issue_access_token()
+    watch = WatchClient(endpoint_for(emulator), StaticToken(value), http=hooked, clock=sim_clock)
+    watch.enable([item("1000000068001", expires_at=sim_clock.now() + timedelta(hours=1))])
+    [request] = seen
+    assert request.headers["Authorization"] == f"Zoho-oauthtoken {value}"
+    assert request.headers["User-Agent"].startswith("watchkeeper/")
+    assert request.headers["Content-Type"] == "application/json"
+    assert json.loads(request.content)["watch"][0]["channel_id"] == "1000000068001"
+    hooked.close()
+
+
+# -- transient trouble ---------------------------------------------------------------------------
+
+
+def test_429_honours_retry_after(emulator: Emulator, client: WatchClient) -> None:
+    from daemon.emulator import Fault
+
+    emulator.add_fault(Fault(status=429, retry_after=7))
+    with pytest.raises(RateLimited) as caught:
+        client.list()
+    assert caught.value.retry_after == 7
+    assert caught.value.status == 429
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [
+        {"status": 500},
+        {"status": 502, "body": "html"},
+        {"status": 200, "body": "html"},
+        {"status": 200, "body": "garbage"},
+        {"status": 200, "body": "empty"},
+        {"status": 200, "body": "json"},  # an error-shaped body without `watch`
+        {"status": None, "latency": 1.0},
+    ],
+    ids=["500", "502-html", "200-html", "200-garbage", "200-empty", "200-no-watch", "timeout"],
+)
+@pytest.mark.parametrize("call", ["list", "enable"])
+def test_server_trouble_is_transient(
+    emulator: Emulator, http: httpx.Client, sim_clock: SimClock, fault: dict[str, Any], call: str
+) -> None:
+    from daemon.emulator import Fault
+
+    auth = oauth_for(emulator, http, sim_clock)
+    watch = WatchClient(endpoint_for(emulator), auth, clock=sim_clock, timeout=httpx.Timeout(0.3))
+    emulator.add_fault(Fault(**fault))
+    expiry = sim_clock.now() + timedelta(hours=1)
+    operations: dict[str, Callable[[], object]] = {
+        "list": watch.list,
+        "enable": lambda: watch.enable([item("1000000068001", expires_at=expiry)]),
+    }
+    with pytest.raises(TransientError) as caught:
+        operations[call]()
+    assert type(caught.value) is TransientError
+    assert "/crm/v8/actions/watch" in str(caught.value)
+    assert_no_secret(caught.value, *ALL_SECRETS)
+    watch.close()
+
+
+def test_connection_refused_is_transient(sim_clock: SimClock) -> None:
+    closed = Endpoint.resolve(
+        "crm", "v8", api_domain="http://127.0.0.1:9", accounts_url="http://127.0.0.1:9"
+    )
+    watch = WatchClient(closed, StaticToken("1000.unused"), clock=sim_clock)
+    with pytest.raises(TransientError, match="GET /crm/v8/actions/watch"):
+        watch.list()
+    watch.close()
+
+
+# -- clock skew ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "emulator",
+    [{"clock_skew": timedelta(minutes=3)}, {"clock_skew": -timedelta(seconds=90)}],
+    indirect=True,
+    ids=["ahead", "behind"],
+)
+def test_skew_is_estimated_from_the_date_header(emulator: Emulator, client: WatchClient) -> None:
+    assert client.skew == timedelta(0)
+    client.list()
+    client.list()
+    assert abs(client.skew - emulator.clock_skew) <= timedelta(seconds=2)
+    assert abs(client.server_now() - emulator.now()) <= timedelta(seconds=2)
+
+
+def test_a_stepped_clock_restarts_the_skew_estimate(emulator: Emulator, client: WatchClient) -> None:
+    client.list()
+    emulator.set_clock_skew(timedelta(hours=1))  # Zoho's clock jumps: old answers no longer agree
+    client.list()
+    assert abs(client.skew - timedelta(hours=1)) <= timedelta(seconds=2)
+
+
+# -- refused locally -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("change", "complaint"),
+    [
+        ({"token": "x" * 51}, "51 characters"),
+        ({"expires_at": datetime(2026, 1, 5, 15, 0)}, "no timezone"),
+        ({"events": frozenset({("Deals", "merge")})}, "Deals.merge"),
+        ({"events": frozenset({("Deals stuff!", "edit")})}, "not Module.op"),
+        ({"events": frozenset()}, "no events"),
+    ],
+    ids=["long-token", "naive-expiry", "bad-op", "bad-module", "no-events"],
+)
+def test_items_zoho_would_reject_are_refused_before_sending(
+    emulator: Emulator, client: WatchClient, sim_clock: SimClock, change: dict[str, Any], complaint: str
+) -> None:
+    good = item("1000000068001", expires_at=sim_clock.now() + timedelta(hours=1))
+    bad = item("1000000068002", expires_at=change.pop("expires_at", good.expires_at))
+    bad = WatchItem(replace(bad.spec, **change), bad.expires_at)
+    with pytest.raises(RequestRefused, match=complaint) as caught:
+        client.enable([good, bad])
+    assert "1000000068002" in str(caught.value)
+    assert_no_secret(caught.value, *ALL_SECRETS, "x" * 51)
+    assert emulator.calls == []
+
+
+def test_a_channel_twice_in_one_request_is_refused(
+    emulator: Emulator, client: WatchClient, sim_clock: SimClock
+) -> None:
+    twice = item("1000000068001", expires_at=sim_clock.now() + timedelta(hours=1))
+    with pytest.raises(RequestRefused, match="1000000068001"):
+        client.update([twice, twice])
+    assert emulator.calls == []
+
+
+def test_construction_refuses_what_zoho_would(emulator: Emulator) -> None:
+    auth = StaticToken("1000.unused")
+    with pytest.raises(ValueError, match="max_items"):
+        WatchClient(endpoint_for(emulator), auth, max_items=101)
+    plain = Endpoint("crm", "v8", "http://www.zohoapis.com", "https://accounts.zoho.com")
+    with pytest.raises(ValueError, match="https"):
+        WatchClient(plain, auth)
