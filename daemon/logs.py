@@ -28,6 +28,9 @@ _QUERY_VALUE = re.compile(r"([?&][^=&\s#\"'?]+=)[^&\s#\"']+")
 _PRIORITY = {"debug": 7, "info": 6, "warning": 4, "error": 3, "critical": 2}
 _LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40, "critical": 50}
 _PREFIX = 4
+MIN_SECRET = 6
+"""Shorter values are not masked outside URLs (whose query values are always masked): masking
+``crm`` or ``1`` everywhere would make every line unreadable and protect nothing."""
 
 
 class Redactor:
@@ -41,16 +44,11 @@ class Redactor:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._index: dict[str, list[str]] = {}
-        self._short: list[str] = []
 
     def add(self, secrets: Iterable[str | None]) -> None:
         with self._lock:
             for secret in secrets:
-                if not secret:
-                    continue
-                if len(secret) < _PREFIX:
-                    if secret not in self._short:
-                        self._short.append(secret)
+                if not secret or len(secret) < MIN_SECRET:
                     continue
                 bucket = self._index.setdefault(secret[:_PREFIX], [])
                 if secret not in bucket:
@@ -60,12 +58,11 @@ class Redactor:
     def clear(self) -> None:
         with self._lock:
             self._index.clear()
-            self._short.clear()
 
     def redact_text(self, text: str) -> str:
         text = _QUERY_VALUE.sub(rf"\1{MASK}", text)
-        index, short = self._index, self._short
-        if not index and not short:
+        index = self._index
+        if not index:
             return text
         out: list[str] = []
         i = 0
@@ -80,10 +77,7 @@ class Redactor:
                     continue
             out.append(text[i])
             i += 1
-        result = "".join(out)
-        for secret in short:
-            result = result.replace(secret, MASK)
-        return result
+        return "".join(out)
 
     def redact(self, value: Any) -> Any:
         if isinstance(value, str):
