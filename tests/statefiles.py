@@ -1,0 +1,78 @@
+"""Builds state files that point at an emulator, for the engine, CLI and daemon tests."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from daemon.emulator import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, DEFAULT_REFRESH_TOKEN
+
+HOOK_TOKEN = "hook-token-SECRET-0123456789"
+"""Channel verification token used by test channels: must never show up in any output."""
+URL_SECRET = "urlsecretvalue42"
+"""A notify_url query value: must never show up in any output either."""
+
+
+@dataclass
+class Chan:
+    channel_id: str
+    events: list[str] = field(default_factory=lambda: ["Contacts.create", "Deals.all"])
+    ttl: str = "1h"
+    name: str | None = None
+    token: bool = True
+    notify_url: str = f"https://hooks.example.com/zoho?key={URL_SECRET}"
+
+    def toml(self) -> str:
+        lines = [
+            "[[channels]]",
+            f'channel_id = "{self.channel_id}"',
+            f"events = [{', '.join(repr(e).replace(chr(39), chr(34)) for e in self.events)}]",
+            f'notify_url = "{self.notify_url}"',
+            f'ttl = "{self.ttl}"',
+        ]
+        if self.name:
+            lines.append(f'name = "{self.name}"')
+        if self.token:
+            lines.append('token = "env:WK_TEST_HOOK_TOKEN"')
+        return "\n".join(lines)
+
+
+def write_state(
+    path: Path,
+    url: str,
+    channels: Iterable[Chan],
+    *,
+    api_version: str = "v8",
+    daemon: str = "",
+) -> Path:
+    """A state file with one account ``main`` on the emulator at ``url``."""
+    text = f"""
+[daemon]
+database = "watchkeeper.db"
+{daemon}
+
+[accounts.main]
+product = "crm"
+api_version = "{api_version}"
+api_domain = "{url}"
+accounts_url = "{url}"
+client_id = "{DEFAULT_CLIENT_ID}"
+client_secret = "env:WK_TEST_CLIENT_SECRET"
+refresh_token = "env:WK_TEST_REFRESH_TOKEN"
+"""
+    text += "\n\n".join(c.toml() for c in channels) + "\n"
+    path.write_text(text)
+    return path
+
+
+def env() -> dict[str, str]:
+    """The environment the state files above resolve their secrets from."""
+    return {
+        "WK_TEST_HOOK_TOKEN": HOOK_TOKEN,
+        "WK_TEST_CLIENT_SECRET": DEFAULT_CLIENT_SECRET,
+        "WK_TEST_REFRESH_TOKEN": DEFAULT_REFRESH_TOKEN,
+    }
+
+
+SECRETS = (HOOK_TOKEN, URL_SECRET, DEFAULT_CLIENT_SECRET, DEFAULT_REFRESH_TOKEN)

@@ -1,0 +1,337 @@
+"""The engine against the emulator over real HTTP, time driven by a shared SimClock."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from daemon import config
+from daemon.emulator import Emulator, Fault
+from daemon.engine import Engine
+from daemon.runtime import open_engine
+from daemon.store import Store
+from tests.helpers import SimClock
+from tests.statefiles import HOOK_TOKEN, Chan, env, write_state
+
+OpenEngine = Callable[..., AbstractContextManager[Engine]]
+
+
+@pytest.fixture(autouse=True)
+def _secrets_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for key, value in env().items():
+        monkeypatch.setenv(key, value)
+
+
+@pytest.fixture
+def engine_for(tmp_path: Path, emulator: Emulator, sim_clock: SimClock) -> OpenEngine:
+    """``engine_for(channels)`` -> a context manager giving an engine over a fresh state file."""
+
+    def make(channels: list[Chan], **kwargs: str) -> AbstractContextManager[Engine]:
+        path = write_state(tmp_path / "channels.toml", emulator.url, channels, **kwargs)
+        return open_engine(config.load(path), clock=sim_clock, rng=random.Random(7))
+
+    return make
+
+
+def methods(emu: Emulator) -> list[str]:
+    return [c.method for c in emu.calls if c.method != "TOKEN"]
+
+
+def test_first_pass_creates_every_channel_in_one_post(
+    emulator: Emulator, engine_for: OpenEngine
+) -> None:
+    chans = [Chan(str(1000 + i), name=f"c{i}") for i in range(3)]
+    with engine_for(chans) as engine:
+        report = engine.run_due()
+    assert methods(emulator) == ["GET", "POST"]
+    assert report.counts["create"] == 3
+    assert set(emulator.channels()) == {"1000", "1001", "1002"}
+    assert {e.state for e in engine.registry.values()} == {"active"}
+
+
+def test_second_pass_sees_no_drift_from_all_expansion_or_offsets(
+    emulator: Emulator, engine_for: OpenEngine, sim_clock: SimClock
+) -> None:
+    """Zoho lists Deals.all as three events and writes expiries in +05:30: neither is drift."""
+    with engine_for([Chan("2000", events=["Deals.all", "Contacts.edit"])]) as engine:
+        engine.run_due()
+        emulator.clear_calls()
+        sim_clock.advance(timedelta(minutes=1))
+        report = engine.run_pass(sim_clock(), listing=True)
+    assert methods(emulator) == ["GET"]
+    assert report.counts.total() == 0
+
+
+def test_renewal_is_a_patch_carrying_the_full_item_within_the_window(
+    emulator: Emulator, engine_for: OpenEngine, sim_clock: SimClock
+) -> None:
+    with engine_for([Chan("3000", ttl="1h")]) as engine:
+        engine.run_due()
+        first_expiry = engine.registry[("main", "3000")].expires_at
+        due = engine.registry[("main", "3000")].renew_at
+        assert due is not None
+        assert sim_clock() + timedelta(minutes=36) <= due <= sim_clock() + timedelta(minutes=42)
+        emulator.clear_calls()
+        sim_clock.set(due)
+        engine.run_due()
+    (patch,) = [c for c in emulator.calls if c.method == "PATCH"]
+    (item,) = patch.body["watch"]  # type: ignore[index]
+    assert set(item) >= {"channel_id", "events", "notify_url", "token", "channel_expiry"}
+    assert item["token"] == HOOK_TOKEN  # the full item: an omitted token would be nulled
+    assert engine.registry[("main", "3000")].expires_at > first_expiry  # type: ignore[operator]
+    assert emulator.channels()["3000"].token == HOOK_TOKEN
+
+
+def test_due_renewals_take_along_channels_due_within_a_tenth_of_their_lifetime(
+    emulator: Emulator, engine_for: OpenEngine, sim_clock: SimClock
+) -> None:
+    with engine_for([Chan(str(4000 + i), ttl="10h") for i in range(20)]) as engine:
+        engine.run_due()
+        engine.next_reconcile = sim_clock() + timedelta(days=1)
+        sim_clock.set(engine.next_due())
+        emulator.clear_calls()
+        engine.run_due()
+        renew_ats = sorted(e.renew_at for e in engine.registry.values())  # type: ignore[type-var]
+    patches = [c for c in emulator.calls if c.method == "PATCH"]
+    assert len(patches) == 1
+    # The window spans 1 h of a 10 h lifetime and the horizon is 1 h: all of them go together.
+    assert patches[0].items == 20
+    assert renew_ats[0] > sim_clock() + timedelta(hours=5)
+
+
+def test_adopts_a_desired_channel_already_live_without_posting(
+    emulator: Emulator, engine_for: OpenEngine
+) -> None:
+    emulator.add_foreign_channel("5000", ["Contacts.create"], "https://old.example.com/hook")
+    with engine_for([Chan("5000")]) as engine:
+        report = engine.run_due()
+    assert "POST" not in methods(emulator)
+    assert report.counts["adopt"] == 1
+    live = emulator.channels()["5000"]
+    assert live.notify_url.startswith("https://hooks.example.com/")
+    assert engine.registry[("main", "5000")].state == "active"
+
+
+def test_drift_behind_our_back_is_repaired_with_put(
+    emulator: Emulator, engine_for: OpenEngine, sim_clock: SimClock
+) -> None:
+    with engine_for([Chan("6000", events=["Deals.all"])]) as engine:
+        engine.run_due()
+        emulator.change_channel("6000", events=["Deals.create"], notify_url="https://evil.example.com/x")
+        emulator.clear_calls()
+        sim_clock.advance(timedelta(minutes=5))
+        report = engine.run_pass(sim_clock(), listing=True)
+    assert methods(emulator) == ["GET", "PUT"]
+    assert report.counts["repair"] == 1
+    live = emulator.channels()["6000"]
+    assert {op for _, op in live.events} == {"create", "edit", "delete"}
+    assert live.notify_url.startswith("https://hooks.example.com/")
+
+
+def test_deletes_an_owned_channel_no_longer_desired_and_leaves_foreign_alone(
+    emulator: Emulator, engine_for: OpenEngine, sim_clock: SimClock, tmp_path: Path
+) -> None:
+    emulator.add_foreign_channel("9999", ["Leads.create"], "https://someone.else/hook")
+    chans = [Chan(str(7000 + i)) for i in range(4)]
+    with engine_for(chans) as engine:
+        engine.run_due()
+        path = write_state(tmp_path / "channels.toml", emulator.url, chans[:3])
+        engine.reload(config.load(path))
+        sim_clock.advance(timedelta(seconds=5))
+        report = engine.run_due()
+        foreign = engine.store.foreign()
+    assert report.counts["delete"] == 1
+    assert set(emulator.channels()) == {"7000", "7001", "7002", "9999"}
+    assert ("main", "7003") not in engine.registry
+    touched = {cid for c in emulator.calls if c.method != "GET" for cid in c.channel_ids}
+    assert "9999" not in touched
+    assert foreign == [("main", "9999", ["Leads"])]
+
+
+def test_mass_delete_is_refused_and_the_refused_channels_stay_alive(
+    emulator: Emulator, engine_for: OpenEngine, sim_clock: SimClock, tmp_path: Path
+) -> None:
+    chans = [Chan(str(7100 + i), ttl="1h") for i in range(4)]
+    with engine_for(chans) as engine:
+        engine.run_due()
+        engine.reload(config.load(write_state(tmp_path / "channels.toml", emulator.url, chans[:1])))
+        report = engine.run_due()
+        assert [r.reason for r in report.refused] == ["mass_delete"]
+        # Hours later the refused channels are still renewed: the guard protects them.
+        until = sim_clock() + timedelta(hours=3)
+        while sim_clock() < until:
+            sim_clock.set(engine.next_due())
+            engine.run_due()
+    assert sim_clock() - emulator.calls[0].at > timedelta(hours=2)
+    assert set(emulator.channels()) == {"7100", "7101", "7102", "7103"}
+    assert "DELETE" not in methods(emulator)
+
+
+def test_a_gap_opens_at_the_expiry_and_closes_when_recreated(
+    emulator: Emulator, engine_for: OpenEngine, sim_clock: SimClock
+) -> None:
+    with engine_for([Chan("8000", ttl="1h")]) as engine:
+        engine.run_due()
+        expiry = engine.registry[("main", "8000")].expires_at
+        assert expiry is not None
+        outage_end = expiry + timedelta(minutes=20)
+        emulator.add_fault(Fault(status=503, end=outage_end))
+        while sim_clock() < outage_end + timedelta(minutes=1):
+            sim_clock.set(min(engine.next_due(), outage_end + timedelta(minutes=1)))
+            engine.run_due()
+        gaps = engine.store.gaps()
+    truth = emulator.live_intervals("8000")
+    assert len(truth) == 2
+    (gap,) = gaps
+    assert gap.cause == "expired"
+    assert gap.start == truth[0][1] == expiry
+    assert gap.end is not None
+    assert abs((gap.end - truth[1][0]).total_seconds()) <= 1
+
+
+def test_a_channel_deleted_behind_our_back_is_recreated_and_the_gap_recorded(
+    emulator: Emulator, engine_for: OpenEngine, sim_clock: SimClock
+) -> None:
+    with engine_for([Chan("8100")]) as engine:
+        engine.run_due()
+        sim_clock.advance(timedelta(minutes=3))
+        engine.run_pass(sim_clock(), listing=True)  # the last listing that shows it
+        seen = sim_clock()
+        sim_clock.advance(timedelta(minutes=1))
+        emulator.delete_channel("8100")
+        sim_clock.advance(timedelta(minutes=2))
+        report = engine.run_pass(sim_clock(), listing=True)
+        (gap,) = engine.store.gaps()
+    assert report.counts["create"] == 1
+    assert "8100" in emulator.channels()
+    # Instants on Zoho's clock, as estimated from whole-second Date headers: within a second.
+    assert gap.cause == "vanished"
+    assert abs((gap.start - seen).total_seconds()) <= 1
+    assert gap.end is not None
+    assert abs((gap.end - sim_clock()).total_seconds()) <= 1
+
+
+def test_renewal_of_a_vanished_channel_recreates_it_at_once(
+    emulator: Emulator, engine_for: OpenEngine, sim_clock: SimClock
+) -> None:
+    """A PATCH answered NOT_SUBSCRIBED (no listing yet showed it gone) is followed by a POST."""
+    with engine_for([Chan("8200")]) as engine:
+        engine.run_due()
+        engine.next_reconcile = sim_clock() + timedelta(days=1)  # no listing shows it gone first
+        emulator.delete_channel("8200")
+        emulator.clear_calls()
+        sim_clock.set(engine.next_due())
+        engine.run_due()
+        gaps = engine.store.gaps()
+    assert methods(emulator) == ["PATCH", "POST"]
+    assert "8200" in emulator.channels()
+    assert len(gaps) == 1
+    assert gaps[0].end is not None
+
+
+def test_a_transient_failure_backs_off_but_renews_before_expiry(
+    emulator: Emulator, engine_for: OpenEngine, sim_clock: SimClock
+) -> None:
+    with engine_for([Chan("8300", ttl="1h")]) as engine:
+        engine.run_due()
+        expiry = engine.registry[("main", "8300")].expires_at
+        assert expiry is not None
+        emulator.add_fault(Fault(status=500, methods=frozenset({"PATCH"}), count=4))
+        while not emulator.faults[0].hits >= 4 or "PATCH" not in [
+            c.method for c in emulator.calls if c.status == 200
+        ]:
+            sim_clock.set(engine.next_due())
+            assert sim_clock() < expiry
+            engine.run_due()
+        gaps = engine.store.gaps()
+    assert gaps == []
+    assert len(emulator.live_intervals("8300")) == 1
+
+
+def test_rate_limit_pauses_the_account_until_retry_after(
+    emulator: Emulator, engine_for: OpenEngine, sim_clock: SimClock
+) -> None:
+    with engine_for([Chan("8400")]) as engine:
+        engine.run_due()
+        engine.next_reconcile = sim_clock() + timedelta(days=1)
+        emulator.add_fault(Fault(status=429, retry_after=120, methods=frozenset({"PATCH"}), count=1))
+        sim_clock.set(engine.next_due())
+        started = sim_clock()
+        engine.run_due()
+        assert engine.next_due() >= started + timedelta(seconds=120)
+        sim_clock.set(engine.next_due())
+        engine.run_due()
+    statuses = [(c.method, c.status) for c in emulator.calls if c.method == "PATCH"]
+    assert statuses == [("PATCH", 429), ("PATCH", 200)]
+
+
+def test_crash_before_the_post_leaves_nothing_duplicated(
+    emulator: Emulator, engine_for: OpenEngine, sim_clock: SimClock
+) -> None:
+    with engine_for([Chan("8500"), Chan("8501")]) as engine:
+
+        def crash(*args: object, **kwargs: object) -> None:
+            raise KeyboardInterrupt  # the process dies after the store write, before the call
+
+        engine.clients["main"].enable = crash  # type: ignore[method-assign]
+        with pytest.raises(KeyboardInterrupt):
+            engine.run_due()
+    assert "POST" not in methods(emulator)
+    with engine_for([Chan("8500"), Chan("8501")]) as engine:
+        assert {e.state for e in engine.registry.values()} == {"pending"}
+        engine.run_due()
+    assert methods(emulator).count("POST") == 1
+    assert set(emulator.channels()) == {"8500", "8501"}
+
+
+def test_crash_after_the_post_renews_instead_of_posting_again(
+    emulator: Emulator, engine_for: OpenEngine, sim_clock: SimClock
+) -> None:
+    with engine_for([Chan("8600")]) as engine:
+        client = engine.clients["main"]
+        real = client.enable
+
+        def crash_after(*args: object, **kwargs: object) -> None:
+            real(*args, **kwargs)  # type: ignore[arg-type]
+            raise KeyboardInterrupt  # Zoho did it; we died before recording the answer
+
+        client.enable = crash_after  # type: ignore[method-assign]
+        with pytest.raises(KeyboardInterrupt):
+            engine.run_due()
+    with engine_for([Chan("8600")]) as engine:
+        sim_clock.advance(timedelta(seconds=10))
+        engine.run_due()
+        state = engine.registry[("main", "8600")].state
+    assert methods(emulator) == ["GET", "POST", "GET", "PATCH"]
+    assert state == "active"
+    assert len(emulator.live_intervals("8600")) == 1
+
+
+def test_restart_reuses_the_stored_renewal_time_and_access_token(
+    emulator: Emulator, engine_for: OpenEngine, sim_clock: SimClock
+) -> None:
+    with engine_for([Chan("8700")]) as engine:
+        engine.run_due()
+        due = engine.registry[("main", "8700")].renew_at
+    with engine_for([Chan("8700")]) as engine:
+        engine.next_reconcile = due + timedelta(hours=1)  # only the renewal is due
+        assert engine.next_due() == due
+    assert [c.method for c in emulator.calls].count("TOKEN") == 1
+
+
+def test_store_never_holds_tokens_or_secrets(
+    emulator: Emulator, engine_for: OpenEngine, tmp_path: Path
+) -> None:
+    with engine_for([Chan("8800")]) as engine:
+        engine.run_due()
+        db = engine.store
+        assert isinstance(db, Store)
+    raw = b"".join(p.read_bytes() for p in tmp_path.glob("watchkeeper.db*"))
+    assert HOOK_TOKEN.encode() not in raw
+    for secret in env().values():
+        assert secret.encode() not in raw
