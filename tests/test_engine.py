@@ -335,3 +335,24 @@ def test_store_never_holds_tokens_or_secrets(
     assert HOOK_TOKEN.encode() not in raw
     for secret in env().values():
         assert secret.encode() not in raw
+
+
+@pytest.mark.parametrize("emulator", [{"forbidden_modules": frozenset({"Invoices"})}], indirect=True)
+def test_one_rejected_item_does_not_stop_the_others(
+    emulator: Emulator, engine_for: OpenEngine, sim_clock: SimClock
+) -> None:
+    chans = [Chan("9100"), Chan("9101", events=["Invoices.create"]), Chan("9102")]
+    with engine_for(chans) as engine:
+        report = engine.run_due()
+        rejected = engine.registry[("main", "9101")]
+        sim_clock.advance(timedelta(minutes=10))
+        emulator.clear_calls()
+        engine.run_due()  # the rejected channel is not retried in a hot loop
+        assert rejected.retry_at is not None
+        assert engine.next_due() < rejected.retry_at  # the others' schedule is unaffected
+    assert (report.counts["create"], report.failed) == (2, 1)
+    assert set(emulator.channels()) == {"9100", "9102"}
+    assert rejected.state == "failed"
+    assert rejected.last_error == "INVALID_DATA events"
+    assert rejected.retry_at - sim_clock() > timedelta(minutes=45)
+    assert "9101" not in {cid for c in emulator.calls for cid in c.channel_ids}

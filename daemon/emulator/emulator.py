@@ -1,0 +1,441 @@
+"""The Emulator: one lock around the emulated Zoho, its faults and its call log, plus the server.
+
+Every instant it takes or reports is on its own clock, ``clock() + clock_skew``: the clock Zoho's
+expiries, the ``Date`` header, fault windows, calls and live intervals are all written in.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
+from enum import Enum
+from types import TracebackType
+from typing import Any
+
+import httpx
+
+from daemon.emulator import admin, watch
+from daemon.emulator import responses as r
+from daemon.emulator.delivery import Delivery, RecordOp, deliver, payload
+from daemon.emulator.faults import Fault, FaultPlan
+from daemon.emulator.oauth import TOKEN_PATH, authenticate, bearer, org_of_params, refresh, token_params
+from daemon.emulator.resources import resource_uri
+from daemon.emulator.server import EmulatorServer
+from daemon.emulator.state import (
+    DEFAULT_CLIENT_ID,
+    DEFAULT_CLIENT_SECRET,
+    DEFAULT_ORG,
+    DEFAULT_REFRESH_TOKEN,
+    Call,
+    Channel,
+    Org,
+    ZohoState,
+)
+from daemon.model import Product, format_instant, parse_events, utc
+
+WATCH_METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE"})
+_SECRET_PARAMS = frozenset({"refresh_token", "client_secret", "code"})
+
+
+class Unset(Enum):
+    """Marks a keyword argument the caller left out (``token=None`` means "no token")."""
+
+    UNSET = 0
+
+
+UNSET = Unset.UNSET
+
+
+def _real_clock() -> datetime:
+    return datetime.now(UTC)
+
+
+class Emulator:
+    def __init__(
+        self,
+        clock: Callable[[], datetime] | None = None,
+        *,
+        tz_offset: timedelta = timedelta(hours=5, minutes=30),
+        default_lifetime: timedelta = timedelta(hours=1),
+        access_token_lifetime: timedelta = timedelta(hours=1),
+        clock_skew: timedelta = timedelta(0),
+        max_items: int = 100,
+        patch_unknown: watch.PatchUnknown = "error",
+        patch_events: watch.PatchEvents = "replace",
+        forbidden_modules: frozenset[str] = frozenset(),
+        seed: int = 0,
+    ) -> None:
+        if patch_unknown not in ("error", "create") or patch_events not in ("replace", "merge"):
+            raise ValueError(
+                "patch_unknown is 'error' or 'create'; patch_events is 'replace' or 'merge'"
+            )
+        self._lock = threading.RLock()
+        self._clock = clock or _real_clock
+        self._skew = clock_skew
+        self.default_lifetime = default_lifetime
+        self.access_token_lifetime = access_token_lifetime
+        self.max_items = max_items
+        self.patch_unknown: watch.PatchUnknown = patch_unknown
+        self.patch_events: watch.PatchEvents = patch_events
+        self.forbidden_modules = frozenset(forbidden_modules)
+        self._state = ZohoState(tz_offset)
+        self._faults = FaultPlan(seed)
+        self._calls: list[Call] = []
+        self._default_windows: list[tuple[datetime, datetime]] = []
+        self._server: EmulatorServer | None = None
+        self._thread: threading.Thread | None = None
+        self._url: str | None = None
+        self._callbacks: httpx.Client | None = None
+
+    # ---- lifecycle -------------------------------------------------------------------------
+
+    def start(self, host: str = "127.0.0.1", port: int = 0) -> Emulator:
+        if self._server is not None:
+            raise RuntimeError("emulator already started")
+        server = EmulatorServer((host, port), self)
+        shown = "127.0.0.1" if host in ("", "0.0.0.0") else host  # noqa: S104 (a wildcard bind)
+        self._url = f"http://{shown}:{server.server_address[1]}"
+        self._server = server
+        self._thread = threading.Thread(target=server.serve_forever, name="zoho-emulator", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        server, thread = self._server, self._thread
+        self._server = self._thread = None
+        if server is not None:
+            server.stop()
+        if thread is not None:
+            thread.join(timeout=5)
+        with self._lock:
+            callbacks, self._callbacks = self._callbacks, None
+        if callbacks is not None:
+            callbacks.close()
+
+    def __enter__(self) -> Emulator:
+        return self if self._server is not None else self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    @property
+    def url(self) -> str:
+        """Base URL, used as both api_domain and accounts_url."""
+        if self._url is None:
+            raise RuntimeError("emulator not started")
+        return self._url
+
+    # ---- clock -----------------------------------------------------------------------------
+
+    def now(self) -> datetime:
+        """Zoho's clock: the injected clock plus the skew."""
+        return utc(self._clock()) + self._skew
+
+    @property
+    def clock_skew(self) -> timedelta:
+        return self._skew
+
+    def set_clock_skew(self, skew: timedelta) -> None:
+        """Move Zoho's clock against the caller's (the ``Date`` header and every expiry follow)."""
+        with self._lock:
+            self._skew = skew
+
+    # ---- orgs and credentials --------------------------------------------------------------
+
+    def add_org(
+        self,
+        org: str,
+        *,
+        client_id: str = DEFAULT_CLIENT_ID,
+        client_secret: str = DEFAULT_CLIENT_SECRET,
+        refresh_token: str | None = None,
+        tz_offset: timedelta | None = None,
+    ) -> None:
+        """Add an org (or change its credentials). Its refresh token defaults to
+        ``emu-refresh-token-<org>``."""
+        token = refresh_token or (
+            DEFAULT_REFRESH_TOKEN if org == DEFAULT_ORG else f"{DEFAULT_REFRESH_TOKEN}-{org}"
+        )
+        with self._lock:
+            self._state.add_org(org, client_id, client_secret, token, tz_offset)
+
+    def issue_access_token(self, org: str = DEFAULT_ORG, *, lifetime: timedelta | None = None) -> str:
+        """A valid access token without a refresh call (not counted against the refresh limit)."""
+        with self._lock:
+            return self._state.mint(
+                self._state.org(org), self.now(), lifetime or self.access_token_lifetime
+            )
+
+    def refreshes(self, org: str = DEFAULT_ORG) -> int:
+        """Token refreshes in the current rolling 10-minute window."""
+        with self._lock:
+            return self._state.org(org).refreshes(self.now())
+
+    # ---- faults ----------------------------------------------------------------------------
+
+    def add_fault(self, fault: Fault) -> Fault:
+        with self._lock:
+            self._faults.faults.append(fault)
+        return fault
+
+    def clear_faults(self) -> None:
+        with self._lock:
+            self._faults.faults.clear()
+            self._default_windows.clear()
+
+    @property
+    def faults(self) -> list[Fault]:
+        with self._lock:
+            return list(self._faults.faults)
+
+    def grant_only_default(self, start: datetime, end: datetime) -> None:
+        """During [start, end) every granted expiry is ``now + default_lifetime``."""
+        with self._lock:
+            self._default_windows.append((utc(start), utc(end)))
+
+    # ---- behind the daemon's back ----------------------------------------------------------
+
+    def add_foreign_channel(
+        self,
+        channel_id: str,
+        events: list[str],
+        notify_url: str,
+        *,
+        ttl: timedelta = timedelta(hours=6),
+        token: str | None = None,
+        org: str = DEFAULT_ORG,
+    ) -> Channel:
+        """A channel someone else subscribed (or any channel a test wants in place)."""
+        if ttl <= timedelta(0):
+            raise ValueError(f"ttl must be positive, not {ttl}")
+        with self._lock:
+            now = self.now()
+            channel = Channel(
+                channel_id=str(channel_id),
+                events=parse_events(events),
+                notify_url=notify_url,
+                expires_at=(now + ttl).replace(microsecond=0),
+                token=token,
+            )
+            return self._state.org(org).store(channel, now)
+
+    def change_channel(
+        self,
+        channel_id: str,
+        *,
+        events: list[str] | None = None,
+        notify_url: str | None = None,
+        token: str | Unset | None = UNSET,
+        expires_at: datetime | None = None,
+        org: str = DEFAULT_ORG,
+    ) -> Channel:
+        """Change a live channel the way another client (or Zoho itself) might."""
+        with self._lock:
+            now = self.now()
+            state = self._state.org(org)
+            current = state.live(str(channel_id), now)
+            if current is None:
+                raise KeyError(f"channel {channel_id} is not live in org {org!r}")
+            changed = Channel(
+                channel_id=current.channel_id,
+                events=current.events if events is None else parse_events(events),
+                notify_url=current.notify_url if notify_url is None else notify_url,
+                expires_at=current.expires_at
+                if expires_at is None
+                else utc(expires_at).replace(microsecond=0),
+                token=current.token if isinstance(token, Unset) else token,
+                notify_on_related_action=current.notify_on_related_action,
+                return_affected_field_values=current.return_affected_field_values,
+                notification_condition=current.notification_condition,
+                created_at=current.created_at,
+            )
+            if changed.expires_at <= now:
+                state.remove(changed.channel_id, now)
+                return changed
+            return state.store(changed, now)
+
+    def delete_channel(self, channel_id: str, org: str = DEFAULT_ORG) -> bool:
+        """Delete a channel behind the daemon's back; False when it was not live."""
+        with self._lock:
+            return self._state.org(org).remove(str(channel_id), self.now()) is not None
+
+    # ---- observation -----------------------------------------------------------------------
+
+    def channels(self, org: str = DEFAULT_ORG) -> dict[str, Channel]:
+        """The live channels, in listing order (immutable snapshots)."""
+        with self._lock:
+            now = self.now()
+            return {
+                ch.channel_id: ch for ch in self._state.org(org).channels.values() if ch.is_live(now)
+            }
+
+    @property
+    def calls(self) -> list[Call]:
+        with self._lock:
+            return list(self._calls)
+
+    def clear_calls(self) -> None:
+        with self._lock:
+            self._calls.clear()
+
+    def live_intervals(
+        self, channel_id: str, org: str = DEFAULT_ORG, *, event: str | None = None
+    ) -> list[tuple[datetime, datetime | None]]:
+        """When the channel was live on Zoho (with ``event``, e.g. ``"Deals.edit"``, subscribed,
+        when given): end None while still live, an expired channel's interval ends at its expiry, a
+        renewal before expiry extends the interval, a re-creation after it starts a new one."""
+        with self._lock:
+            return self._state.org(org).intervals(str(channel_id), self.now(), event)
+
+    def simulate_record_change(
+        self,
+        module: str,
+        op: RecordOp,
+        record_ids: list[str],
+        org: str = DEFAULT_ORG,
+        *,
+        product: Product = "crm",
+    ) -> list[Delivery]:
+        """POST Zoho's callback to every live channel subscribed to (module, op); the POSTs happen
+        outside the lock, so a receiver may call the emulator back."""
+        with self._lock:
+            now = self.now()
+            base = self.url
+            targets = [
+                (ch, payload(ch, module, op, record_ids, now, resource_uri(base, product, module)))
+                for ch in self._state.org(org).channels.values()
+                if ch.is_live(now) and (module, op) in ch.events
+            ]
+            if self._callbacks is None:
+                self._callbacks = httpx.Client()  # one client: its TLS setup is not free
+            client = self._callbacks
+        return deliver(client, targets)
+
+    # ---- HTTP ------------------------------------------------------------------------------
+
+    def dispatch(self, request: r.Request) -> r.Response:
+        """Answer one HTTP request (called by the server thread)."""
+        if request.path.startswith(admin.PREFIX):
+            return admin.handle(self, request)
+        with self._lock:
+            now = self.now()
+            if request.path == TOKEN_PATH:
+                response, call = self._token(request, now)
+            else:
+                response, call = self._api(request, now)
+            self._calls.append(call)
+            reset = self._token_reset(request, now)
+        response.headers.setdefault("Date", format_datetime(now.astimezone(UTC), usegmt=True))
+        response.headers.setdefault("X-ACCESSTOKEN-RESET", reset)
+        return response
+
+    def _token(self, request: r.Request, now: datetime) -> tuple[r.Response, Call]:
+        params = token_params(request.query, request.body)
+        known = org_of_params(self._state, params)
+        org: Org | None = known
+        latency, fault = self._faults.pick("TOKEN", "token", known.name if known else None, now)
+        if fault is not None:
+            response = fault.response("token")
+        else:
+            response, org = refresh(self._state, params, now, self.access_token_lifetime, self.url)
+        response.delay = latency
+        query = {k: ("***" if k in _SECRET_PARAMS else v) for k, v in request.query.items()}
+        call = Call(now, "TOKEN", request.path, query, response.status, org.name if org else None, 0, ())
+        return response, call
+
+    def _api(self, request: r.Request, now: datetime) -> tuple[r.Response, Call]:
+        token = bearer(request.headers)
+        known = self._state.tokens.get(token) if token is not None else None
+        org_name = known.org if known is not None else None
+        items, data = (None, None)
+        if request.method in ("POST", "PUT", "PATCH"):
+            items, data = watch.parse_body(request.body)
+        latency, fault = self._faults.pick(request.method, "watch", org_name, now)
+        if fault is not None:
+            response = fault.response("watch")
+        else:
+            response = self._watch(request, now, token, items, data)
+        response.delay = latency
+        if request.method == "DELETE":
+            ids = tuple(watch.delete_ids(request.query))
+        elif items is not None:
+            ids = tuple(str(i["channel_id"]) for i in items if isinstance(i, dict) and "channel_id" in i)
+        else:
+            ids = tuple(filter(None, [request.query.get("channel_id")]))
+        count = len(items) if items is not None else (len(ids) if request.method == "DELETE" else 0)
+        call = Call(
+            now,
+            request.method,
+            request.path,
+            dict(request.query),
+            response.status,
+            org_name,
+            count,
+            ids,
+            data,
+        )
+        return response, call
+
+    def _watch(
+        self,
+        request: r.Request,
+        now: datetime,
+        token: str | None,
+        items: list[Any] | None,
+        data: dict[str, Any] | None,
+    ) -> r.Response:
+        if request.method not in WATCH_METHODS:
+            return r.json_response(400, r.error("INVALID_REQUEST_METHOD"))
+        org = authenticate(self._state, token, now)
+        if isinstance(org, r.Response):
+            return org
+        target = watch.parse_path(request.path)
+        if target is None:
+            return r.json_response(404, r.error("INVALID_URL_PATTERN"))
+        ctx = watch.Context(
+            now=now,
+            offset=org.tz_offset,
+            product=target[0],
+            version=target[1],
+            base_url=self.url,
+            default_lifetime=self.default_lifetime,
+            only_default=any(start <= now < end for start, end in self._default_windows),
+            patch_unknown=self.patch_unknown,
+            patch_events=self.patch_events,
+            max_items=self.max_items,
+            forbidden_modules=self.forbidden_modules,
+        )
+        if request.method == "GET":
+            return watch.list_channels(org, ctx, request.query)
+        if request.method == "DELETE":
+            return watch.delete(org, ctx, request.query)
+        return watch.write(org, ctx, request.method, items, data)
+
+    def _token_reset(self, request: r.Request, now: datetime) -> str:
+        """``X-ACCESSTOKEN-RESET``: the presented access token's expiry (inferred from the seeds),
+        else the current time, in the org's offset."""
+        token = bearer(request.headers)
+        known = self._state.tokens.get(token) if token is not None else None
+        if known is None:
+            return format_instant(now, self._state.tz_offset)
+        return format_instant(known.expires_at, self._state.org(known.org).tz_offset)
+
+    # ---- admin JSON helpers ----------------------------------------------------------------
+
+    def describe(self, org: str = DEFAULT_ORG) -> dict[str, Any]:
+        """Status for ``GET /__emulator/``: where it listens, the clock, the orgs."""
+        with self._lock:
+            return {
+                "url": self.url,
+                "now": self.now().isoformat(),
+                "clock_skew_seconds": self._skew.total_seconds(),
+                "orgs": sorted(self._state.orgs),
+                "org": org,
+                "live_channels": len(self.channels(org)),
+                "calls": len(self._calls),
+                "faults": len(self._faults.faults),
+            }

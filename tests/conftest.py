@@ -1,0 +1,47 @@
+"""Fixtures shared by the whole suite."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from daemon.emulator import Emulator
+from tests.helpers import SimClock
+
+
+@pytest.fixture
+def sim_clock() -> SimClock:
+    return SimClock()
+
+
+@pytest.fixture
+def emulator(request: pytest.FixtureRequest, sim_clock: SimClock) -> Iterator[Emulator]:
+    """A started Emulator on 127.0.0.1 (free port) driven by ``sim_clock``; stopped afterwards.
+
+    Extra Emulator kwargs via indirect parametrisation:
+    ``@pytest.mark.parametrize("emulator", [{"patch_unknown": "create"}], indirect=True)``.
+    """
+    kwargs: dict[str, Any] = {"clock": sim_clock, **getattr(request, "param", {})}
+    emu = Emulator(**kwargs).start(host="127.0.0.1", port=0)
+    try:
+        yield emu
+    finally:
+        emu.stop()
+
+
+@pytest.fixture(autouse=True)
+def _reset_logging() -> Iterator[None]:
+    """Commands run in-process configure structlog onto pytest's captured streams, which close
+    after the test: put the defaults back so later tests do not write to a closed file."""
+    yield
+    import logging
+
+    import structlog
+
+    structlog.reset_defaults()
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if type(handler).__name__ == "_StdlibBridge":
+            root.removeHandler(handler)
