@@ -93,6 +93,8 @@ class Engine:
         """account -> our-clock instant before which no watch request goes out (429, auth)."""
         self._foreign_seen: set[Key] = set()
         self._buffer: dict[datetime | None, list[RegistryEntry]] | None = None
+        self.stopping = False
+        """Set from another thread on SIGTERM: the pass makes no further call."""
         intents = store.pending_intents()
         if intents:
             self.log.warning("engine.interrupted", calls=len(intents), note="listing before any change")
@@ -144,7 +146,7 @@ class Engine:
         observed: dict[str, dict[str, ObservedChannel] | None] = {}
         for account in self.state.accounts:
             observed[account] = None
-            if listing and not self._paused(account, now):
+            if listing and self._may_call(account, now):
                 observed[account] = self._list(account, now, report)
             with self._batched_writes():
                 listed = observed[account]
@@ -155,7 +157,7 @@ class Engine:
         self._report_plan(result, observed, report)
         for account, client in self.clients.items():
             actions = [a for a in result.actions if a.account == account]
-            if actions and not self._paused(account, now):
+            if actions and self._may_call(account, now):
                 self._execute(account, client, actions, now, report)
         if listing:
             self.next_reconcile = policy.next_reconcile(now, self.state.policy, self.rng)
@@ -345,12 +347,17 @@ class Engine:
                 by_method[_method(action)].append(action)
         recreate: list[Action] = []
         for method, batch in by_method.items():
-            if batch and self.paused.get(account, now) <= now:
+            if batch and self._may_call(account, now):
                 recreate += self._write(account, client, method, batch, now, report)
-        if recreate and self.paused.get(account, now) <= now:
+        if recreate and self._may_call(account, now):
             self._write(account, client, "POST", recreate, now, report)
-        if deletes and self.paused.get(account, now) <= now:
+        if deletes and self._may_call(account, now):
             self._delete(account, client, deletes, now, report)
+
+    def _may_call(self, account: str, now: datetime) -> bool:
+        """No call once a stop was asked for (SIGTERM finishes the call in flight, not the pass),
+        nor to an account paused by a 429 or bad credentials."""
+        return not self.stopping and not self._paused(account, now)
 
     def _write(
         self,
