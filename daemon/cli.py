@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -75,14 +76,33 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def cmd_apply(args: argparse.Namespace) -> int:
-    from daemon.runtime import open_engine
+    from daemon.lock import InstanceLock, LockHeld
+    from daemon.runtime import confirm_deletes, open_engine
 
     state = _load(args)
     if state is None:
         return EX_ERROR
-    with open_engine(state, _db_path(args, state)) as engine:
-        confirmed = engine.undesired() if args.allow_mass_delete else frozenset()
-        result = engine.run_pass(datetime.now(UTC), listing=True, confirmed=confirmed)
+    db = _db_path(args, state)
+    try:
+        lock = InstanceLock(db).acquire()
+    except LockHeld as exc:
+        if not (args.allow_mass_delete and exc.pid):
+            print(
+                f"error: {exc}; a running daemon applies the state file itself when it is saved "
+                "(or on `systemctl reload watchkeeper`)",
+                file=sys.stderr,
+            )
+            return EX_ERROR
+        keys = confirm_deletes(state, db, datetime.now(UTC))
+        os.kill(exc.pid, signal.SIGHUP)
+        print(f"confirmed {len(keys)} deletion(s); the daemon (pid {exc.pid}) applies them next pass")
+        return EX_OK
+    try:
+        with open_engine(state, db) as engine:
+            confirmed = engine.undesired() if args.allow_mass_delete else frozenset()
+            result = engine.run_pass(datetime.now(UTC), listing=True, confirmed=confirmed)
+    finally:
+        lock.release()
     doc = report.apply_json(result)
     _emit(args, doc, report.apply_text(doc))
     return EX_OK if result.ok else EX_ERROR
@@ -117,6 +137,19 @@ def cmd_gaps(args: argparse.Namespace) -> int:
         store.close()
     _emit(args, report.gaps_json(gaps), report.gaps_text(gaps, datetime.now(UTC)))
     return EX_OK
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from daemon.service import Service
+
+    db = args.db or os.environ.get("WATCHKEEPER_DB")
+    return Service(_state_path(args), Path(db) if db else None).run()
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from daemon.demo import demo
+
+    return demo(duration=args.duration, channels=args.channels, ttl=args.ttl)
 
 
 def cmd_emulate(args: argparse.Namespace) -> int:
@@ -167,6 +200,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--since", type=_iso, help="only gaps open or ended after this instant")
     p.add_argument("--channel", help="only this channel id")
     p.set_defaults(func=cmd_gaps)
+    p = sub.add_parser("run", help="the daemon, in the foreground (systemd runs this)")
+    p.set_defaults(func=cmd_run)
+    p = sub.add_parser(
+        "demo", help="the emulator, a webhook receiver and the daemon on short-lived channels"
+    )
+    p.add_argument("--duration", type=float, help="stop after this many seconds (default: until Ctrl-C)")
+    p.add_argument("--channels", type=int, default=3)
+    p.add_argument("--ttl", default="30s", help="channel lifetime asked for (at least 10s)")
+    p.set_defaults(func=cmd_demo)
     p = sub.add_parser("emulate", help="run the local Zoho emulator")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8765)
@@ -176,7 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    one_shot = args.command not in ("emulate",)
+    one_shot = args.command not in ("emulate", "run", "demo")
     logs.configure(args.log_format, args.log_level, sys.stderr if one_shot else sys.stdout)
     code: int = args.func(args)
     return code

@@ -73,3 +73,13 @@ def open_engine(
     finally:
         http.close()
         store.close()
+
+
+def confirm_deletes(state: DesiredState, db: Path, now: datetime) -> list[tuple[str, str]]:
+    """Record in the store that every owned channel the state file no longer wants may go: the
+    ``apply --allow-mass-delete`` of an operator whose daemon is running (it applies them)."""
+    wanted = {(c.account, c.channel_id) for c in state.channels}
+    with Store(db) as store:
+        keys = sorted(key for key in store.registry() if key not in wanted)
+        store.confirm_deletes(keys, now)
+    return keys

@@ -1,0 +1,280 @@
+"""``watchkeeper run``: the engine on an APScheduler loop, under systemd or not.
+
+Threads and who does what:
+- the main thread waits for signals (a self-pipe, so no work happens inside a signal handler) and
+  polls the state file; it never touches the engine, so it can always answer SIGTERM;
+- the scheduler's single ``default`` worker runs every engine pass and every reload, one at a
+  time, so the engine is never used from two threads;
+- a separate ``watchdog`` worker pings systemd only while both the main loop and the pass are
+  making progress, so a hung pass or a stopped process gets the daemon killed and restarted.
+
+Every pass re-arms a date job at the engine's next_due(), never more than ``max_sleep`` ahead: a
+clock jump or a suspend costs at most that long.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import select
+import signal
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from apscheduler.executors.pool import ThreadPoolExecutor
+from apscheduler.schedulers.background import BackgroundScheduler
+
+from daemon import logs
+from daemon.config import ConfigError, DesiredState, load
+from daemon.engine import Engine
+from daemon.lock import InstanceLock, LockHeld
+from daemon.notify import Notifier
+from daemon.report import human_delta
+from daemon.runtime import open_engine
+
+EX_OK, EX_FAILURE, EX_CONFIG = 0, 1, 78
+STOP = 0
+"""Byte written to the wake-up pipe by request_stop() (signal numbers are never 0)."""
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class Timing:
+    max_sleep: timedelta = timedelta(seconds=60)
+    """The longest the loop sleeps before it looks at the clock again."""
+    poll: float = 0.5
+    """How often the main thread checks the state file (seconds)."""
+    stuck_after: float = 600.0
+    """A pass running longer than this is hung: stop feeding the watchdog (seconds)."""
+
+
+def summary(engine: Engine, now: datetime) -> str:
+    """The one-line ``STATUS=``: what an operator wants from ``systemctl status``."""
+    desired = {(c.account, c.channel_id) for c in engine.state.channels}
+    owned = [e for k, e in engine.registry.items() if k in desired]
+    states = [e.state for e in owned]
+    parts = [f"{states.count('active')} active", f"{states.count('at_risk')} at risk"]
+    parts += [f"{states.count(s)} {s}" for s in ("lapsed", "failed", "pending") if states.count(s)]
+    renewals = [e.renew_at for e in owned if e.renew_at is not None]
+    if renewals:
+        parts.append(
+            f"next renewal in {human_delta(max(min(renewals) - engine.skew - now, timedelta(0)))}"
+        )
+    return ", ".join(parts)
+
+
+class Service:
+    def __init__(
+        self,
+        state_path: Path,
+        db: Path | None = None,
+        *,
+        notifier: Notifier | None = None,
+        timing: Timing = Timing(),
+    ) -> None:
+        self.state_path = state_path
+        self.db = db
+        self.notifier = notifier or Notifier()
+        self.timing = timing
+        self.log = logs.get_logger()
+        self._engine: Engine | None = None
+        self._scheduler: BackgroundScheduler | None = None
+        self._ready = False
+        self._stop = False
+        self._heartbeat = time.monotonic()
+        self._pass_started: float | None = None
+        self._wake_r, self._wake_w = os.pipe()
+        for fd in (self._wake_r, self._wake_w):
+            os.set_blocking(fd, False)
+
+    # -- entry point ---------------------------------------------------------------------------
+
+    def run(self) -> int:
+        state = self._load()
+        if state is None:
+            return EX_CONFIG
+        db = self.db or state.database
+        try:
+            lock = InstanceLock(db).acquire()
+        except LockHeld as exc:
+            self.log.error("daemon.locked", error=str(exc))
+            return EX_FAILURE
+        try:
+            with open_engine(state, db) as engine:
+                self._engine = engine
+                self.log.info(
+                    "config.loaded",
+                    path=str(self.state_path),
+                    accounts=len(state.accounts),
+                    channels=len(state.channels),
+                )
+                return self._serve(engine)
+        finally:
+            lock.release()
+            os.close(self._wake_r)
+            os.close(self._wake_w)
+            self.notifier.close()
+
+    def request_stop(self) -> None:
+        """Stop as SIGTERM would (the demo's ``--duration``); safe from any thread."""
+        self._stop = True
+        with contextlib.suppress(BlockingIOError):
+            os.write(self._wake_w, bytes([STOP]))
+
+    # -- the loop ------------------------------------------------------------------------------
+
+    def _serve(self, engine: Engine) -> int:
+        scheduler = BackgroundScheduler(
+            timezone=UTC,
+            executors={"default": ThreadPoolExecutor(1), "watchdog": ThreadPoolExecutor(1)},
+            job_defaults={"coalesce": True, "misfire_grace_time": None, "max_instances": 1},
+        )
+        self._scheduler = scheduler
+        scheduler.start()
+        self._arm(utcnow())
+        if self.notifier.watchdog_interval:
+            scheduler.add_job(
+                self._feed_watchdog,
+                "interval",
+                seconds=self.notifier.watchdog_interval,
+                executor="watchdog",
+                id="watchdog",
+            )
+        previous = {
+            sig: signal.signal(sig, _noop) for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT)
+        }
+        old_fd = signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
+        try:
+            self._main_loop()
+        finally:
+            signal.set_wakeup_fd(old_fd)
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            self.notifier.stopping()
+            self.log.info("daemon.stopping")
+            engine.stopping = True
+            scheduler.shutdown(wait=True)
+        return EX_OK
+
+    def _main_loop(self) -> None:
+        fingerprint = _fingerprint(self.state_path)
+        changed_at: tuple[int, int, int] | None = None
+        while not self._stop:
+            self._heartbeat = time.monotonic()
+            readable, _, _ = select.select([self._wake_r], [], [], self.timing.poll)
+            if readable:
+                for signum in _drain(self._wake_r):
+                    if signum in (signal.SIGTERM, signal.SIGINT, STOP):
+                        self._stop = True
+                    elif signum == signal.SIGHUP:
+                        self._request_reload("signal")
+            current = _fingerprint(self.state_path)
+            if current != fingerprint:
+                # Reload only once the file has stopped changing for a poll: an editor that
+                # writes in steps must not get a half-written file applied.
+                if current == changed_at:
+                    fingerprint, changed_at = current, None
+                    self._request_reload("file")
+                else:
+                    changed_at = current
+
+    def _arm(self, now: datetime) -> None:
+        """The next pass: at the engine's next_due(), but never more than max_sleep away."""
+        assert self._engine is not None
+        assert self._scheduler is not None
+        when = max(now, min(self._engine.next_due(), now + self.timing.max_sleep))
+        self._scheduler.add_job(self._tick, "date", run_date=when, id="tick", replace_existing=True)
+
+    def _tick(self) -> None:
+        engine = self._engine
+        assert engine is not None
+        self._pass_started = time.monotonic()
+        if not self._ready:
+            self._ready = True
+            self.notifier.ready()
+            self.log.info("daemon.ready", pid=os.getpid(), channels=len(engine.state.channels))
+        try:
+            engine.run_due(utcnow())
+        except Exception:
+            # A bug must not end the keeping of every other channel: log it and try again.
+            self.log.exception("engine.failed")
+        finally:
+            self._pass_started = None
+        now = utcnow()
+        self.notifier.status(summary(engine, now))
+        if not self._stop:
+            self._arm(now)
+
+    def _feed_watchdog(self) -> None:
+        now = time.monotonic()
+        if now - self._heartbeat > max(10.0, 4 * self.timing.poll):
+            return  # the main loop is stuck
+        started = self._pass_started
+        if started is not None and now - started > self.timing.stuck_after:
+            return  # a pass is hung
+        self.notifier.watchdog()
+
+    # -- reload --------------------------------------------------------------------------------
+
+    def _request_reload(self, trigger: str) -> None:
+        """Reloads run on the pass worker, after the pass in flight: never two engine users."""
+        assert self._scheduler is not None
+        self._scheduler.add_job(self._reload, args=[trigger], id="reload", replace_existing=True)
+
+    def _reload(self, trigger: str) -> None:
+        engine = self._engine
+        assert engine is not None
+        self.notifier.reloading()
+        state = self._load()
+        if state is not None:
+            if state.database != engine.state.database and self.db is None:
+                self.log.warning("config.database_unchanged", note="a new database path needs a restart")
+            engine.reload(state)
+            self.log.info(
+                "config.loaded",
+                path=str(self.state_path),
+                trigger=trigger,
+                accounts=len(state.accounts),
+                channels=len(state.channels),
+            )
+        self.notifier.ready(summary(engine, utcnow()))
+        self._arm(utcnow())
+
+    def _load(self) -> DesiredState | None:
+        """The state file, or None after logging every problem as ``config.invalid``."""
+        try:
+            state = load(self.state_path)
+        except ConfigError as exc:
+            self.log.error(
+                "config.invalid", path=str(self.state_path), errors=[str(issue) for issue in exc.issues]
+            )
+            return None
+        logs.REDACTOR.add(state.secrets())
+        return state
+
+
+def _noop(signum: int, frame: Any) -> None:
+    """Signals are read from the wake-up pipe; the handler only has to exist."""
+
+
+def _drain(fd: int) -> list[int]:
+    data = b""
+    with contextlib.suppress(BlockingIOError):
+        while chunk := os.read(fd, 512):
+            data += chunk
+    return list(data)
+
+
+def _fingerprint(path: Path) -> tuple[int, int, int]:
+    """Identity and content stamp of the state file; an atomic replace changes the inode."""
+    try:
+        st = path.stat()
+    except OSError:
+        return (0, 0, 0)
+    return (st.st_ino, st.st_mtime_ns, st.st_size)
