@@ -170,6 +170,11 @@ class Emulator:
                 self._state.org(org), self.now(), lifetime or self.access_token_lifetime
             )
 
+    def access_tokens(self) -> list[str]:
+        """Every access token minted so far: tests check none of them was ever printed."""
+        with self._lock:
+            return list(self._state.tokens)
+
     def refreshes(self, org: str = DEFAULT_ORG) -> int:
         """Token refreshes in the current rolling 10-minute window."""
         with self._lock:
