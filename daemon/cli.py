@@ -21,6 +21,7 @@ from daemon.config import ConfigError, DesiredState, load
 from daemon.zoho.errors import ZohoError
 
 EX_OK, EX_ERROR, EX_PENDING, EX_CONFIG = 0, 1, 2, 78
+DESCRIPTION = "Keeps Zoho CRM and Bigin instant-notification channels alive."
 
 
 def _state_path(args: argparse.Namespace) -> Path:
@@ -168,7 +169,7 @@ def _iso(text: str) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="watchkeeper", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="watchkeeper", description=DESCRIPTION)
     parser.add_argument("--version", action="version", version=f"watchkeeper {__version__}")
     parser.add_argument(
         "--state", help="state file (default $WATCHKEEPER_STATE, else state/channels.toml)"
