@@ -136,6 +136,21 @@ class _StdlibBridge(logging.Handler):
         getattr(log, level if level in _LEVELS else "info")(record.getMessage(), **fields)
 
 
+def _log_uncaught(kind: type[BaseException], exc: BaseException, tb: Any) -> None:
+    """Even a crash's traceback goes through redaction, never straight to stderr."""
+    structlog.get_logger().critical("process.crashed", exc_info=(kind, exc, tb))
+
+
+def _log_thread_uncaught(args: threading.ExceptHookArgs) -> None:
+    if args.exc_type is SystemExit or args.exc_value is None:
+        return
+    structlog.get_logger().critical(
+        "thread.crashed",
+        thread=args.thread.name if args.thread else None,
+        exc_info=(args.exc_type, args.exc_value, args.exc_traceback),
+    )
+
+
 def configure(
     fmt: LogFormat = "auto",
     level: str = "info",
@@ -171,6 +186,8 @@ def configure(
         logger_factory=structlog.WriteLoggerFactory(file=stream),
         cache_logger_on_first_use=False,
     )
+    sys.excepthook = _log_uncaught
+    threading.excepthook = _log_thread_uncaught
     root = logging.getLogger()
     for handler in list(root.handlers):
         if isinstance(handler, _StdlibBridge):

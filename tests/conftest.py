@@ -40,7 +40,12 @@ def _reset_logging() -> Iterator[None]:
 
     import structlog
 
+    import sys
+    import threading
+
     structlog.reset_defaults()
+    sys.excepthook = sys.__excepthook__
+    threading.excepthook = threading.__excepthook__
     root = logging.getLogger()
     for handler in list(root.handlers):
         if type(handler).__name__ == "_StdlibBridge":
