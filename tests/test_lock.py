@@ -1,0 +1,37 @@
+"""The single-instance lock beside the database."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from daemon.lock import InstanceLock, LockHeld
+
+
+def test_a_second_holder_is_refused_with_the_first_ones_pid(tmp_path: Path) -> None:
+    db = tmp_path / "state" / "watchkeeper.db"
+    with InstanceLock(db) as lock:
+        assert lock.path == tmp_path / "state" / "watchkeeper.db.lock"
+        assert InstanceLock(db).holder() == os.getpid()
+        with pytest.raises(LockHeld) as caught:
+            InstanceLock(db).acquire()
+        assert caught.value.pid == os.getpid()
+        assert f"pid {os.getpid()}" in str(caught.value)
+    assert InstanceLock(db).holder() is None
+    InstanceLock(db).acquire().release()
+
+
+def test_the_lock_dies_with_its_process(tmp_path: Path) -> None:
+    db = tmp_path / "watchkeeper.db"
+    code = (
+        "import sys; from pathlib import Path; from daemon.lock import InstanceLock; "
+        f"InstanceLock(Path({str(db)!r})).acquire(); sys.exit(0)"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parent.parent)
+    assert InstanceLock(db).holder() is None
+    InstanceLock(db).acquire().release()
+    assert oct(db.with_name(db.name + ".lock").stat().st_mode & 0o777) == "0o600"
