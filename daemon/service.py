@@ -197,8 +197,9 @@ class Service:
         self._pass_started = time.monotonic()
         if not self._ready:
             self._ready = True
-            self.notifier.ready()
+            # Logged first, so that whoever `systemctl start` releases finds the line already there.
             self.log.info("daemon.ready", pid=os.getpid(), channels=len(engine.state.channels))
+            self.notifier.ready()
         try:
             engine.run_due(utcnow())
         except Exception:
