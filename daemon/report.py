@@ -11,7 +11,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from daemon.engine import PassReport
-from daemon.planner import Plan
+from daemon.planner import Plan, Refusal
 from daemon.store import Gap, StatusRow
 
 
@@ -45,6 +45,18 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join(lines)
 
 
+def refusals_json(refused: Sequence[Refusal]) -> list[dict[str, Any]]:
+    return [
+        {
+            "account": r.account,
+            "reason": r.reason,
+            "channel_ids": list(r.channel_ids),
+            "message": r.message,
+        }
+        for r in refused
+    ]
+
+
 # -- plan ------------------------------------------------------------------------------------
 
 
@@ -67,15 +79,7 @@ def plan_json(plan: Plan, names: dict[tuple[str, str], str | None]) -> dict[str,
             {"account": account, "channel_id": c.channel_id, "modules": c.modules}
             for account, c in plan.foreign
         ],
-        "refused": [
-            {
-                "account": r.account,
-                "reason": r.reason,
-                "channel_ids": list(r.channel_ids),
-                "message": r.message,
-            }
-            for r in plan.refused
-        ],
+        "refused": refusals_json(plan.refused),
     }
 
 
@@ -110,15 +114,7 @@ def apply_json(report: PassReport) -> dict[str, Any]:
         "failed": report.failed,
         "foreign": report.foreign,
         "list_failed": report.list_failed,
-        "refused": [
-            {
-                "account": r.account,
-                "reason": r.reason,
-                "channel_ids": list(r.channel_ids),
-                "message": r.message,
-            }
-            for r in report.refused
-        ],
+        "refused": refusals_json(report.refused),
     }
 
 

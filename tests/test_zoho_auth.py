@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING
 import httpx
 import pytest
 
-from daemon.zoho.auth import AccessToken, OAuth, StaticToken, retry_after_seconds
+from daemon.zoho.answers import retry_after_seconds
+from daemon.zoho.auth import AccessToken, OAuth, StaticToken
 from daemon.zoho.errors import AuthError, RateLimited, TransientError
 from tests.helpers import SimClock
 

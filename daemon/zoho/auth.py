@@ -10,16 +10,15 @@ No secret (refresh token, client secret, access token) ever appears in a message
 
 from __future__ import annotations
 
-import math
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from email.utils import parsedate_to_datetime
 from typing import Any, Protocol
 
 import httpx
 
+from daemon.zoho.answers import json_object, retry_after_seconds
 from daemon.zoho.errors import AuthError, RateLimited, TransientError
 from daemon.zoho.regions import check_base_url
 
@@ -171,12 +170,7 @@ class OAuth:
             )
         if status >= 500:
             raise TransientError(f"{where} server error", status=status)
-        try:
-            body: Any = response.json()
-        except ValueError:
-            raise TransientError(f"{where} answer is not JSON", status=status) from None
-        if not isinstance(body, dict):
-            raise TransientError(f"{where} answer is not a JSON object", status=status)
+        body = json_object(response, where)
         value = body.get("access_token")
         if isinstance(value, str) and value:
             self.api_domain = _str_or_none(body.get("api_domain"))
@@ -219,27 +213,6 @@ def _block(response: httpx.Response, now: datetime) -> float:
 
 def _str_or_none(value: object) -> str | None:
     return value if isinstance(value, str) and value else None
-
-
-def retry_after_seconds(response: httpx.Response, now: datetime) -> float | None:
-    """``Retry-After`` in seconds (delta-seconds or an HTTP date, taken against ``now``)."""
-    raw = response.headers.get("Retry-After")
-    if raw is None:
-        return None
-    raw = raw.strip()
-    try:
-        seconds = float(raw)
-    except ValueError:
-        pass
-    else:
-        return max(0.0, seconds) if math.isfinite(seconds) else None
-    try:
-        when = parsedate_to_datetime(raw)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, (when - now).total_seconds())
 
 
 class StaticToken:

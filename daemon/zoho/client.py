@@ -41,7 +41,8 @@ from daemon.model import (
     parse_event,
     parse_instant,
 )
-from daemon.zoho.auth import DEFAULT_TIMEOUT, OAuth, StaticToken, retry_after_seconds
+from daemon.zoho.answers import json_object, retry_after_seconds
+from daemon.zoho.auth import DEFAULT_TIMEOUT, OAuth, StaticToken
 from daemon.zoho.errors import (
     AuthError,
     RateLimited,
@@ -277,12 +278,7 @@ class WatchClient:
             raise TransientError(f"{where} {trouble}", status=status, retry_after=wait)
         if status == 204:
             return None
-        try:
-            body: Any = response.json()
-        except ValueError:
-            raise TransientError(f"{where} answer is not JSON", status=status) from None
-        if not isinstance(body, dict):
-            raise TransientError(f"{where} answer is not a JSON object", status=status)
+        body = json_object(response, where)
         if status < 300 or (writing and isinstance(body.get("watch"), list)):
             return body  # per-item answers, even inside a 4xx envelope
         code = _str(body.get("code")) or "UNKNOWN"
