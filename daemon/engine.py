@@ -142,17 +142,21 @@ class Engine:
         self, now: datetime, *, listing: bool, confirmed: frozenset[Key] = frozenset()
     ) -> PassReport:
         report = PassReport(listed=listing, desired=len(self.state.channels))
-        zoho_now = now + self.skew
         observed: dict[str, dict[str, ObservedChannel] | None] = {}
         for account in self.state.accounts:
             observed[account] = None
             if listing and self._may_call(account, now):
                 observed[account] = self._list(account, now, report)
+            # Zoho's time is taken after the listing: a freshly started engine learns the skew from
+            # its Date header, and a channel that expired less than the skew ago must be judged
+            # expired, not vanished.
+            zoho_now = now + self.clients[account].skew
             with self._batched_writes():
                 listed = observed[account]
                 if listed is not None:
                     self._absorb_listing(account, listed, zoho_now)
                 self._detect_lapses(account, listed, zoho_now)
+        zoho_now = now + self.skew
         result = self.plan(observed, zoho_now, confirmed | self.store.confirmed_deletes())
         self._report_plan(result, observed, report)
         for account, client in self.clients.items():
@@ -408,6 +412,9 @@ class Engine:
                 )
                 self._account_failure(account, method, error, now, pending)
                 report.failed += len(pending)
+        # An accepted write shows the channel live as a listing does: should it vanish before the
+        # next listing, its gap starts here, not at the listing that notices.
+        self.store.mark_seen(account, [cid for cid, r in done.items() if r.ok], granted_at)
         self.store.done(account, [a.channel_id for a in actions])
         return recreate
 
@@ -560,19 +567,30 @@ class Engine:
         self, account: str, method: str, exc: ZohoError, now: datetime, channel_ids: Iterable[str]
     ) -> None:
         """A whole request failed: back the channels off (never past their expiry), pause the
-        account on 429 and on bad credentials."""
+        account on 429 and on bad credentials.
+
+        The backoff is drawn once for the request, not once per channel: the channels failed
+        together, and separate retry times would bring each back in a request of its own (three
+        2-hour outages at 1,000 channels made some 12,000 single-channel retries)."""
         client = self.clients[account]
         zoho_now = now + client.skew
         terminal = isinstance(exc, AuthError)
         earliest: datetime | None = None
+        keys = [(account, channel_id) for channel_id in channel_ids]
+        entries = [self.registry[key] for key in keys if key in self.registry]
+        delay = timedelta(0)
+        if entries and not terminal:
+            streak = max(entry.failures for entry in entries) + 1
+            delay = policy.backoff(streak, self.state.policy, self.rng)
         with self._batched_writes():
-            for channel_id in channel_ids:
-                entry = self.registry.get((account, channel_id))
-                if entry is None:
-                    continue
+            for entry in entries:
                 failures = entry.failures + 1
-                retry_at = policy.next_retry(
-                    zoho_now, failures, entry.expires_at, self.state.policy, self.rng, terminal=terminal
+                retry_at = (
+                    policy.next_retry(
+                        zoho_now, failures, None, self.state.policy, self.rng, terminal=True
+                    )
+                    if terminal
+                    else policy.retry_after(zoho_now, delay, entry.expires_at, self.state.policy)
                 )
                 earliest = retry_at if earliest is None else min(earliest, retry_at)
                 self._put(

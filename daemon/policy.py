@@ -95,7 +95,16 @@ def next_retry(
     now = utc(now)
     if terminal:
         return now + policy.terminal_retry
-    delay = backoff(failures, policy, rng)
+    return retry_after(now, backoff(failures, policy, rng), expires_at, policy)
+
+
+def retry_after(
+    now: datetime, delay: timedelta, expires_at: datetime | None, policy: Policy
+) -> datetime:
+    """``now + delay`` under the caps of ``next_retry`` (expiry margin, floor). The engine draws one
+    delay per failed request and applies it to every channel of that request, so a batch that
+    failed together is retried together: one request, not one per channel."""
+    now = utc(now)
     if expires_at is not None and utc(expires_at) > now:
         delay = min(delay, utc(expires_at) - policy.retry_margin - now)
     return now + max(delay, policy.retry_floor)

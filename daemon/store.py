@@ -114,7 +114,8 @@ class RegistryRow(SQLModel, table=True):
     terminal: bool = False
     last_renewed_at: datetime | None = Field(default=None, sa_type=UTCInstant)
     last_seen_at: datetime | None = Field(default=None, sa_type=UTCInstant)
-    """The last listing that showed the channel: where a gap starts when it vanishes."""
+    """The last time Zoho showed the channel live (a listing, or a write it accepted): where a gap
+    starts when it vanishes."""
 
 
 class GapRow(SQLModel, table=True):
@@ -562,7 +563,7 @@ class Store:
             conn.execute(delete(_REGISTRY).where(_is_channel(_REGISTRY, account, channel_id)))
 
     def mark_seen(self, account: str, channel_ids: Iterable[str], at: datetime) -> None:
-        """Record the listing that showed these channels (batched in one transaction)."""
+        """Record that Zoho showed these channels live at ``at`` (one transaction)."""
         seen = _instant_text(at)
         params = [(seen, account, channel_id) for channel_id in channel_ids]
         if not params:

@@ -37,11 +37,10 @@ def _reset_logging() -> Iterator[None]:
     after the test: put the defaults back so later tests do not write to a closed file."""
     yield
     import logging
-
-    import structlog
-
     import sys
     import threading
+
+    import structlog
 
     structlog.reset_defaults()
     sys.excepthook = sys.__excepthook__

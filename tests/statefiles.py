@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from daemon.emulator import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, DEFAULT_REFRESH_TOKEN
+from daemon.emulator import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, DEFAULT_ORG, DEFAULT_REFRESH_TOKEN
 
 HOOK_TOKEN = "hook-token-SECRET-0123456789"
 """Channel verification token used by test channels: must never show up in any output."""
@@ -22,10 +22,14 @@ class Chan:
     name: str | None = None
     token: bool = True
     notify_url: str = f"https://hooks.example.com/zoho?key={URL_SECRET}"
+    account: str | None = None
+    """Needed only when the state file has several accounts (see ``write_state(accounts=...)``)."""
 
     def toml(self) -> str:
-        lines = [
-            "[[channels]]",
+        lines = ["[[channels]]"]
+        if self.account:
+            lines.append(f'account = "{self.account}"')
+        lines += [
             f'channel_id = "{self.channel_id}"',
             f"events = [{', '.join(repr(e).replace(chr(39), chr(34)) for e in self.events)}]",
             f'notify_url = "{self.notify_url}"',
@@ -45,25 +49,42 @@ def write_state(
     *,
     api_version: str = "v8",
     daemon: str = "",
+    accounts: Sequence[str] = ("main",),
 ) -> Path:
-    """A state file with one account ``main`` on the emulator at ``url``."""
+    """A state file with one account ``main`` on the emulator at ``url`` (or the named ``accounts``:
+    ``main`` logs in as the emulator's default org, any other as the org of the same name, which
+    the test adds with ``emu.add_org(name)``)."""
     text = f"""
 [daemon]
 database = "watchkeeper.db"
 {daemon}
+"""
+    text += "".join(_account(name, url, api_version) for name in accounts)
+    text += "\n\n".join(c.toml() for c in channels) + "\n"
+    path.write_text(text)
+    return path
 
-[accounts.main]
+
+def org_of(account: str) -> str:
+    """The emulator org a ``write_state`` account logs in as."""
+    return DEFAULT_ORG if account == "main" else account
+
+
+def _account(name: str, url: str, api_version: str) -> str:
+    refresh_token = (
+        "env:WK_TEST_REFRESH_TOKEN" if name == "main" else f"{DEFAULT_REFRESH_TOKEN}-{org_of(name)}"
+    )
+    return f"""
+[accounts.{name}]
 product = "crm"
 api_version = "{api_version}"
 api_domain = "{url}"
 accounts_url = "{url}"
 client_id = "{DEFAULT_CLIENT_ID}"
 client_secret = "env:WK_TEST_CLIENT_SECRET"
-refresh_token = "env:WK_TEST_REFRESH_TOKEN"
+refresh_token = "{refresh_token}"
+
 """
-    text += "\n\n".join(c.toml() for c in channels) + "\n"
-    path.write_text(text)
-    return path
 
 
 def env() -> dict[str, str]:

@@ -356,3 +356,62 @@ def test_one_rejected_item_does_not_stop_the_others(
     assert rejected.last_error == "INVALID_DATA events"
     assert rejected.retry_at - sim_clock() > timedelta(minutes=45)
     assert "9101" not in {cid for c in emulator.calls for cid in c.channel_ids}
+
+
+def test_a_batch_that_failed_together_is_retried_together(
+    emulator: Emulator, engine_for: OpenEngine, sim_clock: SimClock
+) -> None:
+    """One backoff draw per failed request: with one draw per channel, every retry of a 20-channel
+    batch went out as its own request (the soak saw 12,000 of them in three 2-hour outages)."""
+    with engine_for([Chan(str(9200 + i), ttl="10h") for i in range(20)]) as engine:
+        engine.run_due()
+        engine.next_reconcile = sim_clock() + timedelta(days=1)
+        emulator.add_fault(Fault(status=500, methods=frozenset({"PATCH"}), count=3))
+        while not [c for c in emulator.calls if c.method == "PATCH" and c.status == 200]:
+            sim_clock.set(engine.next_due())
+            engine.run_due()
+    patches = [(c.status, c.items) for c in emulator.calls if c.method == "PATCH"]
+    assert patches == [(500, 20)] * 3 + [(200, 20)]
+
+
+@pytest.mark.parametrize("emulator", [{"clock_skew": timedelta(minutes=5)}], indirect=True)
+def test_a_restart_just_after_an_expiry_measures_the_skew_before_judging_the_listing(
+    emulator: Emulator, engine_for: OpenEngine, sim_clock: SimClock
+) -> None:
+    """Zoho's clock runs 5 minutes ahead. A daemon down across a channel's expiry that comes back
+    within those 5 minutes must not take the channel for one deleted behind its back (a gap from
+    the last listing that showed it): it expired, and the gap starts at its expiry."""
+    chans = [Chan("9300", ttl="1h")]
+    with engine_for(chans) as engine:
+        engine.run_due()
+        sim_clock.advance(timedelta(minutes=10))
+        engine.run_pass(sim_clock(), listing=True)  # the last listing that shows it
+        expiry = engine.registry[("main", "9300")].expires_at
+    assert expiry is not None
+    sim_clock.set(expiry - timedelta(minutes=2))  # Zoho's clock reads expiry + 3 min
+    with engine_for(chans) as engine:
+        engine.run_due()
+        (gap,) = engine.store.gaps()
+    assert gap.cause == "expired"
+    assert gap.start == expiry == emulator.live_intervals("9300")[0][1]
+
+
+def test_a_channel_deleted_before_any_listing_showed_it_dates_its_gap_from_its_creation(
+    emulator: Emulator, engine_for: OpenEngine, sim_clock: SimClock
+) -> None:
+    """Zoho's answer to the POST is evidence the channel was live then; without it, the gap of a
+    channel deleted before the next listing started at the listing that noticed, later than the
+    deletion: the ledger then hid events that need a backfill."""
+    with engine_for([Chan("9400")]) as engine:
+        engine.run_due()  # lists (nothing there yet), then creates
+        created = sim_clock()
+        sim_clock.advance(timedelta(minutes=10))
+        emulator.delete_channel("9400")
+        sim_clock.advance(timedelta(minutes=15))
+        engine.run_pass(sim_clock(), listing=True)
+        (gap,) = engine.store.gaps()
+    assert gap.cause == "vanished"
+    deleted_at = emulator.live_intervals("9400")[0][1]
+    assert deleted_at is not None
+    assert gap.start <= deleted_at
+    assert abs((gap.start - created).total_seconds()) <= 1

@@ -1,0 +1,402 @@
+"""Days of simulated operation: the real engine against the emulator, both on one frozen clock.
+
+The loop is the daemon's, minus the waiting: ``t = min(engine.next_due(), next harness action)``,
+move the clock to ``t``, ``engine.run_due(t)``. Calls are real HTTP on loopback and the store is a
+real SQLite file; only time is simulated, so a week takes about a minute. What is measured comes
+from the emulator (its call log and live intervals), never from the daemon's own bookkeeping, except
+the gap ledger, which is what gets checked against it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Protocol, TypeVar
+
+import structlog
+
+from daemon import config, logs
+from daemon.config import DesiredState
+from daemon.emulator import DEFAULT_ORG, Emulator
+from daemon.engine import Engine
+from daemon.runtime import open_engine
+from tests.helpers import SimClock
+from tests.soak.profile import CHANGED_URL, PROFILES, Action, Key, Profile, Schedule
+from tests.statefiles import Chan, env, org_of, write_state
+
+MODULES = (
+    "Contacts", "Deals", "Leads", "Accounts", "Tasks",
+    "Calls", "Products", "Quotes", "Invoices", "Cases",
+)  # fmt: skip
+FIRST_ID = 1_000_000_000_000
+WRITES = frozenset({"POST", "PUT", "PATCH"})
+SPIN_LIMIT = 100
+"""Passes in a row at one frozen instant before the harness calls it a hot loop."""
+
+Progress = Callable[[str], None]
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class Params:
+    channels: int = 1000
+    modules: int = 2
+    accounts: int = 1
+    days: float = 7.0
+    ttl: str = "23h"
+    profile: str = "default"
+    seed: int = 1
+    reconcile_every: str | None = None
+    """The state file's ``[daemon] reconcile_every``; None keeps the default (30m)."""
+
+    def __post_init__(self) -> None:
+        if self.channels < 1 or self.accounts < 1 or self.accounts > self.channels:
+            raise ValueError("need at least one channel per account")
+        if not 1 <= self.modules <= len(MODULES):
+            raise ValueError(f"modules must lie in 1..{len(MODULES)}")
+        if self.days <= 0:
+            raise ValueError("days must be positive")
+        if self.profile not in PROFILES:
+            raise ValueError(f"profile must be one of {sorted(PROFILES)}")
+        config.parse_duration(self.ttl)  # ValueError, worded for the command line
+
+    @property
+    def duration(self) -> timedelta:
+        return timedelta(days=self.days)
+
+    @property
+    def fault_profile(self) -> Profile:
+        return PROFILES[self.profile]
+
+    @property
+    def account_names(self) -> list[str]:
+        return ["main", *(f"acct{n}" for n in range(2, self.accounts + 1))]
+
+
+@dataclass(frozen=True, slots=True)
+class CallRecord:
+    """An emulator Call without its body (which holds channel tokens)."""
+
+    at: datetime
+    method: str
+    status: int
+    org: str | None
+    items: int
+
+
+@dataclass
+class RunResult:
+    """The raw observations of one run; report.py derives every figure from them."""
+
+    name: str
+    params: Params
+    schedule: Schedule
+    start: datetime
+    """Zoho's clock, like every instant below."""
+    end: datetime
+    channels: list[Key]
+    intervals: dict[Key, list[tuple[datetime, datetime | None]]]
+    calls: list[CallRecord]
+    leads: list[float]
+    """Seconds between a renewal and the expiry it replaced, one per renewal."""
+    cpu_seconds: float
+    wall_seconds: float
+    ledger: dict[Key, list[tuple[datetime, datetime | None, str]]] | None = None
+    """The daemon's gaps (start, end, cause); None for a baseline, which keeps none."""
+    events: Counter[str] = field(default_factory=Counter)
+    """Log events at warning and above, by name (watchkeeper only)."""
+    deleted: tuple[Key, datetime] | None = None
+    """The channel deleted behind the daemon's back and when (Zoho's clock)."""
+    changed: tuple[Key, datetime] | None = None
+    fault_hits: dict[str, int] = field(default_factory=dict)
+
+
+def fleet(params: Params) -> list[Chan]:
+    """The channels of a run: spread over the accounts in turn, ``modules`` modules each."""
+    names = params.account_names
+    return [
+        Chan(
+            str(FIRST_ID + i),
+            events=[f"{MODULES[(i + j) % len(MODULES)]}.all" for j in range(params.modules)],
+            ttl=params.ttl,
+            account=names[i % len(names)] if len(names) > 1 else None,
+        )
+        for i in range(params.channels)
+    ]
+
+
+def keys_of(params: Params, chans: list[Chan]) -> list[Key]:
+    return [(c.account or "main", c.channel_id) for c in chans]
+
+
+class Tracker:
+    """What the emulator does not keep: how long before its expiry each renewal came.
+
+    After each step it reads the new calls and the live expiries of the channels they wrote; a
+    write that moved the expiry of a channel that was still live is a renewal.
+    """
+
+    def __init__(self, emu: Emulator) -> None:
+        self.emu = emu
+        self.seen = 0
+        self.expiry: dict[tuple[str, str], datetime] = {}
+        self.leads: list[float] = []
+
+    def forget(self, org: str, channel_id: str) -> None:
+        self.expiry.pop((org, channel_id), None)
+
+    def observe(self) -> None:
+        calls = self.emu.calls
+        new, self.seen = calls[self.seen :], len(calls)
+        writes = [c for c in new if c.method in WRITES and c.status < 300 and c.org is not None]
+        if not writes:
+            return
+        live = {org: self.emu.channels(org) for org in {c.org for c in writes if c.org}}
+        for call in writes:
+            assert call.org is not None
+            for channel_id in call.channel_ids:
+                key = (call.org, channel_id)
+                channel = live[call.org].get(channel_id)
+                prior = self.expiry.get(key)
+                if channel is None:
+                    self.expiry.pop(key, None)
+                elif channel.expires_at != prior:
+                    if prior is not None and prior > call.at:
+                        self.leads.append((prior - call.at).total_seconds())
+                    self.expiry[key] = channel.expires_at
+
+
+class Policy(Protocol):
+    """What the simulation drives: watchkeeper's engine or a naive baseline."""
+
+    def next_due(self) -> datetime | None: ...
+
+    def run_due(self, now: datetime) -> None: ...
+
+    def restart(self, now: datetime) -> None:
+        """A restart at ``now``, including whatever the policy does on start-up."""
+        ...
+
+
+class Spin(RuntimeError):
+    """The policy asked to run again and again at one instant: a hot loop under a frozen clock."""
+
+
+@dataclass
+class Simulation:
+    """One run's world: the clock, the emulator with the profile's faults, the state file."""
+
+    params: Params
+    clock: SimClock
+    start: datetime
+    keys: list[Key]
+    schedule: Schedule
+    emu: Emulator
+    state: DesiredState
+    tracker: Tracker
+    deleted: tuple[Key, datetime] | None = None
+    changed: tuple[Key, datetime] | None = None
+
+    @property
+    def end(self) -> datetime:
+        return self.start + self.params.duration
+
+    def drive(self, name: str, policy: Policy, progress: Progress | None = None) -> None:
+        """``t = min(policy.next_due(), next action)``; move the clock there; act; run the policy."""
+        actions = list(self.schedule.actions)
+        same = day = 0
+        while True:
+            due = policy.next_due() or self.end
+            t = min(due, actions[0].at if actions else self.end, self.end)
+            if t >= self.end:
+                break
+            if t <= self.clock():
+                same += 1
+                if same > SPIN_LIMIT:
+                    raise Spin(f"{name}: {same} passes in a row at {self.clock()}")
+                t = self.clock()
+            else:
+                same = 0
+            self.clock.set(t)
+            while actions and actions[0].at <= t:
+                self._act(actions.pop(0), policy, t)
+            if due <= t:
+                structlog.contextvars.bind_contextvars(sim_time=t.isoformat())
+                policy.run_due(t)
+            self.tracker.observe()
+            if progress and (t - self.start) // timedelta(days=1) > day:
+                day = (t - self.start) // timedelta(days=1)
+                progress(f"{name}: day {day} of {self.params.days:g}")
+        self.clock.set(self.end)
+
+    def _act(self, action: Action, policy: Policy, now: datetime) -> None:
+        if action.kind == "restart":
+            policy.restart(now)
+            return
+        assert action.key is not None
+        org, channel_id = org_of(action.key[0]), action.key[1]
+        live = self.emu.channels(org).get(channel_id)
+        if live is None:  # lapsed just then: nothing to change or delete behind anyone's back
+            return
+        happened = (action.key, self.emu.now())
+        if action.kind == "delete":
+            self.tracker.forget(org, channel_id)
+            self.emu.delete_channel(channel_id, org=org)
+            self.deleted = happened
+        else:
+            first = live.modules[0]
+            self.emu.change_channel(
+                channel_id, events=[f"{first}.create"], notify_url=CHANGED_URL, org=org
+            )
+            self.changed = happened
+
+    def result(self, name: str, cpu_seconds: float, wall_seconds: float) -> RunResult:
+        """Everything the emulator saw, once the run is over."""
+        return RunResult(
+            name=name,
+            params=self.params,
+            schedule=self.schedule,
+            start=self.start + self.params.fault_profile.clock_skew,
+            end=self.emu.now(),
+            channels=self.keys,
+            intervals={k: self.emu.live_intervals(k[1], org=org_of(k[0])) for k in self.keys},
+            calls=[CallRecord(c.at, c.method, c.status, c.org, c.items) for c in self.emu.calls],
+            leads=self.tracker.leads,
+            cpu_seconds=cpu_seconds,
+            wall_seconds=wall_seconds,
+            deleted=self.deleted,
+            changed=self.changed,
+            fault_hits=_fault_hits(self.emu),
+        )
+
+
+@contextmanager
+def simulation(params: Params, state_file: Path) -> Iterator[Simulation]:
+    """A fresh world for one run: the same seed lays out the same faults for every policy."""
+    clock = SimClock()
+    start = clock()
+    chans = fleet(params)
+    keys = keys_of(params, chans)
+    profile = params.fault_profile
+    schedule = profile.schedule(start, start + params.duration, keys, random.Random(params.seed))
+    emu = Emulator(
+        clock=clock,
+        clock_skew=profile.clock_skew,
+        access_token_lifetime=profile.access_token_lifetime,
+        seed=params.seed,
+    )
+    for account in params.account_names:
+        if org_of(account) != DEFAULT_ORG:
+            emu.add_org(org_of(account))
+    with emu:
+        schedule.install(emu, profile)
+        daemon = f'reconcile_every = "{params.reconcile_every}"' if params.reconcile_every else ""
+        write_state(state_file, emu.url, chans, daemon=daemon, accounts=params.account_names)
+        state = config.load(state_file, environ=env())
+        yield Simulation(params, clock, start, keys, schedule, emu, state, Tracker(emu))
+
+
+def _fault_hits(emu: Emulator) -> dict[str, int]:
+    hits: Counter[str] = Counter()
+    for fault in emu.faults:
+        kind = {503: "outage", 429: "429 burst"}.get(fault.status or 0, "5xx")
+        hits[kind] += fault.hits
+    return dict(hits)
+
+
+@contextmanager
+def logging_to(path: Path) -> Iterator[None]:
+    """The engine's log (warning and above, JSON, with the simulated time) into ``path``;
+    structlog's defaults are restored afterwards."""
+    with path.open("w") as stream:
+        logs.configure("json", "warning", stream=stream, journal=False)
+        try:
+            yield
+        finally:
+            structlog.contextvars.clear_contextvars()
+            structlog.reset_defaults()
+            root = logging.getLogger()
+            for handler in list(root.handlers):
+                if type(handler).__name__ == "_StdlibBridge":
+                    root.removeHandler(handler)
+
+
+def count_events(path: Path) -> Counter[str]:
+    counts: Counter[str] = Counter()
+    with path.open() as lines:
+        for line in lines:
+            if line.strip():
+                counts[str(json.loads(line).get("event"))] += 1
+    return counts
+
+
+class Watchkeeper:
+    """The engine as the daemon runs it; a restart closes it and opens a new one on the same
+    database. CPU time is counted in the engine's calls only (the emulator runs in other threads)."""
+
+    def __init__(self, sim: Simulation, stack: ExitStack) -> None:
+        self.sim = sim
+        self.stack = stack
+        self.rng = random.Random(sim.params.seed)
+        self.cpu = 0.0
+        self.engine = self._timed(self._open)
+
+    def _open(self) -> Engine:
+        return self.stack.enter_context(open_engine(self.sim.state, clock=self.sim.clock, rng=self.rng))
+
+    def _timed(self, work: Callable[[], T]) -> T:
+        began = time.thread_time()
+        try:
+            return work()
+        finally:
+            self.cpu += time.thread_time() - began
+
+    def next_due(self) -> datetime:
+        return self._timed(self.engine.next_due)
+
+    def run_due(self, now: datetime) -> None:
+        self._timed(lambda: self.engine.run_due(now))
+
+    def restart(self, now: datetime) -> None:
+        """As the daemon starts: a new engine on the database, and its first pass at once."""
+
+        def reopen() -> Engine:
+            self.stack.close()
+            return self._open()
+
+        self.engine = self._timed(reopen)
+        self.run_due(now)
+
+
+def run_watchkeeper(params: Params, workdir: Path, progress: Progress | None = None) -> RunResult:
+    """The engine through ``params.days`` of simulated time under the profile's faults; its
+    database and log go to ``workdir`` (a database left there by an earlier run is replaced)."""
+    for stale in workdir.glob("watchkeeper.db*"):
+        stale.unlink()
+    log_path = workdir / "watchkeeper.log"
+    wall = time.perf_counter()
+    with (
+        simulation(params, workdir / "channels.toml") as sim,
+        logging_to(log_path),
+        ExitStack() as stack,
+    ):
+        policy = Watchkeeper(sim, stack)
+        sim.drive("watchkeeper", policy, progress)
+        gaps = policy.engine.store.gaps()
+        stack.close()
+        result = sim.result("watchkeeper", policy.cpu, time.perf_counter() - wall)
+    result.ledger = {key: [] for key in result.channels}
+    for gap in gaps:
+        result.ledger.setdefault((gap.account, gap.channel_id), []).append(
+            (gap.start, gap.end, gap.cause)
+        )
+    result.events = count_events(log_path)
+    return result
