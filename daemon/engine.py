@@ -21,7 +21,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from daemon import logs, planner, policy
-from daemon.config import DesiredState
+from daemon.config import AccountSpec, DesiredState
 from daemon.model import ChannelSpec, ItemResult, ObservedChannel, RegistryEntry, WatchItem, token_digest
 from daemon.planner import Action, Plan, Refusal
 from daemon.store import Store
@@ -76,6 +76,7 @@ class Engine:
         *,
         clock: Callable[[], datetime] = utcnow,
         rng: random.Random | None = None,
+        connect: Callable[[AccountSpec], WatchClient] | None = None,
     ) -> None:
         self._known: dict[Key, ChannelSpec] = {}
         """Every spec this process was given: what keeps a channel alive whose deletion a guard
@@ -83,7 +84,9 @@ class Engine:
         self._retained: dict[Key, ChannelSpec] = {}
         self.state = state
         self.store = store
-        self.clients = clients
+        self.clients = dict(clients)
+        self._connect = connect
+        """Builds the client of an account that a reload adds or changes."""
         self.clock = clock
         self.rng = rng or random.Random()
         self.log = logs.get_logger()
@@ -125,7 +128,14 @@ class Engine:
         return self.run_pass(now, listing=now >= self.next_reconcile)
 
     def reload(self, state: DesiredState) -> None:
-        """A new desired state: retry what failed for good and reconcile at once."""
+        """A new desired state: retry what failed for good and reconcile at once.
+
+        An account that is new or changed (region, version, credentials) gets a new client; one
+        that is gone keeps its client, so that its channels can still be deleted."""
+        if self._connect is not None:
+            for name, account in state.accounts.items():
+                if self.state.accounts.get(name) != account:
+                    self.clients[name] = self._connect(account)
         self.state = state
         self.store.clear_retries()
         self.registry = self.store.registry()
@@ -332,16 +342,9 @@ class Engine:
         now: datetime,
         report: PassReport,
     ) -> None:
-        for action in actions:
-            if action.at_risk:
-                entry = self.registry.get((account, action.channel_id))
-                self.log.warning(
-                    "channel.at_risk",
-                    account=account,
-                    channel_id=action.channel_id,
-                    name=self._name((account, action.channel_id)),
-                    expires_at=entry.expires_at if entry else None,
-                )
+        with self._batched_writes():
+            for action in actions:
+                self._announce(account, action)
         by_method: dict[str, list[Action]] = {"POST": [], "PUT": [], "PATCH": []}
         deletes: list[Action] = []
         for action in actions:
@@ -362,6 +365,30 @@ class Engine:
         """No call once a stop was asked for (SIGTERM finishes the call in flight, not the pass),
         nor to an account paused by a 429 or bad credentials."""
         return not self.stopping and not self._paused(account, now)
+
+    def _announce(self, account: str, action: Action) -> None:
+        """Warn about what is about to be fixed, once per channel and condition rather than on
+        every retry: ``channel.at_risk`` (the state records it), ``channel.drift``."""
+        key = (account, action.channel_id)
+        entry = self.registry.get(key)
+        if action.at_risk and entry is not None and entry.state not in ("at_risk", "lapsed"):
+            self._put(replace(entry, state="at_risk"))
+            self.log.warning(
+                "channel.at_risk",
+                account=account,
+                channel_id=action.channel_id,
+                name=self._name(key),
+                expires_at=entry.expires_at,
+            )
+        if action.drift and (entry is None or entry.failures == 0):
+            self.log.warning(
+                "channel.drift",
+                account=account,
+                channel_id=action.channel_id,
+                name=self._name(key),
+                drift=list(action.drift),
+                reason=action.reason,
+            )
 
     def _write(
         self,
@@ -431,7 +458,13 @@ class Engine:
         key = (account, spec.channel_id)
         expires_at = result.expires_at or min(item.expires_at, granted_at + UNKNOWN_EXPIRY_CAP)
         lifetime = max(expires_at - granted_at, timedelta(seconds=1))
-        if policy.expiry_clamped(spec.ttl, lifetime, self.state.policy):
+        previous = self.registry.get(key)
+        was_clamped = (
+            previous is not None
+            and previous.lifetime is not None
+            and policy.expiry_clamped(spec.ttl, previous.lifetime, self.state.policy)
+        )
+        if policy.expiry_clamped(spec.ttl, lifetime, self.state.policy) and not was_clamped:
             self.log.warning(
                 "channel.expiry_clamped",
                 account=account,
@@ -441,7 +474,6 @@ class Engine:
                 granted=lifetime,
                 expires_at=expires_at,
             )
-        previous = self.registry.get(key)
         self._put(
             RegistryEntry(
                 account=account,

@@ -69,7 +69,14 @@ def open_engine(
     http = httpx.Client(timeout=DEFAULT_TIMEOUT)
     try:
         clients = {name: make_client(acc, store, http, clock) for name, acc in state.accounts.items()}
-        yield Engine(state, store, clients, clock=clock, rng=rng)
+        yield Engine(
+            state,
+            store,
+            clients,
+            clock=clock,
+            rng=rng,
+            connect=lambda acc: make_client(acc, store, http, clock),
+        )
     finally:
         http.close()
         store.close()

@@ -9,6 +9,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+import structlog.testing
 
 from daemon import config
 from daemon.emulator import Emulator, Fault
@@ -16,7 +17,7 @@ from daemon.engine import Engine
 from daemon.runtime import open_engine
 from daemon.store import Store
 from tests.helpers import SimClock
-from tests.statefiles import HOOK_TOKEN, Chan, env, write_state
+from tests.statefiles import HOOK_TOKEN, Chan, env, org_of, write_state
 
 OpenEngine = Callable[..., AbstractContextManager[Engine]]
 
@@ -415,3 +416,74 @@ def test_a_channel_deleted_before_any_listing_showed_it_dates_its_gap_from_its_c
     assert deleted_at is not None
     assert gap.start <= deleted_at
     assert abs((gap.start - created).total_seconds()) <= 1
+
+
+def _events(logs: list[dict[str, object]], name: str) -> list[dict[str, object]]:
+    return [e for e in logs if e["event"] == name]
+
+
+def test_at_risk_is_announced_once_not_on_every_retry(
+    emulator: Emulator, engine_for: OpenEngine, sim_clock: SimClock
+) -> None:
+    with engine_for([Chan("9200", ttl="1h")]) as engine:
+        engine.run_due()
+        expiry = engine.registry[("main", "9200")].expires_at
+        assert expiry is not None
+        engine.next_reconcile = expiry + timedelta(hours=1)
+        emulator.add_fault(Fault(status=500, methods=frozenset({"PATCH"})))
+        with structlog.testing.capture_logs() as logs:
+            sim_clock.set(expiry - timedelta(minutes=2))  # inside the last twentieth
+            for _ in range(5):
+                engine.run_due()
+                sim_clock.advance(timedelta(seconds=10))
+        patches = [c for c in emulator.calls if c.method == "PATCH"]
+    assert len(patches) >= 3  # it kept trying
+    (risk,) = _events(logs, "channel.at_risk")
+    assert risk["channel_id"] == "9200"
+    assert engine.registry[("main", "9200")].state == "at_risk"
+
+
+def test_expiry_clamped_is_logged_when_it_starts_not_on_every_renewal(
+    emulator: Emulator, engine_for: OpenEngine, sim_clock: SimClock
+) -> None:
+    with engine_for([Chan("9300", ttl="6d")]) as engine:
+        emulator.grant_only_default(sim_clock(), sim_clock() + timedelta(hours=5))
+        with structlog.testing.capture_logs() as logs:
+            engine.run_due()
+            for _ in range(4):
+                sim_clock.set(engine.registry[("main", "9300")].renew_at)  # type: ignore[arg-type]
+                engine.run_due()
+        renewed = _events(logs, "channel.renewed")
+    assert len(renewed) == 4
+    (clamped,) = _events(logs, "channel.expiry_clamped")
+    assert abs(clamped["granted"] - timedelta(hours=1)) <= timedelta(seconds=1)  # type: ignore[operator]
+
+
+def test_drift_is_announced_with_field_names_only(
+    emulator: Emulator, engine_for: OpenEngine, sim_clock: SimClock
+) -> None:
+    with engine_for([Chan("9400")]) as engine:
+        engine.run_due()
+        emulator.change_channel("9400", token="changed-behind-our-back-123")
+        sim_clock.advance(timedelta(minutes=1))
+        with structlog.testing.capture_logs() as logs:
+            engine.run_pass(sim_clock(), listing=True)
+    (drift,) = _events(logs, "channel.drift")
+    assert drift["drift"] == ["token"]
+    assert "changed-behind-our-back-123" not in repr(logs)
+    assert HOOK_TOKEN not in repr(logs)
+    assert emulator.channels()["9400"].token == HOOK_TOKEN
+
+
+def test_a_reload_that_adds_an_account_connects_to_it(
+    emulator: Emulator, engine_for: OpenEngine, sim_clock: SimClock, tmp_path: Path
+) -> None:
+    emulator.add_org(org_of("second"))
+    with engine_for([Chan("9500")]) as engine:
+        engine.run_due()
+        chans = [Chan("9500", account="main"), Chan("9501", account="second")]
+        path = write_state(tmp_path / "channels.toml", emulator.url, chans, accounts=("main", "second"))
+        engine.reload(config.load(path))
+        report = engine.run_due()
+    assert report.counts["create"] == 1
+    assert set(emulator.channels(org_of("second"))) == {"9501"}
