@@ -18,7 +18,7 @@ from daemon import logs
 from daemon.config import AccountSpec, DesiredState
 from daemon.engine import Engine
 from daemon.store import Store
-from daemon.zoho.auth import AccessToken, OAuth, StaticToken
+from daemon.zoho.auth import AccessToken, OAuth, StaticToken, TokenCache
 from daemon.zoho.client import DEFAULT_TIMEOUT, WatchClient
 
 
@@ -28,10 +28,11 @@ def utcnow() -> datetime:
 
 def make_client(
     account: AccountSpec,
-    store: Store,
     http: httpx.Client,
     clock: Callable[[], datetime] = utcnow,
+    cache: TokenCache | None = None,
 ) -> WatchClient:
+    """The account's watch client; ``cache`` keeps its access token across restarts."""
     log = logs.get_logger()
 
     def refreshed(token: AccessToken) -> None:
@@ -49,7 +50,7 @@ def make_client(
             account.refresh_token or "",
             http=http,
             clock=clock,
-            cache=store.token_cache(account.name),
+            cache=cache,
             on_refresh=refreshed,
         )
     return WatchClient(account.endpoint, auth, http=http, clock=clock)
@@ -68,15 +69,12 @@ def open_engine(
     store = Store(db or state.database)
     http = httpx.Client(timeout=DEFAULT_TIMEOUT)
     try:
-        clients = {name: make_client(acc, store, http, clock) for name, acc in state.accounts.items()}
-        yield Engine(
-            state,
-            store,
-            clients,
-            clock=clock,
-            rng=rng,
-            connect=lambda acc: make_client(acc, store, http, clock),
-        )
+
+        def connect(account: AccountSpec) -> WatchClient:
+            return make_client(account, http, clock, store.token_cache(account.name))
+
+        clients = {name: connect(account) for name, account in state.accounts.items()}
+        yield Engine(state, store, clients, clock=clock, rng=rng, connect=connect)
     finally:
         http.close()
         store.close()

@@ -22,9 +22,9 @@ from typing import Literal
 
 import httpx
 
-from daemon.config import AccountSpec, DesiredState
+from daemon.config import DesiredState
 from daemon.model import ChannelSpec, WatchItem
-from daemon.zoho.auth import OAuth
+from daemon.runtime import make_client
 from daemon.zoho.client import DEFAULT_TIMEOUT, WatchClient
 from daemon.zoho.errors import ZohoError
 from tests.helpers import SimClock
@@ -34,19 +34,6 @@ Kind = Literal["fixed", "zoho-advice"]
 KINDS: tuple[Kind, ...] = ("fixed", "zoho-advice")
 ADVICE_PERIOD = timedelta(hours=23, minutes=55)
 ADVICE_LIFETIME = timedelta(days=1)
-
-
-def naive_client(account: AccountSpec, http: httpx.Client, clock: SimClock) -> WatchClient:
-    """A client with its own OAuth and no token cache: what a freshly started integration has."""
-    auth = OAuth(
-        account.endpoint.accounts_url,
-        account.client_id or "",
-        account.client_secret or "",
-        account.refresh_token or "",
-        http=http,
-        clock=clock,
-    )
-    return WatchClient(account.endpoint, auth, http=http, clock=clock)
 
 
 class Naive:
@@ -71,7 +58,7 @@ class Naive:
     def restart(self, now: datetime) -> None:
         """(Re)start: fresh clients, every channel subscribed by POST, timers from now."""
         self.clients = {
-            name: naive_client(account, self.http, self.clock)
+            name: make_client(account, self.http, self.clock)  # no token cache: a fresh integration
             for name, account in self.state.accounts.items()
         }
         self.due = []
