@@ -146,3 +146,15 @@ class DaemonProcess:
     def stderr(self) -> str:
         assert self.proc.stderr is not None
         return self.proc.stderr.read() if self.proc.poll() is not None else ""
+
+
+def watchkeeper(state: Path, *args: str, check: bool = False) -> subprocess.CompletedProcess[str]:
+    """A one-shot `watchkeeper --state STATE ARGS...` as a process, with the test secrets set."""
+    return subprocess.run(
+        [sys.executable, "-m", "daemon.cli", "--state", str(state), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, **secrets_env()},
+        check=check,
+    )

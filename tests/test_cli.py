@@ -4,9 +4,6 @@ SQLite file), exit codes and output shapes as DESIGN.md section 4 specifies them
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -17,6 +14,7 @@ import pytest
 from daemon.cli import main
 from daemon.emulator import Emulator, Fault
 from daemon.store import Store
+from tests.daemon_process import watchkeeper
 from tests.statefiles import SECRETS, Chan, env, write_state
 
 
@@ -220,14 +218,7 @@ def test_gaps_json_and_filters(run: Run, tmp_path: Path) -> None:
 
 def test_commands_as_a_process_keep_results_and_logs_apart(state: Path) -> None:
     """stdout carries the result only; log lines (JSON, not a terminal) go to stderr."""
-    proc = subprocess.run(
-        [sys.executable, "-m", "daemon.cli", "--state", str(state), "apply", "--json"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={**os.environ, **env()},
-        check=False,
-    )
+    proc = watchkeeper(state, "apply", "--json")
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["created"] == 2
     events = [json.loads(line)["event"] for line in proc.stderr.splitlines()]

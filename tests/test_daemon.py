@@ -5,10 +5,7 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -19,8 +16,8 @@ import pytest
 
 from daemon.emulator import Emulator, Fault
 from daemon.model import parse_instant
-from tests.daemon_process import DaemonProcess
-from tests.statefiles import SECRETS, Chan, env, write_state
+from tests.daemon_process import DaemonProcess, watchkeeper
+from tests.statefiles import SECRETS, Chan, write_state
 
 pytestmark = pytest.mark.slow
 
@@ -151,24 +148,10 @@ def test_journald_prefixes_lock_and_apply_while_running(
     daemon = start(daemons, state, extra_env={"JOURNAL_STREAM": "8:12345"})
     daemon.wait_event("channel.created", channel_id="2000", timeout=20)
 
-    second = subprocess.run(
-        [sys.executable, "-m", "daemon.cli", "--state", str(state), "run"],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        env={**os.environ, **env()},
-        check=False,
-    )
+    second = watchkeeper(state, "run")
     assert second.returncode == 1
     assert "is held by pid" in second.stdout
-    applied = subprocess.run(
-        [sys.executable, "-m", "daemon.cli", "--state", str(state), "apply"],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        env={**os.environ, **env()},
-        check=False,
-    )
+    applied = watchkeeper(state, "apply")
     assert applied.returncode == 1
     assert "a running daemon applies the state file itself" in applied.stderr
 
@@ -204,14 +187,7 @@ def test_outage_longer_than_the_lifetime_is_a_gap_matching_zoho(
     assert recovered["start"] == lapsed["start"]
     assert daemon.stop() == 0
 
-    gaps = subprocess.run(
-        [sys.executable, "-m", "daemon.cli", "--state", str(state), "gaps", "--json"],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        env={**os.environ, **env()},
-        check=True,
-    )
+    gaps = watchkeeper(state, "gaps", "--json", check=True)
     (gap,) = json.loads(gaps.stdout)["gaps"]
     truth = emu.live_intervals("4000")
     assert len(truth) == 2
