@@ -4,6 +4,7 @@ error classes, clock skew, local refusals, and that no secret leaks into an erro
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import replace
@@ -613,3 +614,35 @@ def test_construction_refuses_what_zoho_would(emulator: Emulator) -> None:
     plain = Endpoint("crm", "v8", "http://www.zohoapis.com", "https://accounts.zoho.com")
     with pytest.raises(ValueError, match="https"):
         WatchClient(plain, auth)
+
+
+def test_a_body_that_cannot_be_decoded_is_transient() -> None:
+    """A proxy answering ``Content-Encoding: gzip`` with a body that is not gzip: httpx raises a
+    DecodingError, which must come out as a TransientError like any other unreadable answer."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class BrokenGzip(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = b"not really gzip"
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Encoding", "gzip")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), BrokenGzip)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        client = WatchClient(Endpoint.resolve("crm", "v8", "com", url, url), StaticToken("t" * 20))
+        with pytest.raises(TransientError, match="DecodingError"):
+            client.list()
+        client.close()
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -150,7 +150,7 @@ class OAuth:
             raise TransientError(
                 f"token refresh: POST /oauth/v2/token timed out ({type(exc).__name__})"
             ) from None
-        except httpx.TransportError as exc:
+        except httpx.HTTPError as exc:  # transport, decoding, protocol: all worth a retry
             raise TransientError(
                 f"token refresh: POST /oauth/v2/token failed: {type(exc).__name__}"
             ) from None

@@ -254,7 +254,7 @@ class WatchClient:
             )
         except httpx.TimeoutException as exc:
             raise TransientError(f"{method} {self._path}: timed out ({type(exc).__name__})") from None
-        except httpx.TransportError as exc:
+        except httpx.HTTPError as exc:  # transport, decoding (a bad gzip body), protocol errors
             raise TransientError(f"{method} {self._path}: {type(exc).__name__}") from None
         self._skew.observe(response.headers.get("Date"), sent, self._clock())
         return response
