@@ -26,11 +26,26 @@ from daemon.model import ChannelSpec, ItemResult, ObservedChannel, RegistryEntry
 from daemon.planner import Action, Plan, Refusal
 from daemon.store import Store
 from daemon.zoho.client import WatchClient
-from daemon.zoho.errors import AuthError, RateLimited, TransientError, ZohoError
+from daemon.zoho.errors import AuthError, RateLimited, TerminalError, TransientError, ZohoError
 
 Key = tuple[str, str]
-UNANSWERED = frozenset({"NO_RESULT"})
-"""Item codes meaning Zoho said nothing about the item: retried like a transient failure."""
+TERMINAL_ITEM_CODES = frozenset(
+    {
+        "INVALID_DATA",
+        "MANDATORY_NOT_FOUND",
+        "NO_PERMISSION",
+        "OAUTH_SCOPE_MISMATCH",
+        "NOT_ALLOWED",
+        "EXPECTED_FIELD_MISSING",
+        "AMBIGUITY_DURING_PROCESSING",
+        "DEPENDENT_FIELD_MISSING",
+    }
+)
+"""Item codes that say the channel's definition or the user's rights are wrong: retried only after a
+reload or ``terminal_retry``. Any other refusal (INTERNAL_ERROR, or no answer for the item) is
+retried with backoff, capped before the channel's expiry."""
+MAX_RATE_LIMIT_PAUSE = timedelta(hours=1)
+"""The longest a 429's Retry-After pauses an account: channels must not lapse on a server's whim."""
 UNKNOWN_EXPIRY_CAP = timedelta(hours=1)
 """When Zoho reports no expiry for a success, assume no more than its documented default."""
 
@@ -82,6 +97,9 @@ class Engine:
         """Every spec this process was given: what keeps a channel alive whose deletion a guard
         refused (the state file no longer describes it, and the store never keeps tokens)."""
         self._retained: dict[Key, ChannelSpec] = {}
+        self._refused: frozenset[Key] = frozenset()
+        """Owned channels whose deletion a guard holds back: watched for lapses even when no spec
+        is known to renew them with (after a restart, for a channel that had a token)."""
         self.state = state
         self.store = store
         self.clients = dict(clients)
@@ -91,6 +109,8 @@ class Engine:
         self.rng = rng or random.Random()
         self.log = logs.get_logger()
         self.registry: dict[Key, RegistryEntry] = store.registry()
+        self._open: set[Key] = {(g.account, g.channel_id) for g in store.open_gaps()}
+        """Channels with a gap open in the store."""
         self.next_reconcile = clock()
         self.paused: dict[str, datetime] = {}
         """account -> our-clock instant before which no watch request goes out (429, auth)."""
@@ -116,7 +136,7 @@ class Engine:
         zoho_now = now + self.skew
         due = [self.next_reconcile]
         for account in self.state.accounts:
-            entries = [e for k, e in self.registry.items() if k[0] == account and self._desired(k)]
+            entries = [e for k, e in self.registry.items() if k[0] == account and self._kept(k)]
             at = policy.next_due(entries, zoho_now, self.state.policy)
             if at is not None:
                 local = at - self.skew
@@ -152,29 +172,37 @@ class Engine:
         self, now: datetime, *, listing: bool, confirmed: frozenset[Key] = frozenset()
     ) -> PassReport:
         report = PassReport(listed=listing, desired=len(self.state.channels))
+        if listing:
+            # Decided before anything can fail, so that a pass that fails is not due again at once.
+            self.next_reconcile = policy.next_reconcile(now, self.state.policy, self.rng)
         observed: dict[str, dict[str, ObservedChannel] | None] = {}
         for account in self.state.accounts:
             observed[account] = None
+            listed_at = None
             if listing and self._may_call(account, now):
-                observed[account] = self._list(account, now, report)
+                listed_at = self._list(account, now, report)
             # Zoho's time is taken after the listing: a freshly started engine learns the skew from
             # its Date header, and a channel that expired less than the skew ago must be judged
             # expired, not vanished.
             zoho_now = now + self.clients[account].skew
+            if listed_at is not None:
+                # An expired row is not a live channel, whether or not Zoho still lists it.
+                observed[account] = {c: ch for c, ch in listed_at.items() if ch.expires_at > zoho_now}
             with self._batched_writes():
                 listed = observed[account]
                 if listed is not None:
                     self._absorb_listing(account, listed, zoho_now)
                 self._detect_lapses(account, listed, zoho_now)
+        if report.list_failed:
+            retry = now + min(self.state.policy.reconcile_every, self.state.policy.retry_max)
+            self.next_reconcile = min(self.next_reconcile, retry)
         zoho_now = now + self.skew
-        result = self.plan(observed, zoho_now, confirmed | self.store.confirmed_deletes())
+        result = self.plan(observed, zoho_now, confirmed | self._confirmations())
         self._report_plan(result, observed, report)
         for account, client in self.clients.items():
             actions = [a for a in result.actions if a.account == account]
             if actions and self._may_call(account, now):
                 self._execute(account, client, actions, now, report)
-        if listing:
-            self.next_reconcile = policy.next_reconcile(now, self.state.policy, self.rng)
         report.active = sum(
             1 for k, e in self.registry.items() if e.state == "active" and self._desired(k)
         )
@@ -192,6 +220,15 @@ class Engine:
             foreign=report.foreign,
         )
         return report
+
+    def _confirmations(self) -> frozenset[Key]:
+        """Deletions confirmed while the daemon ran; a confirmation lapses once its channel is
+        wanted again, so it cannot approve a later, different removal."""
+        confirmed = self.store.confirmed_deletes()
+        stale = [key for key in confirmed if key in self._specs]
+        if stale:
+            self.store.clear_confirmations(stale)
+        return confirmed.difference(stale)
 
     def list_all(self) -> dict[str, dict[str, ObservedChannel] | None]:
         """Every account's listing (``watchkeeper plan``); raises on the first that fails."""
@@ -212,8 +249,10 @@ class Engine:
         first = planner.plan(
             desired, observed, self.registry, zoho_now, self.state.policy, confirmed_deletes=confirmed
         )
-        refused = {(r.account, cid) for r in first.refused if r.account for cid in r.channel_ids}
-        self._retained = {k: self._known[k] for k in refused if k in self._known}
+        self._refused = frozenset(
+            (r.account, c) for r in first.refused if r.account for c in r.channel_ids
+        )
+        self._retained = {k: spec for k in self._refused if (spec := self._last_spec(k)) is not None}
         if not self._retained:
             return first
         kept = planner.plan(
@@ -225,6 +264,17 @@ class Engine:
             confirmed_deletes=confirmed,
         )
         return Plan(kept.actions, kept.foreign, first.refused)
+
+    def _last_spec(self, key: Key) -> ChannelSpec | None:
+        """The spec to keep a refused channel alive with: the last one this process was given,
+        else the one the store applied when it carried no token (the store never keeps tokens,
+        and renewing without one would null it)."""
+        if key in self._known:
+            return self._known[key]
+        entry = self.registry.get(key)
+        if entry is not None and entry.applied is not None and entry.applied_token_digest is None:
+            return entry.applied
+        return None
 
     def _list(
         self, account: str, now: datetime, report: PassReport
@@ -285,7 +335,7 @@ class Engine:
             live = observed[channel_id]
             if entry.expires_at != live.expires_at:
                 self._update(key, expires_at=live.expires_at)
-            if entry.state == "lapsed" and self._desired(key):
+            if key in self._open:
                 self._recovered(key, zoho_now)
 
     def _detect_lapses(
@@ -293,9 +343,9 @@ class Engine:
     ) -> None:
         """Open a gap for every desired owned channel known not to be live."""
         for key, entry in list(self.registry.items()):
-            if key[0] != account or entry.expires_at is None or entry.state == "lapsed":
+            if key[0] != account or entry.expires_at is None or key in self._open:
                 continue
-            if not self._desired(key):
+            if not self._watched(key):
                 continue
             expired = entry.expires_at <= zoho_now
             vanished = observed is not None and key[1] not in observed
@@ -309,6 +359,7 @@ class Engine:
 
     def _lapsed(self, key: Key, start: datetime, cause: str) -> None:
         gap = self.store.open_gap(key[0], key[1], start, cause)
+        self._open.add(key)
         self._update(key, state="lapsed")
         self.log.error(
             "channel.lapsed",
@@ -320,6 +371,9 @@ class Engine:
         )
 
     def _recovered(self, key: Key, end: datetime) -> None:
+        if key not in self._open:
+            return
+        self._open.discard(key)
         gap = self.store.close_gap(key[0], key[1], end)
         if gap is not None:
             self.log.warning(
@@ -419,7 +473,7 @@ class Engine:
             results = list(getattr(exc, "completed", None) or [])
         granted_at = client.server_now()
         recreate: list[Action] = []
-        done = {r.channel_id: r for r in results if r.code not in UNANSWERED}
+        done = {r.channel_id: r for r in results if _settled(r, method)}
         with self._batched_writes():
             for action, item in zip(actions, items, strict=True):
                 result = done.get(action.channel_id)
@@ -432,13 +486,9 @@ class Engine:
                     recreate.append(replace(action, kind="create", reason="vanished"))
                 else:
                     self._rejected(account, action, result, now, report)
-            pending = [a.channel_id for a in actions if a.channel_id not in done]
-            if pending:
-                error = error or TransientError(
-                    f"{method}: Zoho answered no item for {len(pending)} channel(s)"
-                )
-                self._account_failure(account, method, error, now, pending)
-                report.failed += len(pending)
+            self._unsettled(
+                account, method, [a.channel_id for a in actions], done, results, error, now, report
+            )
         # An accepted write shows the channel live as a listing does: should it vanish before the
         # next listing, its gap starts here, not at the listing that notices.
         self.store.mark_seen(account, [cid for cid, r in done.items() if r.ok], granted_at)
@@ -487,8 +537,7 @@ class Engine:
             ),
             last_renewed_at=granted_at,
         )
-        if previous is not None and previous.state == "lapsed":
-            self._recovered(key, granted_at)
+        self._recovered(key, granted_at)
         event = {
             "create": "channel.created",
             "adopt": "channel.adopted",
@@ -511,7 +560,7 @@ class Engine:
     def _vanished(self, account: str, action: Action, zoho_now: datetime) -> None:
         key = (account, action.channel_id)
         entry = self.registry.get(key)
-        if entry is None or entry.state == "lapsed":
+        if entry is None or key in self._open:
             return
         if entry.expires_at is not None and entry.expires_at <= zoho_now:
             self._lapsed(key, entry.expires_at, "expired")
@@ -571,14 +620,14 @@ class Engine:
         except ZohoError as exc:
             error = exc
             results = list(getattr(exc, "completed", None) or [])
-        done = {r.channel_id: r for r in results}
+        done = {r.channel_id: r for r in results if _settled(r, "DELETE")}
         for channel_id in ids:
             result = done.get(channel_id)
             if result is None:
                 continue
             key = (account, channel_id)
             if result.ok:
-                self.store.close_gap(account, channel_id, now + client.skew)
+                self._recovered(key, now + client.skew)
                 self.store.remove(account, channel_id)
                 self.registry.pop(key, None)
                 self.log.info(
@@ -588,12 +637,31 @@ class Engine:
             else:
                 action = next(a for a in actions if a.channel_id == channel_id)
                 self._rejected(account, action, result, now, report)
-        if error is not None:
-            pending = [cid for cid in ids if cid not in done]
-            self._account_failure(account, "DELETE", error, now, pending)
-            report.failed += len(pending)
+        self._unsettled(account, "DELETE", ids, done, results, error, now, report)
         self.store.done(account, ids)
         self.store.clear_confirmations([(account, cid) for cid in ids if cid in done and done[cid].ok])
+
+    def _unsettled(
+        self,
+        account: str,
+        method: str,
+        ids: Sequence[str],
+        done: Mapping[str, ItemResult],
+        results: Sequence[ItemResult],
+        error: ZohoError | None,
+        now: datetime,
+        report: PassReport,
+    ) -> None:
+        """Channels the request left undecided (it failed, Zoho said nothing of them, or refused
+        them with a code retrying can fix) back off together."""
+        pending = [cid for cid in ids if cid not in done]
+        if not pending:
+            return
+        if error is None:
+            codes = sorted({r.code for r in results if r.channel_id in pending} or {"no answer"})
+            error = TransientError(f"{method}: {len(pending)} item(s) not done ({', '.join(codes)})")
+        self._account_failure(account, method, error, now, pending)
+        report.failed += len(pending)
 
     def _account_failure(
         self, account: str, method: str, exc: ZohoError, now: datetime, channel_ids: Iterable[str]
@@ -606,7 +674,7 @@ class Engine:
         2-hour outages at 1,000 channels made some 12,000 single-channel retries)."""
         client = self.clients[account]
         zoho_now = now + client.skew
-        terminal = isinstance(exc, AuthError)
+        terminal = isinstance(exc, AuthError | TerminalError)
         earliest: datetime | None = None
         keys = [(account, channel_id) for channel_id in channel_ids]
         entries = [self.registry[key] for key in keys if key in self.registry]
@@ -639,10 +707,11 @@ class Engine:
             self.paused[account] = now + self.state.policy.terminal_retry
             self.log.error("auth.failed", account=account, code=exc.code, error=str(exc))
         elif isinstance(exc, RateLimited):
-            delay = (
+            delay = min(
                 timedelta(seconds=exc.retry_after)
                 if exc.retry_after
-                else self.state.policy.retry_initial
+                else self.state.policy.retry_initial,
+                MAX_RATE_LIMIT_PAUSE,
             )
             self.paused[account] = now + delay
             self.log.warning(
@@ -691,11 +760,24 @@ class Engine:
             self._put(replace(entry, **changes))
 
     def _desired(self, key: Key) -> bool:
+        return key in self._specs
+
+    def _kept(self, key: Key) -> bool:
+        """A channel the engine renews: desired, or kept alive while its deletion is refused."""
         return key in self._specs or key in self._retained
+
+    def _watched(self, key: Key) -> bool:
+        """A channel whose lapses go to the gap ledger: kept, or refused deletion without a spec."""
+        return self._kept(key) or key in self._refused
 
     def _name(self, key: Key) -> str | None:
         spec = self._specs.get(key) or self._known.get(key)
         return spec.name if spec else None
+
+
+def _settled(result: ItemResult, method: str) -> bool:
+    """Zoho decided this item for good: done, gone, or refused for a reason a retry cannot fix."""
+    return result.ok or result.code in TERMINAL_ITEM_CODES or (result.not_found and method != "POST")
 
 
 def _method(action: Action) -> str:

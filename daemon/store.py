@@ -701,6 +701,12 @@ class Store:
         with self._tx(write=False) as conn:
             return self._open_gap(conn, account, channel_id)
 
+    def open_gaps(self) -> list[Gap]:
+        """Every gap not closed yet: the engine keeps their keys in memory."""
+        query = select(_GAPS).where(_GAPS.c.end.is_(None)).order_by(_GAPS.c.start, _GAPS.c.id)
+        with self._tx(write=False) as conn:
+            return [_gap(row) for row in conn.execute(query).all()]
+
     def gaps(self, *, since: datetime | None = None, channel_id: str | None = None) -> list[Gap]:
         """Gaps oldest first; ``since`` keeps those still open or ended after it."""
         query = select(_GAPS).order_by(_GAPS.c.start, _GAPS.c.id)

@@ -182,8 +182,10 @@ def test_a_gap_opens_at_the_expiry_and_closes_when_recreated(
         assert expiry is not None
         outage_end = expiry + timedelta(minutes=20)
         emulator.add_fault(Fault(status=503, end=outage_end))
-        while sim_clock() < outage_end + timedelta(minutes=1):
-            sim_clock.set(min(engine.next_due(), outage_end + timedelta(minutes=1)))
+        # Backoff grows to retry_max (15m) during the outage: recovery comes within that after it.
+        stop = outage_end + timedelta(minutes=16)
+        while sim_clock() < stop:
+            sim_clock.set(min(engine.next_due(), stop))
             engine.run_due()
         gaps = engine.store.gaps()
     truth = emulator.live_intervals("8000")
@@ -487,3 +489,134 @@ def test_a_reload_that_adds_an_account_connects_to_it(
         report = engine.run_due()
     assert report.counts["create"] == 1
     assert set(emulator.channels(org_of("second"))) == {"9501"}
+
+
+# -- regressions found in review ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("emulator", [{"expired_listed_for": timedelta(hours=1)}], indirect=True)
+def test_an_expired_row_still_listed_does_not_end_the_gap(
+    emulator: Emulator, engine_for: OpenEngine, sim_clock: SimClock
+) -> None:
+    """Whether Zoho lists a channel a while after its expiry is unconfirmed: an expired row is
+    not a live channel, so it neither hides the lapse nor closes the gap early."""
+    with engine_for([Chan("9600", ttl="1h")]) as engine:
+        engine.run_due()
+        expiry = engine.registry[("main", "9600")].expires_at
+        assert expiry is not None
+        outage_end = expiry + timedelta(minutes=40)
+        emulator.add_fault(
+            Fault(status=503, methods=frozenset({"POST", "PATCH", "PUT"}), end=outage_end)
+        )
+        stop = outage_end + timedelta(minutes=20)
+        while sim_clock() < stop:
+            sim_clock.set(min(engine.next_due(), stop))
+            engine.run_due()
+        (gap,) = engine.store.gaps()
+    truth = emulator.live_intervals("9600")
+    assert gap.start == expiry == truth[0][1]
+    assert gap.end is not None
+    assert abs((gap.end - truth[1][0]).total_seconds()) <= 1
+    assert gap.end >= outage_end
+
+
+def test_a_per_item_internal_error_is_retried_before_the_expiry(
+    emulator: Emulator, engine_for: OpenEngine, sim_clock: SimClock
+) -> None:
+    """Only codes that say the definition is wrong wait an hour; an INTERNAL_ERROR item backs off."""
+    with engine_for([Chan("9700", ttl="1h")]) as engine:
+        engine.run_due()
+        engine.next_reconcile = sim_clock() + timedelta(days=1)
+        emulator.add_fault(
+            Fault(status=207, body="items", code="INTERNAL_ERROR", methods=frozenset({"PATCH"}), count=1)
+        )
+        sim_clock.set(engine.next_due())
+        engine.run_due()
+        entry = engine.registry[("main", "9700")]
+        assert (entry.failures, entry.terminal) == (1, False)
+        assert entry.retry_at is not None
+        assert entry.retry_at - sim_clock() <= timedelta(seconds=30)
+        sim_clock.set(engine.next_due())
+        engine.run_due()
+        gaps = engine.store.gaps()
+    assert [c.status for c in emulator.calls if c.method == "PATCH"] == [207, 200]
+    assert gaps == []
+
+
+def test_a_failed_listing_is_not_due_again_at_once(
+    emulator: Emulator, engine_for: OpenEngine, sim_clock: SimClock
+) -> None:
+    with engine_for([Chan("9800", ttl="6d")]) as engine:  # no renewal due for days
+        engine.run_due()
+        emulator.add_fault(Fault(status=503, methods=frozenset({"GET"})))
+        sim_clock.set(engine.next_reconcile)
+        report = engine.run_due()
+        assert report.list_failed == ["main"]
+        due = engine.next_due()
+    assert timedelta(minutes=1) < due - sim_clock() <= timedelta(minutes=15)
+
+
+def test_a_gap_closes_when_the_channel_is_live_again_whatever_failed_in_between(
+    emulator: Emulator, engine_for: OpenEngine, sim_clock: SimClock
+) -> None:
+    with engine_for([Chan("9900", ttl="1d")]) as engine:
+        engine.run_due()
+        emulator.delete_channel("9900")
+        emulator.add_fault(
+            Fault(status=202, body="items", code="NO_PERMISSION", methods=frozenset({"POST"}), count=1)
+        )
+        sim_clock.advance(timedelta(minutes=31))
+        engine.run_due()  # the listing shows it gone; the re-creation is refused: failed for an hour
+        assert engine.registry[("main", "9900")].state == "failed"
+        # Someone else puts it back: the next listing shows it live, so the gap ends there.
+        emulator.add_foreign_channel("9900", ["Contacts.create"], "https://restored.example.com/")
+        restored = sim_clock()
+        stop = sim_clock() + timedelta(hours=2)
+        while sim_clock() < stop:
+            sim_clock.set(min(engine.next_due(), stop))
+            engine.run_due()
+        (gap,) = engine.store.gaps()
+    assert engine.registry[("main", "9900")].state == "active"
+    assert gap.end is not None
+    assert gap.end - restored <= timedelta(minutes=34)  # the first listing after it came back
+
+
+def test_channels_whose_deletion_is_refused_stay_alive_across_a_restart(
+    emulator: Emulator, engine_for: OpenEngine, sim_clock: SimClock
+) -> None:
+    """Without a token the stored spec is complete: renewed. With one, it cannot be renewed
+    faithfully, but its lapse is recorded, not silent."""
+    chans = [
+        Chan("9910", ttl="1h", token=False),
+        Chan("9911", ttl="1h"),
+        Chan("9912", ttl="1h", token=False),
+    ]
+    with engine_for(chans) as engine:
+        engine.run_due()
+    with engine_for(chans[2:]) as engine:  # restarted on a file that drops two of three: refused
+        stop = sim_clock() + timedelta(hours=3)
+        while sim_clock() < stop:
+            sim_clock.set(min(engine.next_due(), stop))
+            engine.run_due()
+        gaps = {g.channel_id: g for g in engine.store.gaps()}
+    assert len(emulator.live_intervals("9910")) == 1
+    assert emulator.live_intervals("9910")[0][1] is None
+    assert set(gaps) == {"9911"}
+    assert gaps["9911"].cause == "expired"
+    assert "DELETE" not in methods(emulator)
+
+
+def test_a_confirmation_lapses_once_its_channel_is_wanted_again(
+    emulator: Emulator, engine_for: OpenEngine, sim_clock: SimClock, tmp_path: Path
+) -> None:
+    chans = [Chan(str(9920 + i)) for i in range(4)]
+    with engine_for(chans) as engine:
+        engine.run_due()
+        engine.store.confirm_deletes([("main", "9921"), ("main", "9922"), ("main", "9923")], sim_clock())
+        sim_clock.advance(timedelta(minutes=31))
+        engine.run_due()  # the file still wants them: nothing deleted, the confirmation is void
+        assert engine.store.confirmed_deletes() == frozenset()
+        engine.reload(config.load(write_state(tmp_path / "channels.toml", emulator.url, chans[:1])))
+        report = engine.run_due()
+    assert [r.reason for r in report.refused] == ["mass_delete"]
+    assert len(emulator.channels()) == 4

@@ -65,6 +65,7 @@ class Emulator:
         patch_unknown: watch.PatchUnknown = "error",
         patch_events: watch.PatchEvents = "replace",
         forbidden_modules: frozenset[str] = frozenset(),
+        expired_listed_for: timedelta = timedelta(0),
         seed: int = 0,
     ) -> None:
         if patch_unknown not in ("error", "create") or patch_events not in ("replace", "merge"):
@@ -80,6 +81,7 @@ class Emulator:
         self.patch_unknown: watch.PatchUnknown = patch_unknown
         self.patch_events: watch.PatchEvents = patch_events
         self.forbidden_modules = frozenset(forbidden_modules)
+        self.expired_listed_for = expired_listed_for
         self._state = ZohoState(tz_offset)
         self._faults = FaultPlan(seed)
         self._calls: list[Call] = []
@@ -361,7 +363,7 @@ class Emulator:
             items, data = watch.parse_body(request.body)
         latency, fault = self._faults.pick(request.method, "watch", org_name, now)
         if fault is not None:
-            response = fault.response("watch")
+            response = fault.response("watch", len(items or ()))
         else:
             response = self._watch(request, now, token, items, data)
         response.delay = latency
@@ -413,6 +415,7 @@ class Emulator:
             patch_events=self.patch_events,
             max_items=self.max_items,
             forbidden_modules=self.forbidden_modules,
+            expired_listed_for=self.expired_listed_for,
         )
         if request.method == "GET":
             return watch.list_channels(org, ctx, request.query)

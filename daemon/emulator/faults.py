@@ -25,10 +25,10 @@ from daemon.emulator.responses import (
 from daemon.model import utc
 
 PathKind = Literal["watch", "token", "any"]
-BodyKind = Literal["json", "html", "garbage", "empty"]
+BodyKind = Literal["json", "html", "garbage", "empty", "items"]
 
 _PATHS = ("watch", "token", "any")
-_BODIES = ("json", "html", "garbage", "empty")
+_BODIES = ("json", "html", "garbage", "empty", "items")
 
 
 @dataclass(slots=True)
@@ -74,8 +74,14 @@ class Fault:
             and (self.end is None or now < self.end)
         )
 
-    def response(self, kind: Literal["watch", "token"]) -> Response:
+    def response(self, kind: Literal["watch", "token"], items: int = 0) -> Response:
+        """The answer instead of Zoho's. ``body="items"``: a well-formed answer whose every item
+        is refused with ``code`` (INTERNAL_ERROR by default), as a 207 would carry it."""
         status = self.status if self.status is not None else 200
+        if self.body == "items":
+            code = self.code or "INTERNAL_ERROR"
+            refused = error(code) if code in MESSAGES else {**error("BAD_REQUEST"), "code": code}
+            return json_response(status, {"watch": [refused] * max(items, 1)})
         headers = {} if self.retry_after is None else {"Retry-After": _seconds(self.retry_after)}
         if self.body == "json":
             if kind == "token":

@@ -25,6 +25,7 @@ MESSAGES: dict[str, str] = {
     "LIMIT_REACHED": "the number of items in the request exceeds the limit",
     "TOO_MANY_REQUESTS": "You have made too many requests. Please try again later",
     "INTERNAL_ERROR": "Internal Server Error",
+    "NO_PERMISSION": "permission denied",
     "BAD_REQUEST": "The request could not be processed",
 }
 

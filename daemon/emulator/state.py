@@ -149,18 +149,20 @@ class Org:
         self._version += 1
         return current
 
-    def rows(self, now: datetime) -> list[tuple[Channel, str]]:
-        """Every live (channel, module) in listing order. Cached until the next change or the next
-        expiry, so paging through 20,000 rows builds the list once, not once per page."""
+    def rows(self, now: datetime, linger: timedelta = timedelta(0)) -> list[tuple[Channel, str]]:
+        """Every listed (channel, module) in listing order: the live ones, and those expired less
+        than ``linger`` ago (whether Zoho lists a channel a while after its expiry is UNCONFIRMED).
+        Cached until the next change or the next expiry, so paging through 20,000 rows builds the
+        list once, not once per page."""
         key = self._rows_key
         if key is not None and key[0] == self._version and key[1] <= now < key[2]:
             return self._rows
         rows: list[tuple[Channel, str]] = []
         next_expiry = datetime.max.replace(tzinfo=now.tzinfo)
-        for channel_id in [cid for cid, ch in self.channels.items() if not ch.is_live(now)]:
+        for channel_id in [cid for cid, ch in self.channels.items() if not ch.is_live(now - linger)]:
             del self.channels[channel_id]
         for channel in self.channels.values():
-            next_expiry = min(next_expiry, channel.expires_at)
+            next_expiry = min(next_expiry, channel.expires_at + linger)
             rows.extend((channel, module) for module in channel.modules)
         self._rows, self._rows_key = rows, (self._version, now, next_expiry)
         return rows

@@ -55,6 +55,8 @@ class Context:
     patch_events: PatchEvents
     max_items: int
     forbidden_modules: frozenset[str] = frozenset()
+    expired_listed_for: timedelta = timedelta(0)
+    """How long GET still lists a channel after its expiry (0: it vanishes at once)."""
     """Modules the integration user may not subscribe to: Zoho refuses the item with INVALID_DATA
     (the CRM v3 PATCH doc lists it for a missing module permission)."""
 
@@ -110,7 +112,7 @@ def list_channels(org: Org, ctx: Context, query: dict[str, str]) -> r.Response:
         per_page = min(_positive_int(query, "per_page", MAX_PER_PAGE), MAX_PER_PAGE)
     except ItemError as exc:
         return r.json_response(400, exc.item)
-    rows = org.rows(ctx.now)
+    rows = org.rows(ctx.now, ctx.expired_listed_for)
     module, channel_id = query.get("module"), query.get("channel_id")
     if module or channel_id:
         rows = [

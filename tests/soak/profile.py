@@ -94,7 +94,9 @@ class Profile:
     """Fraction of all calls (API and OAuth) answered with a 5xx."""
     bursts_per_day: float = 0.0
     """429 bursts: every watch call in the window is answered 429 with Retry-After."""
-    burst_length: timedelta = timedelta(minutes=10)
+    burst_length: timedelta = timedelta(minutes=35)
+    """Longer than the longest listing interval (30m + 10% jitter), so every burst meets at least
+    the daemon's listing: a burst no call runs into tests nothing."""
     retry_after: float = 60.0
     outages: int = 0
     """Windows in which every call (API and OAuth) gets a 503 page."""
