@@ -85,9 +85,9 @@ def cmd_apply(args: argparse.Namespace) -> int:
         return EX_ERROR
     db = _db_path(args, state)
     try:
-        lock = InstanceLock(db).acquire()
+        lock = InstanceLock(db).acquire("apply")
     except LockHeld as exc:
-        if not (args.allow_mass_delete and exc.pid):
+        if not (args.allow_mass_delete and exc.pid and exc.role == "run"):
             print(
                 f"error: {exc}; a running daemon applies the state file itself when it is saved "
                 "(or on `systemctl reload watchkeeper`)",
@@ -130,7 +130,10 @@ def cmd_gaps(args: argparse.Namespace) -> int:
     state = _load(args)
     if state is None:
         return EX_ERROR
-    since = datetime.fromisoformat(args.since).astimezone(UTC) if args.since else None
+    since = None
+    if args.since:
+        since = datetime.fromisoformat(args.since)
+        since = since.replace(tzinfo=UTC) if since.tzinfo is None else since.astimezone(UTC)
     store = Store(_db_path(args, state))
     try:
         gaps = store.gaps(since=since, channel_id=args.channel)

@@ -1,7 +1,8 @@
-"""The single-instance lock: ``<database>.lock`` beside the database, holding its owner's pid.
+"""The single-instance lock: ``<database>.lock`` beside the database, holding its owner's pid and
+role (``run`` or ``apply``).
 
-An ``flock`` dies with its process, so a crash never leaves a stale lock behind; the pid inside
-only tells ``apply`` whom to send SIGHUP.
+An ``flock`` dies with its process, so a crash never leaves a stale lock behind; the pid and role
+inside only tell ``apply --allow-mass-delete`` whether there is a daemon to send SIGHUP to.
 """
 
 from __future__ import annotations
@@ -13,12 +14,14 @@ from pathlib import Path
 
 
 class LockHeld(Exception):
-    def __init__(self, path: Path, pid: int | None) -> None:
+    def __init__(self, path: Path, pid: int | None, role: str | None) -> None:
         owner = f"pid {pid}" if pid else "another process"
-        super().__init__(
-            f"{path} is held by {owner}: a watchkeeper daemon or apply is running on this database"
+        what = {"run": "a watchkeeper daemon", "apply": "a watchkeeper apply"}.get(
+            role or "", "watchkeeper"
         )
+        super().__init__(f"{path} is held by {owner}: {what} is running on this database")
         self.pid = pid
+        self.role = role
 
 
 class InstanceLock:
@@ -26,7 +29,7 @@ class InstanceLock:
         self.path = database.with_name(database.name + ".lock")
         self._fd: int | None = None
 
-    def acquire(self) -> InstanceLock:
+    def acquire(self, role: str = "run") -> InstanceLock:
         """Take the lock or raise LockHeld naming the holder."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
@@ -34,26 +37,26 @@ class InstanceLock:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
-            raise LockHeld(self.path, self.holder()) from None
+            raise LockHeld(self.path, *self.holder()) from None
         os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
+        os.write(fd, f"{os.getpid()} {role}\n".encode())
         self._fd = fd
         return self
 
-    def holder(self) -> int | None:
-        """The pid written by the current holder, or None when nobody holds the lock."""
+    def holder(self) -> tuple[int | None, str | None]:
+        """(pid, role) written by the current holder; (None, None) when nobody holds the lock."""
         try:
             fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:
-            return None
+            return None, None
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
             except BlockingIOError:
-                text = os.read(fd, 32).decode(errors="replace").strip()
-                return int(text) if text.isdigit() else None
+                pid, _, role = os.read(fd, 64).decode(errors="replace").strip().partition(" ")
+                return (int(pid) if pid.isdigit() else None), (role or None)
             fcntl.flock(fd, fcntl.LOCK_UN)
-            return None
+            return None, None
         finally:
             os.close(fd)
 

@@ -24,7 +24,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from apscheduler.events import EVENT_JOB_ERROR, EVENT_JOB_EXECUTED, JobExecutionEvent
 from apscheduler.executors.pool import ThreadPoolExecutor
+from apscheduler.jobstores.base import JobLookupError
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from daemon import logs
@@ -38,6 +40,9 @@ from daemon.runtime import open_engine
 EX_OK, EX_FAILURE, EX_CONFIG = 0, 1, 78
 STOP = 0
 """Byte written to the wake-up pipe by request_stop() (signal numbers are never 0)."""
+CLOCK_JUMP = 5.0
+"""Seconds the wall clock may move against the monotonic one before the schedule is redone."""
+FAILED_PASS_DELAY = timedelta(seconds=5)
 
 
 def utcnow() -> datetime:
@@ -52,6 +57,8 @@ class Timing:
     """How often the main thread checks the state file (seconds)."""
     stuck_after: float = 600.0
     """A pass running longer than this is hung: stop feeding the watchdog (seconds)."""
+    settle: float = 2.0
+    """A changed state file is applied once it has stayed the same this long (seconds)."""
 
 
 def summary(engine: Engine, now: datetime) -> str:
@@ -89,6 +96,8 @@ class Service:
         self._stop = False
         self._heartbeat = time.monotonic()
         self._pass_started: float | None = None
+        self._pass_ended = time.monotonic()
+        self._failed_passes = 0
         self._wake_r, self._wake_w = os.pipe()
         for fd in (self._wake_r, self._wake_w):
             os.set_blocking(fd, False)
@@ -136,6 +145,15 @@ class Service:
             job_defaults={"coalesce": True, "misfire_grace_time": None, "max_instances": 1},
         )
         self._scheduler = scheduler
+        # Signals first: a SIGTERM during the first pass must already be heard.
+        previous = {
+            sig: signal.signal(sig, _noop) for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT)
+        }
+        old_fd = signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
+        # The tick re-arms from the listener, which runs once the finished run is no longer
+        # counted: re-adding a job from inside its own run can see the new run refused as "max
+        # instances reached" and the one-shot job dropped for good.
+        scheduler.add_listener(self._after_job, EVENT_JOB_EXECUTED | EVENT_JOB_ERROR)
         scheduler.start()
         self._arm(utcnow())
         if self.notifier.watchdog_interval:
@@ -146,10 +164,6 @@ class Service:
                 executor="watchdog",
                 id="watchdog",
             )
-        previous = {
-            sig: signal.signal(sig, _noop) for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT)
-        }
-        old_fd = signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
         try:
             self._main_loop()
         finally:
@@ -164,7 +178,8 @@ class Service:
 
     def _main_loop(self) -> None:
         fingerprint = _fingerprint(self.state_path)
-        changed_at: tuple[int, int, int] | None = None
+        pending: tuple[tuple[int, int, int], float] | None = None
+        clock_offset = time.time() - time.monotonic()
         while not self._stop:
             self._heartbeat = time.monotonic()
             readable, _, _ = select.select([self._wake_r], [], [], self.timing.poll)
@@ -175,21 +190,48 @@ class Service:
                     elif signum == signal.SIGHUP:
                         self._request_reload("signal")
             current = _fingerprint(self.state_path)
-            if current != fingerprint:
-                # Reload only once the file has stopped changing for a poll: an editor that
-                # writes in steps must not get a half-written file applied.
-                if current == changed_at:
-                    fingerprint, changed_at = current, None
-                    self._request_reload("file")
-                else:
-                    changed_at = current
+            if current == fingerprint:
+                pending = None
+            elif pending is None or pending[0] != current:
+                pending = (current, time.monotonic())
+            elif time.monotonic() - pending[1] >= self.timing.settle:
+                # Applied only once the file has stopped changing for a while: an editor or a
+                # script that writes in steps must not get a half-written file applied.
+                fingerprint, pending = current, None
+                self._request_reload("file")
+            offset = time.time() - time.monotonic()
+            if abs(offset - clock_offset) > CLOCK_JUMP:
+                # The scheduler waits on wall-clock time: after a jump (NTP step, suspend) its
+                # next run may be hours off. Look again now.
+                self.log.warning("clock.jumped", seconds=round(offset - clock_offset, 1))
+                self._wake_tick()
+            clock_offset = offset
 
-    def _arm(self, now: datetime) -> None:
-        """The next pass: at the engine's next_due(), but never more than max_sleep away."""
+    def _arm(self, now: datetime, delay: timedelta | None = None) -> None:
+        """The next pass: at the engine's next_due() (or after ``delay``), never more than
+        max_sleep away."""
         assert self._engine is not None
         assert self._scheduler is not None
-        when = max(now, min(self._engine.next_due(), now + self.timing.max_sleep))
+        due = now + delay if delay is not None else self._engine.next_due()
+        when = max(now, min(due, now + self.timing.max_sleep))
         self._scheduler.add_job(self._tick, "date", run_date=when, id="tick", replace_existing=True)
+
+    def _wake_tick(self) -> None:
+        assert self._scheduler is not None
+        with contextlib.suppress(JobLookupError):  # no job: a pass is running and re-arms after
+            self._scheduler.modify_job("tick", next_run_time=utcnow())
+
+    def _after_job(self, event: JobExecutionEvent) -> None:
+        if event.job_id != "tick" or self._stop:
+            return
+        now = utcnow()
+        if event.exception is None and not self._failed_passes:
+            self._arm(now)
+        else:
+            # A failing pass must not run again at once: wait, longer each time, up to max_sleep.
+            self._arm(
+                now, min(FAILED_PASS_DELAY * 2 ** min(self._failed_passes, 8), self.timing.max_sleep)
+            )
 
     def _tick(self) -> None:
         engine = self._engine
@@ -202,15 +244,15 @@ class Service:
             self.notifier.ready()
         try:
             engine.run_due(utcnow())
+            self._failed_passes = 0
         except Exception:
             # A bug must not end the keeping of every other channel: log it and try again.
-            self.log.exception("engine.failed")
+            self._failed_passes += 1
+            self.log.exception("engine.failed", consecutive=self._failed_passes)
         finally:
             self._pass_started = None
-        now = utcnow()
-        self.notifier.status(summary(engine, now))
-        if not self._stop:
-            self._arm(now)
+            self._pass_ended = time.monotonic()
+        self.notifier.status(summary(engine, utcnow()))
 
     def _feed_watchdog(self) -> None:
         now = time.monotonic()
@@ -219,6 +261,8 @@ class Service:
         started = self._pass_started
         if started is not None and now - started > self.timing.stuck_after:
             return  # a pass is hung
+        if started is None and now - self._pass_ended > 2 * self.timing.max_sleep.total_seconds() + 30:
+            return  # no pass for far longer than the loop ever sleeps: the schedule is lost
         self.notifier.watchdog()
 
     # -- reload --------------------------------------------------------------------------------
@@ -232,20 +276,27 @@ class Service:
         engine = self._engine
         assert engine is not None
         self.notifier.reloading()
-        state = self._load()
-        if state is not None:
-            if state.database != engine.state.database and self.db is None:
-                self.log.warning("config.database_unchanged", note="a new database path needs a restart")
-            engine.reload(state)
-            self.log.info(
-                "config.loaded",
-                path=str(self.state_path),
-                trigger=trigger,
-                accounts=len(state.accounts),
-                channels=len(state.channels),
-            )
-        self.notifier.ready(summary(engine, utcnow()))
-        self._arm(utcnow())
+        try:
+            state = self._load()
+            if state is not None:
+                if state.database != engine.state.database and self.db is None:
+                    self.log.warning(
+                        "config.database_unchanged", note="a new database path needs a restart"
+                    )
+                engine.reload(state)
+                self.log.info(
+                    "config.loaded",
+                    path=str(self.state_path),
+                    trigger=trigger,
+                    accounts=len(state.accounts),
+                    channels=len(state.channels),
+                )
+        except Exception:
+            self.log.exception("config.reload_failed", trigger=trigger)
+        finally:
+            # systemd waits for READY=1 after RELOADING=1, whatever became of the reload.
+            self.notifier.ready(summary(engine, utcnow()))
+            self._wake_tick()
 
     def _load(self) -> DesiredState | None:
         """The state file, or None after logging every problem as ``config.invalid``."""

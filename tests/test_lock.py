@@ -16,13 +16,20 @@ def test_a_second_holder_is_refused_with_the_first_ones_pid(tmp_path: Path) -> N
     db = tmp_path / "state" / "watchkeeper.db"
     with InstanceLock(db) as lock:
         assert lock.path == tmp_path / "state" / "watchkeeper.db.lock"
-        assert InstanceLock(db).holder() == os.getpid()
+        assert InstanceLock(db).holder() == (os.getpid(), "run")
         with pytest.raises(LockHeld) as caught:
             InstanceLock(db).acquire()
         assert caught.value.pid == os.getpid()
         assert f"pid {os.getpid()}" in str(caught.value)
-    assert InstanceLock(db).holder() is None
-    InstanceLock(db).acquire().release()
+    assert InstanceLock(db).holder() == (None, None)
+    lock = InstanceLock(db).acquire("apply")
+    try:
+        with pytest.raises(LockHeld) as caught:
+            InstanceLock(db).acquire()
+    finally:
+        lock.release()
+    assert caught.value.role == "apply"
+    assert "a watchkeeper apply is running" in str(caught.value)
 
 
 def test_the_lock_dies_with_its_process(tmp_path: Path) -> None:
@@ -32,6 +39,6 @@ def test_the_lock_dies_with_its_process(tmp_path: Path) -> None:
         f"InstanceLock(Path({str(db)!r})).acquire(); sys.exit(0)"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parent.parent)
-    assert InstanceLock(db).holder() is None
+    assert InstanceLock(db).holder() == (None, None)
     InstanceLock(db).acquire().release()
     assert oct(db.with_name(db.name + ".lock").stat().st_mode & 0o777) == "0o600"
