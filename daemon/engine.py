@@ -118,6 +118,8 @@ class Engine:
         self._buffer: dict[datetime | None, list[RegistryEntry]] | None = None
         self.stopping = False
         """Set from another thread on SIGTERM: the pass makes no further call."""
+        self._list_failures = 0
+        """Listings failed in a row (any account): spaces the next attempt like a backoff."""
         intents = store.pending_intents()
         if intents:
             self.log.warning("engine.interrupted", calls=len(intents), note="listing before any change")
@@ -194,8 +196,16 @@ class Engine:
                     self._absorb_listing(account, listed, zoho_now)
                 self._detect_lapses(account, listed, zoho_now)
         if report.list_failed:
-            retry = now + min(self.state.policy.reconcile_every, self.state.policy.retry_max)
+            # Zoho is failing: the listing doubles as the probe that it is back, so it is retried
+            # on the channels' backoff scale rather than a whole reconcile period later.
+            self._list_failures += 1
+            delay = policy.backoff(self._list_failures, self.state.policy, self.rng)
+            retry = now + min(
+                self.state.policy.reconcile_every, max(delay, self.state.policy.retry_floor)
+            )
             self.next_reconcile = min(self.next_reconcile, retry)
+        elif listing:
+            self._list_failures = 0
         zoho_now = now + self.skew
         result = self.plan(observed, zoho_now, confirmed | self._confirmations())
         self._report_plan(result, observed, report)
@@ -280,11 +290,21 @@ class Engine:
         self, account: str, now: datetime, report: PassReport
     ) -> dict[str, ObservedChannel] | None:
         try:
-            return self.clients[account].list()
+            listed = self.clients[account].list()
         except ZohoError as exc:
             report.list_failed.append(account)
             self._account_failure(account, "GET", exc, now, [])
             return None
+        self._end_holds(account)
+        return listed
+
+    def _end_holds(self, account: str) -> None:
+        """Zoho just answered this account: channels held back by a transient failure (an outage
+        that is now over) are tried in this pass, not at the end of their backoff."""
+        with self._batched_writes():
+            for key, entry in self.registry.items():
+                if key[0] == account and entry.retry_at is not None and not entry.terminal:
+                    self._put(replace(entry, retry_at=None))
 
     def _paused(self, account: str, now: datetime) -> bool:
         return self.paused.get(account, now) > now

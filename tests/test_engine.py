@@ -553,7 +553,8 @@ def test_a_failed_listing_is_not_due_again_at_once(
         report = engine.run_due()
         assert report.list_failed == ["main"]
         due = engine.next_due()
-    assert timedelta(minutes=1) < due - sim_clock() <= timedelta(minutes=15)
+    # Retried on the backoff scale (retry_initial 30 s for a first failure), not at once.
+    assert timedelta(seconds=1) <= due - sim_clock() <= timedelta(seconds=30)
 
 
 def test_a_gap_closes_when_the_channel_is_live_again_whatever_failed_in_between(
@@ -604,6 +605,32 @@ def test_channels_whose_deletion_is_refused_stay_alive_across_a_restart(
     assert set(gaps) == {"9911"}
     assert gaps["9911"].cause == "expired"
     assert "DELETE" not in methods(emulator)
+
+
+def test_once_zoho_answers_again_held_back_channels_go_at_once(
+    emulator: Emulator, engine_for: OpenEngine, sim_clock: SimClock
+) -> None:
+    """After an outage the first successful listing ends the transient holds of its account: the
+    lapsed channels are re-created in that pass, not at the end of a 15-minute backoff."""
+    with engine_for([Chan("9930", ttl="1h"), Chan("9931", ttl="1h")]) as engine:
+        engine.run_due()
+        expiry = engine.registry[("main", "9930")].expires_at
+        assert expiry is not None
+        outage_end = expiry + timedelta(hours=1)
+        emulator.add_fault(Fault(status=503, paths="any", end=outage_end))
+        while sim_clock() < outage_end:
+            sim_clock.set(min(engine.next_due(), outage_end))
+            engine.run_due()
+        first_listing = outage_end + timedelta(seconds=1)
+        engine.next_reconcile = first_listing  # the listing comes before the holds end
+        held = [e.retry_at for e in engine.registry.values()]
+        assert all(at is not None and at > first_listing for at in held)
+        sim_clock.set(first_listing)
+        engine.run_due()
+    for cid in ("9930", "9931"):
+        intervals = emulator.live_intervals(cid)
+        assert len(intervals) == 2
+        assert intervals[1][0] == first_listing
 
 
 def test_a_confirmation_lapses_once_its_channel_is_wanted_again(
