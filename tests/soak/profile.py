@@ -94,9 +94,7 @@ class Profile:
     """Fraction of all calls (API and OAuth) answered with a 5xx."""
     bursts_per_day: float = 0.0
     """429 bursts: every watch call in the window is answered 429 with Retry-After."""
-    burst_length: timedelta = timedelta(minutes=35)
-    """Longer than the longest listing interval (30m + 10% jitter), so every burst meets at least
-    the daemon's listing: a burst no call runs into tests nothing."""
+    burst_length: timedelta = timedelta(minutes=10)
     retry_after: float = 60.0
     outages: int = 0
     """Windows in which every call (API and OAuth) gets a 503 page."""
@@ -140,6 +138,11 @@ class Profile:
         actions = [
             Action(_instant(rng, start + QUIET_START, end), "restart") for _ in range(self.restarts)
         ]
+        if bursts and actions:
+            # One burst greets the first restart, whose first pass lists at once: at least one
+            # burst is certain to meet a call (one that meets none tests nothing).
+            restart = min(a.at for a in actions)
+            bursts[0] = Window(restart, restart + self.burst_length)
         victims = rng.sample(keys, k=min(len(keys), int(self.change_one) + int(self.delete_one)))
         if self.change_one:
             actions.append(Action(_instant(rng, start + QUIET_START, end), "change", victims.pop()))
