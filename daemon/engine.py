@@ -199,10 +199,9 @@ class Engine:
             # Zoho is failing: the listing doubles as the probe that it is back, so it is retried
             # on the channels' backoff scale rather than a whole reconcile period later.
             self._list_failures += 1
-            delay = policy.backoff(self._list_failures, self.state.policy, self.rng)
-            retry = now + min(
-                self.state.policy.reconcile_every, max(delay, self.state.policy.retry_floor)
-            )
+            tuning = self.state.policy
+            delay = min(policy.backoff(self._list_failures, tuning, self.rng), tuning.probe_max)
+            retry = now + min(tuning.reconcile_every, max(delay, tuning.retry_floor))
             self.next_reconcile = min(self.next_reconcile, retry)
         elif listing:
             self._list_failures = 0

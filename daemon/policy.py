@@ -37,6 +37,9 @@ class Policy:
     clock a zero wait would never let time move on)."""
     clamp_fraction: float = 0.90
     """Zoho granting under this fraction of the requested lifetime means it used its default."""
+    probe_max: timedelta = timedelta(minutes=2)
+    """After a failed listing, the next one comes within this: a failing listing costs one request,
+    and it is the probe that ends an outage's holds (so lapsed channels come back at once)."""
     reconcile_jitter: float = 0.10
     """Listings are spread by this fraction either way so several daemons do not list in step."""
 

@@ -557,6 +557,23 @@ def test_a_failed_listing_is_not_due_again_at_once(
     assert timedelta(seconds=1) <= due - sim_clock() <= timedelta(seconds=30)
 
 
+def test_a_failing_listing_keeps_probing_within_two_minutes(
+    emulator: Emulator, engine_for: OpenEngine, sim_clock: SimClock
+) -> None:
+    """A failed listing costs one request and is the probe that ends an outage: however long the
+    outage, the next one comes within probe_max, and the first that succeeds brings all back."""
+    with engine_for([Chan("9810", ttl="6d")]) as engine:
+        engine.run_due()
+        emulator.add_fault(Fault(status=503, methods=frozenset({"GET"})))
+        waits = []
+        for _ in range(12):
+            sim_clock.set(engine.next_reconcile)
+            assert engine.run_due().list_failed == ["main"]
+            waits.append(engine.next_reconcile - sim_clock())
+    assert max(waits) <= timedelta(minutes=2)
+    assert min(waits) >= timedelta(seconds=1)
+
+
 def test_a_gap_closes_when_the_channel_is_live_again_whatever_failed_in_between(
     emulator: Emulator, engine_for: OpenEngine, sim_clock: SimClock
 ) -> None:
