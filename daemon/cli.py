@@ -223,7 +223,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     one_shot = args.command not in ("emulate", "run", "demo")
-    logs.configure(args.log_format, args.log_level, sys.stderr if one_shot else sys.stdout)
+    # The demo is for people: readable even when piped (`--log-format json` still overrides).
+    fmt: logs.LogFormat = args.log_format
+    if args.command == "demo" and fmt == "auto":
+        fmt = "console"
+    logs.configure(fmt, args.log_level, sys.stderr if one_shot else sys.stdout)
     code: int = args.func(args)
     return code
 
