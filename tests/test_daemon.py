@@ -6,6 +6,8 @@ from __future__ import annotations
 import itertools
 import json
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -240,3 +242,20 @@ def test_keeps_channels_live_through_reloads_and_stops_cleanly(long_run: Future[
     saved file applied without a signal, an empty list deleting nothing, expiring access tokens
     refreshed without a 401 loop, READY/STATUS/WATCHDOG/RELOADING/STOPPING, exit 0 on SIGTERM."""
     long_run.result(timeout=180)
+
+
+def test_the_demo_shows_creations_renewals_and_a_notification() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "daemon.cli", "demo", "--duration", "9", "--ttl", "10s"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert out.count("channel.created") == 3
+    assert "channel.renewed" in out
+    assert "demo.notification_received" in out
+    assert not out.lstrip().startswith("{")  # readable console lines, even through a pipe
+    assert "demo-verification-token" not in out
