@@ -697,10 +697,6 @@ class Store:
             conn.execute(update(_GAPS).where(_GAPS.c.id == gap.id).values(end=closed.end))
         return closed
 
-    def open_gap_for(self, account: str, channel_id: str) -> Gap | None:
-        with self._tx(write=False) as conn:
-            return self._open_gap(conn, account, channel_id)
-
     def open_gaps(self) -> list[Gap]:
         """Every gap not closed yet: the engine keeps their keys in memory."""
         query = select(_GAPS).where(_GAPS.c.end.is_(None)).order_by(_GAPS.c.start, _GAPS.c.id)

@@ -411,12 +411,11 @@ def test_gap_open_is_idempotent_and_close_ends_it(store: Store) -> None:
     again = store.open_gap("main", "1", T0 + timedelta(hours=2), "vanished")
 
     assert again == first == Gap(first.id, "main", "1", T0, None, "expired")
-    assert store.open_gap_for("main", "1") == first
-    assert store.open_gap_for("main", "2") is None
+    assert store.open_gaps() == [first]
 
     closed = store.close_gap("main", "1", T0 + timedelta(minutes=45))
     assert closed == Gap(first.id, "main", "1", T0, T0 + timedelta(minutes=45), "expired")
-    assert store.open_gap_for("main", "1") is None
+    assert store.open_gaps() == []
     assert store.close_gap("main", "1", T0 + timedelta(hours=1)) is None
 
     reopened = store.open_gap("main", "1", T0 + timedelta(hours=3), "rejected")
