@@ -6,8 +6,8 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from watchkeeper.emulator import Emulator
 
-from daemon.emulator import Emulator
 from tests.helpers import SimClock
 
 

@@ -44,7 +44,7 @@ class DaemonProcess:
         if watchdog_usec:
             env["WATCHDOG_USEC"] = str(watchdog_usec)
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "daemon.cli", "--state", str(state), "--log-format", "json", *args],
+            [sys.executable, "-m", "watchkeeper", "--state", str(state), "--log-format", "json", *args],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -151,7 +151,7 @@ class DaemonProcess:
 def watchkeeper(state: Path, *args: str, check: bool = False) -> subprocess.CompletedProcess[str]:
     """A one-shot `watchkeeper --state STATE ARGS...` as a process, with the test secrets set."""
     return subprocess.run(
-        [sys.executable, "-m", "daemon.cli", "--state", str(state), *args],
+        [sys.executable, "-m", "watchkeeper", "--state", str(state), *args],
         capture_output=True,
         text=True,
         timeout=60,

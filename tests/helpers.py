@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from datetime import UTC, datetime, timedelta
 
-from daemon.model import utc
+from watchkeeper.model import utc
 
 SIM_START = datetime(2026, 1, 5, 9, 0, 0, tzinfo=UTC)
 """Where a SimClock starts unless told otherwise: a fixed Monday morning, so runs are repeatable."""

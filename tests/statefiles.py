@@ -6,7 +6,12 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from daemon.emulator import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, DEFAULT_ORG, DEFAULT_REFRESH_TOKEN
+from watchkeeper.emulator import (
+    DEFAULT_CLIENT_ID,
+    DEFAULT_CLIENT_SECRET,
+    DEFAULT_ORG,
+    DEFAULT_REFRESH_TOKEN,
+)
 
 HOOK_TOKEN = "hook-token-SECRET-0123456789"
 """Channel verification token used by test channels: must never show up in any output."""

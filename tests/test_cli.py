@@ -10,10 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from watchkeeper.cli import main
+from watchkeeper.emulator import Emulator, Fault
+from watchkeeper.store import Store
 
-from daemon.cli import main
-from daemon.emulator import Emulator, Fault
-from daemon.store import Store
 from tests.daemon_process import watchkeeper
 from tests.statefiles import SECRETS, Chan, env, write_state
 

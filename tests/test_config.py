@@ -1,4 +1,4 @@
-"""daemon.config: the state file -> validated desired state, every problem at once, no secret leaked."""
+"""watchkeeper.config: the state file -> validated desired state, every problem at once, no leak."""
 
 from __future__ import annotations
 
@@ -8,8 +8,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-
-from daemon.config import (
+from watchkeeper.config import (
     ACCOUNT_KEYS,
     CHANNEL_KEYS,
     DAEMON_KEYS,
@@ -19,8 +18,8 @@ from daemon.config import (
     load,
     parse_duration,
 )
-from daemon.policy import Policy
-from daemon.secrets import url_secrets
+from watchkeeper.policy import Policy
+from watchkeeper.secrets import url_secrets
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "state" / "channels.toml"
 

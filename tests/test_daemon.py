@@ -15,9 +15,9 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from watchkeeper.emulator import Emulator, Fault
+from watchkeeper.model import parse_instant
 
-from daemon.emulator import Emulator, Fault
-from daemon.model import parse_instant
 from tests.daemon_process import DaemonProcess, watchkeeper
 from tests.statefiles import SECRETS, Chan, write_state
 
@@ -246,7 +246,7 @@ def test_keeps_channels_live_through_reloads_and_stops_cleanly(long_run: Future[
 
 def test_the_demo_shows_creations_renewals_and_a_notification() -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "daemon.cli", "demo", "--duration", "9", "--ttl", "10s"],
+        [sys.executable, "-m", "watchkeeper", "demo", "--duration", "9", "--ttl", "10s"],
         capture_output=True,
         text=True,
         timeout=60,

@@ -19,15 +19,15 @@ from typing import Any
 
 import httpx
 import pytest
-
-from daemon.emulator import (
+from watchkeeper.emulator import (
     DEFAULT_CLIENT_ID,
     DEFAULT_CLIENT_SECRET,
     DEFAULT_REFRESH_TOKEN,
     Emulator,
     Fault,
 )
-from daemon.model import format_instant, parse_instant
+from watchkeeper.model import format_instant, parse_instant
+
 from tests.helpers import SimClock
 
 CRM = "/crm/v8/actions/watch"
@@ -808,8 +808,8 @@ def test_a_real_clock_by_default() -> None:
 
 def test_serve_runs_in_the_foreground_until_sigterm() -> None:
     root = Path(__file__).resolve().parent.parent
-    code = "from daemon.emulator import serve; serve('127.0.0.1', 0)"
-    env = {**os.environ, "PYTHONPATH": str(root)}
+    code = "from watchkeeper.emulator import serve; serve('127.0.0.1', 0)"
+    env = {**os.environ, "PYTHONPATH": str(root / "daemon")}
     with subprocess.Popen(
         [sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, env=env, cwd=root
     ) as process:

@@ -16,8 +16,8 @@ from typing import Any
 
 import httpx
 import pytest
+from watchkeeper.emulator import Emulator, Fault
 
-from daemon.emulator import Emulator, Fault
 from tests.helpers import SimClock
 
 SEEDS = Path(__file__).parent / "fixtures" / "seeds"

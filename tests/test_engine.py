@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 import structlog.testing
+from watchkeeper import config
+from watchkeeper.emulator import Emulator, Fault
+from watchkeeper.engine import Engine
+from watchkeeper.runtime import open_engine
+from watchkeeper.store import Store
 
-from daemon import config
-from daemon.emulator import Emulator, Fault
-from daemon.engine import Engine
-from daemon.runtime import open_engine
-from daemon.store import Store
 from tests.helpers import SimClock
 from tests.statefiles import HOOK_TOKEN, Chan, env, org_of, write_state
 

@@ -8,8 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from daemon.lock import InstanceLock, LockHeld
+from watchkeeper.lock import InstanceLock, LockHeld
 
 
 def test_a_second_holder_is_refused_with_the_first_ones_pid(tmp_path: Path) -> None:
@@ -35,7 +34,7 @@ def test_a_second_holder_is_refused_with_the_first_ones_pid(tmp_path: Path) -> N
 def test_the_lock_dies_with_its_process(tmp_path: Path) -> None:
     db = tmp_path / "watchkeeper.db"
     code = (
-        "import sys; from pathlib import Path; from daemon.lock import InstanceLock; "
+        "import sys; from pathlib import Path; from watchkeeper.lock import InstanceLock; "
         f"InstanceLock(Path({str(db)!r})).acquire(); sys.exit(0)"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parent.parent)

@@ -11,8 +11,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
-
-from daemon import logs
+from watchkeeper import logs
 
 SECRET = "s3cr3t-client-value-42"
 TOKEN = "1000.0123456789abcdef0123456789abcdef.fedcba9876543210fedcba9876543210"

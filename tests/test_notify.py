@@ -9,8 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
-from daemon.notify import Notifier
+from watchkeeper.notify import Notifier
 
 
 @pytest.fixture

@@ -15,8 +15,7 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 from freezegun import freeze_time
-
-from daemon.model import (
+from watchkeeper.model import (
     ChannelSpec,
     ObservedChannel,
     RegistryEntry,
@@ -25,8 +24,8 @@ from daemon.model import (
     parse_instant,
     token_digest,
 )
-from daemon.planner import Action, Plan, Refusal, plan
-from daemon.policy import Policy, entry_due
+from watchkeeper.planner import Action, Plan, Refusal, plan
+from watchkeeper.policy import Policy, entry_due
 
 NOW = datetime(2026, 1, 5, 12, 0, tzinfo=UTC)
 IST = timezone(timedelta(hours=5, minutes=30))

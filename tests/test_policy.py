@@ -6,9 +6,8 @@ import random
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
-
-from daemon.model import RegistryEntry
-from daemon.policy import (
+from watchkeeper.model import RegistryEntry
+from watchkeeper.policy import (
     Policy,
     backoff,
     batch_horizon,

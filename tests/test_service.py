@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 import structlog.testing
+from watchkeeper.emulator import Emulator
+from watchkeeper.engine import Engine
+from watchkeeper.notify import Notifier
+from watchkeeper.service import Service, Timing
 
-from daemon.emulator import Emulator
-from daemon.engine import Engine
-from daemon.notify import Notifier
-from daemon.service import Service, Timing
 from tests.statefiles import Chan, env, write_state
 
 

@@ -1,4 +1,4 @@
-"""daemon.store against real SQLite files: round-trips, file safety, migrations, and the small
+"""watchkeeper.store against real SQLite files: round-trips, file safety, migrations, and the small
 journals (gaps, intents, confirmations, access tokens) the engine and the CLI rely on."""
 
 from __future__ import annotations
@@ -14,10 +14,9 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy.exc import OperationalError, StatementError
-
-from daemon import store as store_module
-from daemon.model import ChannelSpec, ObservedChannel, RegistryEntry, parse_events, token_digest
-from daemon.store import (
+from watchkeeper import store as store_module
+from watchkeeper.model import ChannelSpec, ObservedChannel, RegistryEntry, parse_events, token_digest
+from watchkeeper.store import (
     SCHEMA_VERSION,
     TABLES,
     Gap,
@@ -27,7 +26,8 @@ from daemon.store import (
     StatusRow,
     Store,
 )
-from daemon.zoho.auth import AccessToken
+from watchkeeper.zoho.auth import AccessToken
+
 from tests.helpers import SIM_START
 
 T0 = SIM_START

@@ -26,9 +26,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import watchkeeper
+from watchkeeper.emulator import Emulator
 
-import daemon
-from daemon.emulator import Emulator
 from tests.statefiles import SECRETS, Chan, env, write_state
 
 UNIT = Path(__file__).resolve().parents[1] / "systemd" / "watchkeeper.service"
@@ -133,7 +133,7 @@ def test_systemd_analyze_verify_accepts_the_unit(tmp_path: Path) -> None:
     text = UNIT.read_text()
     local = edited(
         text,
-        replace={"ExecStart": f"{sys.executable} -m daemon.cli {PRODUCTION_ARGS}"},
+        replace={"ExecStart": f"{sys.executable} -m watchkeeper {PRODUCTION_ARGS}"},
     )
     unit = tmp_path / "watchkeeper.service"
     unit.write_text(local)
@@ -350,7 +350,7 @@ class UserManager:
             **os.environ,
             "HOST_DIR": str(self.host_dir),
             "HOST_VENV": sys.prefix,
-            "HOST_SRC": str(Path(daemon.__file__).resolve().parents[1]),
+            "HOST_SRC": str(Path(watchkeeper.__file__).resolve().parents[1]),
             "NS_DIR": NS_DIR,
             "NS_VENV": NS_VENV,
             "NS_SRC": NS_SRC,
@@ -527,7 +527,9 @@ def test_under_a_real_systemd(manager: UserManager) -> None:
             unit_text,
             drop=strip,
             replace={
-                "ExecStart": f"{ns_python} -m daemon.cli --state {NS_DIR}/{state.relative_to(host)} run",
+                "ExecStart": (
+                    f"{ns_python} -m watchkeeper --state {NS_DIR}/{state.relative_to(host)} run"
+                ),
                 "WatchdogSec": f"{WATCHDOG_SEC}s",
                 "RestartSec": f"{RESTART_SEC}s",
             },

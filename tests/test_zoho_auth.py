@@ -9,14 +9,14 @@ from typing import TYPE_CHECKING
 
 import httpx
 import pytest
+from watchkeeper.zoho.answers import retry_after_seconds
+from watchkeeper.zoho.auth import AccessToken, OAuth, StaticToken
+from watchkeeper.zoho.errors import AuthError, RateLimited, TransientError
 
-from daemon.zoho.answers import retry_after_seconds
-from daemon.zoho.auth import AccessToken, OAuth, StaticToken
-from daemon.zoho.errors import AuthError, RateLimited, TransientError
 from tests.helpers import SimClock
 
 if TYPE_CHECKING:
-    from daemon.emulator import Emulator
+    from watchkeeper.emulator import Emulator
 
 CLIENT_ID = "emu-client-id"
 CLIENT_SECRET = "emu-client-secret"
@@ -122,7 +122,7 @@ def test_cache_lets_a_restarted_daemon_skip_the_refresh(
 def test_concurrent_callers_share_one_refresh(
     emulator: Emulator, http: httpx.Client, sim_clock: SimClock
 ) -> None:
-    from daemon.emulator import Fault
+    from watchkeeper.emulator import Fault
 
     emulator.add_fault(Fault(status=None, paths="token", latency=0.2))  # a slow accounts server
     auth = oauth_for(emulator, http, sim_clock)
@@ -204,7 +204,7 @@ def test_refresh_allowance_exhausted_is_rate_limited_and_held_back_locally(
 def test_http_429_from_accounts_honours_retry_after(
     emulator: Emulator, http: httpx.Client, sim_clock: SimClock
 ) -> None:
-    from daemon.emulator import Fault
+    from watchkeeper.emulator import Fault
 
     emulator.add_fault(Fault(status=429, paths="token", retry_after=42, count=1))
     auth = oauth_for(emulator, http, sim_clock)
@@ -227,7 +227,7 @@ def test_http_429_from_accounts_honours_retry_after(
 def test_server_trouble_is_transient(
     emulator: Emulator, http: httpx.Client, sim_clock: SimClock, fault: dict[str, object]
 ) -> None:
-    from daemon.emulator import Fault
+    from watchkeeper.emulator import Fault
 
     emulator.add_fault(Fault(paths="token", **fault))  # type: ignore[arg-type]
     auth = oauth_for(emulator, http, sim_clock, timeout=httpx.Timeout(0.3))
@@ -240,7 +240,7 @@ def test_server_trouble_is_transient(
 def test_failed_early_refresh_falls_back_on_the_still_valid_token(
     emulator: Emulator, http: httpx.Client, sim_clock: SimClock
 ) -> None:
-    from daemon.emulator import Fault
+    from watchkeeper.emulator import Fault
 
     auth = oauth_for(emulator, http, sim_clock)
     first = auth.token()

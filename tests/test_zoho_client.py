@@ -13,17 +13,17 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
+from watchkeeper.model import ChannelSpec, WatchItem, canonical_json, format_instant, parse_events
+from watchkeeper.zoho.auth import AccessToken, OAuth, StaticToken
+from watchkeeper.zoho.client import WatchClient, map_delete_results, map_write_results, merge_rows
+from watchkeeper.zoho.errors import AuthError, RateLimited, RequestRefused, TerminalError, TransientError
+from watchkeeper.zoho.regions import Endpoint
 
-from daemon.model import ChannelSpec, WatchItem, canonical_json, format_instant, parse_events
-from daemon.zoho.auth import AccessToken, OAuth, StaticToken
-from daemon.zoho.client import WatchClient, map_delete_results, map_write_results, merge_rows
-from daemon.zoho.errors import AuthError, RateLimited, RequestRefused, TerminalError, TransientError
-from daemon.zoho.regions import Endpoint
 from tests.helpers import SimClock
 from tests.test_zoho_auth import SECRETS, MemoryCache, assert_no_secret, oauth_for, refreshes
 
 if TYPE_CHECKING:
-    from daemon.emulator import Call, Emulator
+    from watchkeeper.emulator import Call, Emulator
 
 HOOK_SECRET = "hook-query-secret"
 NOTIFY_URL = f"https://hooks.example.com/zoho?source=crm&key={HOOK_SECRET}"
@@ -234,7 +234,7 @@ def test_a_zoho_capped_at_50_items_halves_the_batch_and_remembers(
 def test_a_size_complaint_that_halving_does_not_cure_is_not_remembered(
     emulator: Emulator, client: WatchClient, sim_clock: SimClock
 ) -> None:
-    from daemon.emulator import Fault
+    from watchkeeper.emulator import Fault
 
     items = [
         item(channel_id, expires_at=sim_clock.now() + timedelta(hours=1))
@@ -253,7 +253,7 @@ def test_a_size_complaint_that_halving_does_not_cure_is_not_remembered(
 def test_a_failed_later_batch_carries_the_completed_results(
     emulator: Emulator, http: httpx.Client, sim_clock: SimClock
 ) -> None:
-    from daemon.emulator import Fault
+    from watchkeeper.emulator import Fault
 
     def fail_from_now_on(response: httpx.Response) -> None:
         emulator.add_fault(Fault(status=503, methods=frozenset({"POST"})))
@@ -386,7 +386,7 @@ def test_delete_keeps_each_id_list_short(emulator: Emulator, client: WatchClient
 
 
 def test_whole_request_4xx_is_terminal(emulator: Emulator, client: WatchClient) -> None:
-    from daemon.emulator import Fault
+    from watchkeeper.emulator import Fault
 
     emulator.add_fault(Fault(status=400, code="REQUIRED_PARAM_MISSING", methods=frozenset({"DELETE"})))
     with pytest.raises(TerminalError) as caught:
@@ -452,7 +452,7 @@ def test_expired_access_token_is_refreshed_and_the_call_retried(
 def test_a_401_that_persists_is_an_auth_error(
     emulator: Emulator, client: WatchClient, code: str, attempts: int
 ) -> None:
-    from daemon.emulator import Fault
+    from watchkeeper.emulator import Fault
 
     emulator.add_fault(Fault(status=401, code=code))
     with pytest.raises(AuthError) as caught:
@@ -493,7 +493,7 @@ def test_requests_carry_the_zoho_headers(emulator: Emulator, sim_clock: SimClock
 
 
 def test_429_honours_retry_after(emulator: Emulator, client: WatchClient) -> None:
-    from daemon.emulator import Fault
+    from watchkeeper.emulator import Fault
 
     emulator.add_fault(Fault(status=429, retry_after=7))
     with pytest.raises(RateLimited) as caught:
@@ -519,7 +519,7 @@ def test_429_honours_retry_after(emulator: Emulator, client: WatchClient) -> Non
 def test_server_trouble_is_transient(
     emulator: Emulator, http: httpx.Client, sim_clock: SimClock, fault: dict[str, Any], call: str
 ) -> None:
-    from daemon.emulator import Fault
+    from watchkeeper.emulator import Fault
 
     auth = oauth_for(emulator, http, sim_clock)
     watch = WatchClient(endpoint_for(emulator), auth, clock=sim_clock, timeout=httpx.Timeout(0.3))

@@ -16,7 +16,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from daemon.emulator import Emulator
+from watchkeeper.emulator import Emulator
+
 from tests.daemon_process import DaemonProcess
 from tests.statefiles import Chan, write_state
 

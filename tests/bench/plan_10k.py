@@ -18,7 +18,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from daemon.emulator import Emulator
+from watchkeeper.emulator import Emulator
+
 from tests.statefiles import Chan, env, write_state
 
 
@@ -38,7 +39,7 @@ def main() -> None:
                 [
                     sys.executable,
                     "-m",
-                    "daemon.cli",
+                    "watchkeeper.cli",
                     "--state",
                     str(state),
                     "--log-level",

@@ -1,6 +1,6 @@
 """The naive policies watchkeeper is measured against, in the same harness and under the same faults.
 
-Both drive daemon.zoho.client.WatchClient directly (no engine, no store), as common integrations
+Both drive watchkeeper.zoho.client.WatchClient directly (no engine, no store), as common integrations
 do: one channel per request, each on its own timer, the expiry asked for computed on the local
 clock, the expiry Zoho grants never read, no listing. A restart re-subscribes every channel by POST
 (an integration subscribes on start-up; it keeps no state) and restarts the timers.
@@ -21,12 +21,12 @@ from pathlib import Path
 from typing import Literal
 
 import httpx
+from watchkeeper.config import DesiredState
+from watchkeeper.model import ChannelSpec, WatchItem
+from watchkeeper.runtime import make_client
+from watchkeeper.zoho.client import DEFAULT_TIMEOUT, WatchClient
+from watchkeeper.zoho.errors import ZohoError
 
-from daemon.config import DesiredState
-from daemon.model import ChannelSpec, WatchItem
-from daemon.runtime import make_client
-from daemon.zoho.client import DEFAULT_TIMEOUT, WatchClient
-from daemon.zoho.errors import ZohoError
 from tests.helpers import SimClock
 from tests.soak.harness import Params, Progress, RunResult, simulation
 

@@ -22,12 +22,12 @@ from pathlib import Path
 from typing import Protocol, TypeVar
 
 import structlog
+from watchkeeper import config, logs
+from watchkeeper.config import DesiredState
+from watchkeeper.emulator import DEFAULT_ORG, Emulator
+from watchkeeper.engine import Engine
+from watchkeeper.runtime import open_engine
 
-from daemon import config, logs
-from daemon.config import DesiredState
-from daemon.emulator import DEFAULT_ORG, Emulator
-from daemon.engine import Engine
-from daemon.runtime import open_engine
 from tests.helpers import SimClock
 from tests.soak.profile import CHANGED_URL, PROFILES, Action, Key, Profile, Schedule
 from tests.statefiles import Chan, env, org_of, write_state

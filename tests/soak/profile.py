@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Literal
 
-from daemon.emulator import Emulator, Fault
+from watchkeeper.emulator import Emulator, Fault
 
 Key = tuple[str, str]
 """(account, channel_id)."""

@@ -10,9 +10,9 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from daemon.engine import PassReport
-from daemon.planner import Plan, Refusal
-from daemon.store import Gap, StatusRow
+from watchkeeper.engine import PassReport
+from watchkeeper.planner import Plan, Refusal
+from watchkeeper.store import Gap, StatusRow
 
 
 def iso(dt: datetime | None) -> str | None:

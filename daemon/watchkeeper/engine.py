@@ -20,13 +20,20 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from daemon import logs, planner, policy
-from daemon.config import AccountSpec, DesiredState
-from daemon.model import ChannelSpec, ItemResult, ObservedChannel, RegistryEntry, WatchItem, token_digest
-from daemon.planner import Action, Plan, Refusal
-from daemon.store import Store
-from daemon.zoho.client import WatchClient
-from daemon.zoho.errors import AuthError, RateLimited, TerminalError, TransientError, ZohoError
+from watchkeeper import logs, planner, policy
+from watchkeeper.config import AccountSpec, DesiredState
+from watchkeeper.model import (
+    ChannelSpec,
+    ItemResult,
+    ObservedChannel,
+    RegistryEntry,
+    WatchItem,
+    token_digest,
+)
+from watchkeeper.planner import Action, Plan, Refusal
+from watchkeeper.store import Store
+from watchkeeper.zoho.client import WatchClient
+from watchkeeper.zoho.errors import AuthError, RateLimited, TerminalError, TransientError, ZohoError
 
 Key = tuple[str, str]
 TERMINAL_ITEM_CODES = frozenset(

@@ -11,7 +11,7 @@ from typing import Any
 
 import httpx
 
-from daemon.zoho.errors import TransientError
+from watchkeeper.zoho.errors import TransientError
 
 
 def json_object(response: httpx.Response, where: str) -> dict[str, Any]:

@@ -9,8 +9,8 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from urllib.parse import parse_qsl
 
-from daemon.emulator import responses as r
-from daemon.emulator.state import MAX_REFRESHES, Org, ZohoState
+from watchkeeper.emulator import responses as r
+from watchkeeper.emulator.state import MAX_REFRESHES, Org, ZohoState
 
 TOKEN_PATH = "/oauth/v2/token"  # noqa: S105 (a URL path)
 

@@ -70,11 +70,11 @@ body key; tokens and notify_url query values are shown as ``***``)::
 Example: ``curl -X POST localhost:8950/__emulator/faults -d '{"status": 500, "count": 2}'``.
 """
 
-from daemon.emulator.delivery import Delivery
-from daemon.emulator.emulator import UNSET, Emulator
-from daemon.emulator.faults import Fault
-from daemon.emulator.foreground import serve
-from daemon.emulator.state import (
+from watchkeeper.emulator.delivery import Delivery
+from watchkeeper.emulator.emulator import UNSET, Emulator
+from watchkeeper.emulator.faults import Fault
+from watchkeeper.emulator.foreground import serve
+from watchkeeper.emulator.state import (
     DEFAULT_CLIENT_ID,
     DEFAULT_CLIENT_SECRET,
     DEFAULT_ORG,

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
-from daemon.emulator.responses import (
+from watchkeeper.emulator.responses import (
     JSON_TYPE,
     MESSAGES,
     TOKEN_RATE_LIMITED,
@@ -22,7 +22,7 @@ from daemon.emulator.responses import (
     error,
     json_response,
 )
-from daemon.model import utc
+from watchkeeper.model import utc
 
 PathKind = Literal["watch", "token", "any"]
 BodyKind = Literal["json", "html", "garbage", "empty", "items"]

@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from daemon.model import RegistryEntry, utc
+from watchkeeper.model import RegistryEntry, utc
 
 
 @dataclass(frozen=True, slots=True)

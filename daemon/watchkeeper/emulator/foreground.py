@@ -7,8 +7,8 @@ import threading
 from types import FrameType
 from typing import Any
 
-from daemon.emulator.emulator import Emulator
-from daemon.emulator.state import (
+from watchkeeper.emulator.emulator import Emulator
+from watchkeeper.emulator.state import (
     DEFAULT_CLIENT_ID,
     DEFAULT_CLIENT_SECRET,
     DEFAULT_ORG,

@@ -16,11 +16,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from daemon.model import ItemResult
+    from watchkeeper.model import ItemResult
 
 
 class ZohoError(Exception):
-    """Base of every error raised by daemon.zoho."""
+    """Base of every error raised by watchkeeper.zoho."""
 
     def __init__(self, message: str, *, code: str | None = None, status: int | None = None):
         super().__init__(message)

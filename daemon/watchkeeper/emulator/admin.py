@@ -11,12 +11,12 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from daemon.emulator import responses as r
-from daemon.emulator.faults import Fault
-from daemon.emulator.state import DEFAULT_ORG, Call, Channel
+from watchkeeper.emulator import responses as r
+from watchkeeper.emulator.faults import Fault
+from watchkeeper.emulator.state import DEFAULT_ORG, Call, Channel
 
 if TYPE_CHECKING:
-    from daemon.emulator.emulator import Emulator
+    from watchkeeper.emulator.emulator import Emulator
 
 PREFIX = "/__emulator/"
 

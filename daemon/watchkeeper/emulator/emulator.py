@@ -16,14 +16,21 @@ from typing import Any
 
 import httpx
 
-from daemon.emulator import admin, watch
-from daemon.emulator import responses as r
-from daemon.emulator.delivery import Delivery, RecordOp, deliver, payload
-from daemon.emulator.faults import Fault, FaultPlan
-from daemon.emulator.oauth import TOKEN_PATH, authenticate, bearer, org_of_params, refresh, token_params
-from daemon.emulator.resources import resource_uri
-from daemon.emulator.server import EmulatorServer
-from daemon.emulator.state import (
+from watchkeeper.emulator import admin, watch
+from watchkeeper.emulator import responses as r
+from watchkeeper.emulator.delivery import Delivery, RecordOp, deliver, payload
+from watchkeeper.emulator.faults import Fault, FaultPlan
+from watchkeeper.emulator.oauth import (
+    TOKEN_PATH,
+    authenticate,
+    bearer,
+    org_of_params,
+    refresh,
+    token_params,
+)
+from watchkeeper.emulator.resources import resource_uri
+from watchkeeper.emulator.server import EmulatorServer
+from watchkeeper.emulator.state import (
     DEFAULT_CLIENT_ID,
     DEFAULT_CLIENT_SECRET,
     DEFAULT_ORG,
@@ -33,7 +40,7 @@ from daemon.emulator.state import (
     Org,
     ZohoState,
 )
-from daemon.model import Product, format_instant, parse_events, utc
+from watchkeeper.model import Product, format_instant, parse_events, utc
 
 WATCH_METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE"})
 _SECRET_PARAMS = frozenset({"refresh_token", "client_secret", "code"})

@@ -18,7 +18,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Protocol
 from urllib.parse import parse_qsl, urlsplit
 
-from daemon.emulator import responses as r
+from watchkeeper.emulator import responses as r
 
 
 class Dispatcher(Protocol):

@@ -12,7 +12,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 import httpx
 
-from daemon.emulator.state import Channel
+from watchkeeper.emulator.state import Channel
 
 RecordOp = Literal["create", "edit", "delete"]
 

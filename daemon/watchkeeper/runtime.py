@@ -14,12 +14,12 @@ from pathlib import Path
 
 import httpx
 
-from daemon import logs
-from daemon.config import AccountSpec, DesiredState
-from daemon.engine import Engine
-from daemon.store import Store
-from daemon.zoho.auth import AccessToken, OAuth, StaticToken, TokenCache
-from daemon.zoho.client import DEFAULT_TIMEOUT, WatchClient
+from watchkeeper import logs
+from watchkeeper.config import AccountSpec, DesiredState
+from watchkeeper.engine import Engine
+from watchkeeper.store import Store
+from watchkeeper.zoho.auth import AccessToken, OAuth, StaticToken, TokenCache
+from watchkeeper.zoho.client import DEFAULT_TIMEOUT, WatchClient
 
 
 def utcnow() -> datetime:

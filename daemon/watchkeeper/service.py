@@ -29,13 +29,13 @@ from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.jobstores.base import JobLookupError
 from apscheduler.schedulers.background import BackgroundScheduler
 
-from daemon import logs
-from daemon.config import ConfigError, DesiredState, load
-from daemon.engine import Engine
-from daemon.lock import InstanceLock, LockHeld
-from daemon.notify import Notifier
-from daemon.report import human_delta
-from daemon.runtime import open_engine
+from watchkeeper import logs
+from watchkeeper.config import ConfigError, DesiredState, load
+from watchkeeper.engine import Engine
+from watchkeeper.lock import InstanceLock, LockHeld
+from watchkeeper.notify import Notifier
+from watchkeeper.report import human_delta
+from watchkeeper.runtime import open_engine
 
 EX_OK, EX_FAILURE, EX_CONFIG = 0, 1, 78
 STOP = 0

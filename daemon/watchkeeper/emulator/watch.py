@@ -14,11 +14,11 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
-from daemon.emulator import responses as r
-from daemon.emulator.resources import module_events, modules_in_order, resource_id, resource_uri
-from daemon.emulator.state import Channel, Org
-from daemon.model import Event, EventError, Product, format_instant, parse_event, parse_instant
-from daemon.zoho.regions import VERSIONS
+from watchkeeper.emulator import responses as r
+from watchkeeper.emulator.resources import module_events, modules_in_order, resource_id, resource_uri
+from watchkeeper.emulator.state import Channel, Org
+from watchkeeper.model import Event, EventError, Product, format_instant, parse_event, parse_instant
+from watchkeeper.zoho.regions import VERSIONS
 
 PatchUnknown = Literal["error", "create"]
 PatchEvents = Literal["replace", "merge"]

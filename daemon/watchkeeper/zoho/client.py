@@ -26,8 +26,8 @@ from typing import Any, TypeVar
 
 import httpx
 
-from daemon import __version__
-from daemon.model import (
+from watchkeeper import __version__
+from watchkeeper.model import (
     NOT_FOUND_CODES,
     OPS,
     Event,
@@ -41,9 +41,9 @@ from daemon.model import (
     parse_event,
     parse_instant,
 )
-from daemon.zoho.answers import json_object, retry_after_seconds
-from daemon.zoho.auth import DEFAULT_TIMEOUT, OAuth, StaticToken
-from daemon.zoho.errors import (
+from watchkeeper.zoho.answers import json_object, retry_after_seconds
+from watchkeeper.zoho.auth import DEFAULT_TIMEOUT, OAuth, StaticToken
+from watchkeeper.zoho.errors import (
     AuthError,
     RateLimited,
     RequestRefused,
@@ -51,7 +51,7 @@ from daemon.zoho.errors import (
     TransientError,
     ZohoError,
 )
-from daemon.zoho.regions import Endpoint, check_base_url
+from watchkeeper.zoho.regions import Endpoint, check_base_url
 
 __all__ = ["DEFAULT_TIMEOUT", "MAX_ITEMS", "WatchClient"]
 

@@ -12,8 +12,8 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
-from daemon.emulator.resources import modules_in_order
-from daemon.model import Event, parse_event
+from watchkeeper.emulator.resources import modules_in_order
+from watchkeeper.model import Event, parse_event
 
 DEFAULT_ORG = "org1"
 DEFAULT_CLIENT_ID = "emu-client-id"

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from urllib.parse import urlsplit
 
-from daemon.model import Product
+from watchkeeper.model import Product
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,9 +18,9 @@ from typing import Any, Protocol
 
 import httpx
 
-from daemon.zoho.answers import json_object, retry_after_seconds
-from daemon.zoho.errors import AuthError, RateLimited, TransientError
-from daemon.zoho.regions import check_base_url
+from watchkeeper.zoho.answers import json_object, retry_after_seconds
+from watchkeeper.zoho.errors import AuthError, RateLimited, TransientError
+from watchkeeper.zoho.regions import check_base_url
 
 DEFAULT_TIMEOUT = httpx.Timeout(connect=10.0, read=30.0, write=30.0, pool=10.0)
 """Explicit timeouts for every call to Zoho: httpx's 5 s default is too short for a 100-item PATCH."""

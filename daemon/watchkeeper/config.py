@@ -7,7 +7,7 @@ is one, and what would be valid. Secret values never reach a message: secret fie
 lengths only, and notify_url (whose query may hold a secret) is described, never quoted.
 
 Field parsers are pure and raise ValueError; ``_Scope`` turns those into issues at the right path.
-The only I/O is reading the file and resolving secret references (daemon.secrets).
+The only I/O is reading the file and resolving secret references (watchkeeper.secrets).
 """
 
 from __future__ import annotations
@@ -25,10 +25,10 @@ from types import MappingProxyType
 from typing import Any, TypeVar, cast, get_args
 from urllib.parse import urlsplit
 
-from daemon import secrets
-from daemon.model import ChannelSpec, Event, Product, canonical_json, parse_event
-from daemon.policy import Policy
-from daemon.zoho.regions import (
+from watchkeeper import secrets
+from watchkeeper.model import ChannelSpec, Event, Product, canonical_json, parse_event
+from watchkeeper.policy import Policy
+from watchkeeper.zoho.regions import (
     REGIONS,
     TTL_MARGIN,
     VERSIONS,

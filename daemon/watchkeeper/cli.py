@@ -16,9 +16,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from daemon import __version__, logs, report
-from daemon.config import ConfigError, DesiredState, load
-from daemon.zoho.errors import ZohoError
+from watchkeeper import __version__, logs, report
+from watchkeeper.config import ConfigError, DesiredState, load
+from watchkeeper.zoho.errors import ZohoError
 
 EX_OK, EX_ERROR, EX_PENDING, EX_CONFIG = 0, 1, 2, 78
 DESCRIPTION = "Keeps Zoho CRM and Bigin instant-notification channels alive."
@@ -59,7 +59,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from daemon.runtime import open_engine
+    from watchkeeper.runtime import open_engine
 
     state = _load(args)
     if state is None:
@@ -77,8 +77,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def cmd_apply(args: argparse.Namespace) -> int:
-    from daemon.lock import InstanceLock, LockHeld
-    from daemon.runtime import confirm_deletes, open_engine
+    from watchkeeper.lock import InstanceLock, LockHeld
+    from watchkeeper.runtime import confirm_deletes, open_engine
 
     state = _load(args)
     if state is None:
@@ -110,7 +110,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from daemon.store import Store
+    from watchkeeper.store import Store
 
     state = _load(args)
     if state is None:
@@ -125,7 +125,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_gaps(args: argparse.Namespace) -> int:
-    from daemon.store import Store
+    from watchkeeper.store import Store
 
     state = _load(args)
     if state is None:
@@ -144,20 +144,20 @@ def cmd_gaps(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from daemon.service import Service
+    from watchkeeper.service import Service
 
     db = args.db or os.environ.get("WATCHKEEPER_DB")
     return Service(_state_path(args), Path(db) if db else None).run()
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from daemon.demo import demo
+    from watchkeeper.demo import demo
 
     return demo(duration=args.duration, channels=args.channels, ttl=args.ttl)
 
 
 def cmd_emulate(args: argparse.Namespace) -> int:
-    from daemon.emulator import serve
+    from watchkeeper.emulator import serve
 
     serve(args.host, args.port)
     return EX_OK

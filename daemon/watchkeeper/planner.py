@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
-from daemon.model import (
+from watchkeeper.model import (
     ChannelSpec,
     Event,
     ObservedChannel,
@@ -21,7 +21,7 @@ from daemon.model import (
     token_digest,
     utc,
 )
-from daemon.policy import Policy, batch_horizon, is_at_risk
+from watchkeeper.policy import Policy, batch_horizon, is_at_risk
 
 ActionKind = Literal["create", "adopt", "renew", "repair", "delete"]
 Key = tuple[str, str]

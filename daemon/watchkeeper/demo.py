@@ -16,10 +16,15 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Literal
 
-from daemon import logs
-from daemon.emulator import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, DEFAULT_REFRESH_TOKEN, Emulator
-from daemon.notify import Notifier
-from daemon.service import Service
+from watchkeeper import logs
+from watchkeeper.emulator import (
+    DEFAULT_CLIENT_ID,
+    DEFAULT_CLIENT_SECRET,
+    DEFAULT_REFRESH_TOKEN,
+    Emulator,
+)
+from watchkeeper.notify import Notifier
+from watchkeeper.service import Service
 
 MODULES = ("Contacts", "Deals", "Leads")
 CHANGE_EVERY = 7.0

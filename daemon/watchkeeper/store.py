@@ -41,7 +41,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import URL
 from sqlmodel import Field, SQLModel, create_engine
 
-from daemon.model import (
+from watchkeeper.model import (
     ChannelSpec,
     ChannelState,
     ObservedChannel,
@@ -51,7 +51,7 @@ from daemon.model import (
     token_digest,
     utc,
 )
-from daemon.zoho.auth import AccessToken
+from watchkeeper.zoho.auth import AccessToken
 
 BUSY_TIMEOUT_MS = 5000
 """How long a writer waits for the other process (daemon vs CLI) before SQLITE_BUSY."""
