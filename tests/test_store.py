@@ -15,7 +15,14 @@ from pathlib import Path
 import pytest
 from sqlalchemy.exc import OperationalError, StatementError
 from watchkeeper import store as store_module
-from watchkeeper.model import ChannelSpec, ObservedChannel, RegistryEntry, parse_events, token_digest
+from watchkeeper.model import (
+    AccessToken,
+    ChannelSpec,
+    ObservedChannel,
+    RegistryEntry,
+    parse_events,
+    token_digest,
+)
 from watchkeeper.store import (
     SCHEMA_VERSION,
     TABLES,
@@ -26,7 +33,6 @@ from watchkeeper.store import (
     StatusRow,
     Store,
 )
-from watchkeeper.zoho.auth import AccessToken
 
 from tests.helpers import SIM_START
 

@@ -9,8 +9,9 @@ from typing import TYPE_CHECKING
 
 import httpx
 import pytest
+from watchkeeper.model import AccessToken
 from watchkeeper.zoho.answers import retry_after_seconds
-from watchkeeper.zoho.auth import AccessToken, OAuth, StaticToken
+from watchkeeper.zoho.auth import OAuth, StaticToken
 from watchkeeper.zoho.errors import AuthError, RateLimited, TransientError
 
 from tests.helpers import SimClock

@@ -13,8 +13,15 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
-from watchkeeper.model import ChannelSpec, WatchItem, canonical_json, format_instant, parse_events
-from watchkeeper.zoho.auth import AccessToken, OAuth, StaticToken
+from watchkeeper.model import (
+    AccessToken,
+    ChannelSpec,
+    WatchItem,
+    canonical_json,
+    format_instant,
+    parse_events,
+)
+from watchkeeper.zoho.auth import OAuth, StaticToken
 from watchkeeper.zoho.client import WatchClient, map_delete_results, map_write_results, merge_rows
 from watchkeeper.zoho.errors import AuthError, RateLimited, RequestRefused, TerminalError, TransientError
 from watchkeeper.zoho.regions import Endpoint

@@ -169,6 +169,13 @@ def token_digest(account: str, channel_id: str, token: str | None) -> str | None
     return hashlib.sha256(material).hexdigest()
 
 
+def url_digest(account: str, channel_id: str, url: str) -> str:
+    """A one-way fingerprint of a notify_url, whose query values and password are secrets: the store
+    keeps the URL masked, and a changed URL is noticed by comparing digests."""
+    material = "\0".join(("watchkeeper-url-v1", account, channel_id, url)).encode()
+    return hashlib.sha256(material).hexdigest()
+
+
 NOT_FOUND_CODES = frozenset({"NOT_SUBSCRIBED", "RESOURCE_NOT_FOUND"})
 
 
@@ -198,3 +205,29 @@ class RegistryEntry:
     last_error: str | None = None
     terminal: bool = False
     """The last failure was one retrying will not fix (a rejected item, bad credentials)."""
+    lapsed_since: datetime | None = None
+    """The start of the channel's open gap, None while it has none. Read from the gap ledger (the
+    store derives it from the open gap row, which is the one place the fact is kept); writing an
+    entry never changes it: only opening or closing a gap does."""
+    applied_url_digest: str | None = None
+    """url_digest of the applied notify_url: the store keeps that URL with its secrets masked."""
+
+
+EARLY_REFRESH = timedelta(minutes=5)
+"""Refresh this long before the token expires ..."""
+MIN_LIFETIME_USED = 0.9
+"""... or once this fraction of its lifetime has passed, if that is later (short-lived tokens)."""
+
+
+@dataclass(frozen=True, slots=True)
+class AccessToken:
+    """A short-lived access token; its value is kept out of the repr."""
+
+    value: str = field(repr=False)
+    expires_at: datetime
+    issued_at: datetime
+
+    def refresh_due(self) -> datetime:
+        """When a fresh token should be fetched instead of this one."""
+        lifetime = self.expires_at - self.issued_at
+        return max(self.expires_at - EARLY_REFRESH, self.issued_at + lifetime * MIN_LIFETIME_USED)

@@ -17,8 +17,9 @@ import httpx
 from watchkeeper import logs
 from watchkeeper.config import AccountSpec, DesiredState
 from watchkeeper.engine import Engine
+from watchkeeper.model import AccessToken
 from watchkeeper.store import Store
-from watchkeeper.zoho.auth import AccessToken, OAuth, StaticToken, TokenCache
+from watchkeeper.zoho.auth import OAuth, StaticToken, TokenCache
 from watchkeeper.zoho.client import DEFAULT_TIMEOUT, WatchClient
 
 

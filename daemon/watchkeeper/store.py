@@ -42,6 +42,7 @@ from sqlalchemy.engine import URL
 from sqlmodel import Field, SQLModel, create_engine
 
 from watchkeeper.model import (
+    AccessToken,
     ChannelSpec,
     ChannelState,
     ObservedChannel,
@@ -51,7 +52,6 @@ from watchkeeper.model import (
     token_digest,
     utc,
 )
-from watchkeeper.zoho.auth import AccessToken
 
 BUSY_TIMEOUT_MS = 5000
 """How long a writer waits for the other process (daemon vs CLI) before SQLITE_BUSY."""

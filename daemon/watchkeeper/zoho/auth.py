@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 import httpx
 
+from watchkeeper.model import AccessToken
 from watchkeeper.zoho.answers import json_object, retry_after_seconds
 from watchkeeper.zoho.errors import AuthError, RateLimited, TransientError
 from watchkeeper.zoho.regions import check_base_url
@@ -25,10 +25,6 @@ from watchkeeper.zoho.regions import check_base_url
 DEFAULT_TIMEOUT = httpx.Timeout(connect=10.0, read=30.0, write=30.0, pool=10.0)
 """Explicit timeouts for every call to Zoho: httpx's 5 s default is too short for a 100-item PATCH."""
 
-EARLY_REFRESH = timedelta(minutes=5)
-"""Refresh this long before the token expires ..."""
-MIN_LIFETIME_USED = 0.9
-"""... or once this fraction of its lifetime has passed, if that is later (short-lived tokens)."""
 REFRESH_BLOCK = 600.0
 """Seconds to wait after the accounts server says "too many requests": its window is 10 minutes."""
 DEFAULT_TOKEN_LIFETIME = timedelta(hours=1)
@@ -39,20 +35,6 @@ _MS_THRESHOLD = 86400
 
 def _utc_now() -> datetime:
     return datetime.now(UTC)
-
-
-@dataclass(frozen=True, slots=True)
-class AccessToken:
-    """A short-lived access token; its value is kept out of the repr."""
-
-    value: str = field(repr=False)
-    expires_at: datetime
-    issued_at: datetime
-
-    def refresh_due(self) -> datetime:
-        """When a fresh token should be fetched instead of this one."""
-        lifetime = self.expires_at - self.issued_at
-        return max(self.expires_at - EARLY_REFRESH, self.issued_at + lifetime * MIN_LIFETIME_USED)
 
 
 class TokenCache(Protocol):
