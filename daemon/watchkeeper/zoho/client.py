@@ -52,6 +52,7 @@ from watchkeeper.zoho.errors import (
     ZohoError,
 )
 from watchkeeper.zoho.regions import Endpoint, check_base_url
+from watchkeeper.zoho.results import CallResult
 
 __all__ = ["DEFAULT_TIMEOUT", "MAX_ITEMS", "WatchClient"]
 
@@ -145,6 +146,18 @@ class WatchClient:
         return merge_rows(rows)
 
     # -- writes ----------------------------------------------------------------------------------
+
+    def write(self, method: str, items: Sequence[WatchItem], *, should_stop: Any = None) -> CallResult:
+        try:
+            return CallResult(tuple(self._write(method, items)))
+        except ZohoError as exc:
+            return CallResult(tuple(exc.completed), exc)
+
+    def delete_ids(self, ids: Sequence[str], *, should_stop: Any = None) -> CallResult:
+        try:
+            return CallResult(tuple(self.delete(ids)))
+        except ZohoError as exc:
+            return CallResult(tuple(exc.completed), exc)
 
     def enable(self, items: Sequence[WatchItem]) -> Results:
         return self._write("POST", items)
