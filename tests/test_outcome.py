@@ -56,10 +56,14 @@ def write(
     given: RegistryEntry | None = None,
     kind: str = "renew",
 ) -> Transition:
-    at = Situation("main", {"1": given or entry()}, NOW, timedelta(0), POLICY, {"1": "one"})
+    at = situation({"1": given or entry()}, names={"1": "one"}, last_seen={"1": NOW - MIN})
     action = Action(kind, "main", "1", SPEC, "due")  # type: ignore[arg-type]
-    item = WatchItem(SPEC, NOW + SPEC.ttl)
-    return outcome.written(at, method, [action], [item], result, NOW, {"1": NOW - MIN}, random.Random(1))
+    request = outcome.Request(method, [action], [WatchItem(SPEC, NOW + SPEC.ttl)])
+    return outcome.written(at, request, result, NOW)
+
+
+def situation(entries: dict[str, RegistryEntry], **kw: object) -> Situation:
+    return Situation("main", entries, NOW, timedelta(0), POLICY, random.Random(1), **kw)  # type: ignore[arg-type]
 
 
 def events(change: Transition) -> list[str]:
@@ -209,12 +213,12 @@ def test_a_pause_past_the_emergency_point_probes_every_minute() -> None:
 def test_a_listing_answered_ends_transient_holds_and_marks_seen() -> None:
     held = entry(retry_at=NOW + 10 * MIN, failures=2)
     terminal = entry(channel_id="2", retry_at=NOW + HOUR, terminal=True, state="failed")
-    at = Situation("main", {"1": held, "2": terminal}, NOW, timedelta(0), POLICY)
+    at = situation({"1": held, "2": terminal})
     listing = {
         "1": outcome.ObservedChannel("1", frozenset(), "https://x.example/", NOW + HOUR),
         "2": outcome.ObservedChannel("2", frozenset(), "https://x.example/", NOW + HOUR),
     }
-    change = outcome.observed(at, listing, {}, frozenset({"1", "2"}))
+    change = outcome.observed(at, listing, frozenset({"1", "2"}))
     assert change.entries["1"].retry_at is None
     assert "2" not in change.entries or change.entries["2"].retry_at == NOW + HOUR
     assert change.seen == ["1", "2"]
@@ -222,8 +226,7 @@ def test_a_listing_answered_ends_transient_holds_and_marks_seen() -> None:
 
 def test_a_delete_answered_removes_the_channel_and_closes_its_gap() -> None:
     gone = entry(state="lapsed", lapsed_since=NOW - HOUR)
-    at = Situation("main", {"1": gone}, NOW, timedelta(0), POLICY)
-    change = outcome.deleted(at, answer(ItemResult("1", True, "SUCCESS")), ["1"], random.Random(1))
+    change = outcome.deleted(situation({"1": gone}), answer(ItemResult("1", True, "SUCCESS")), ["1"])
     assert change.removed == ["1"]
     assert "1" not in change.entries
     assert [c.end for c in change.closed] == [NOW]

@@ -24,7 +24,7 @@ from watchkeeper.model import (
     parse_instant,
     token_digest,
 )
-from watchkeeper.planner import Action, Plan, Refusal, plan
+from watchkeeper.planner import Action, Holds, Plan, Refusal, plan
 from watchkeeper.policy import Policy, entry_due
 
 NOW = datetime(2026, 1, 5, 12, 0, tzinfo=UTC)
@@ -143,7 +143,7 @@ class Case:
             registry(*self.owned),
             now,
             self.policy,
-            confirmed_deletes=self.confirmed,
+            Holds(self.confirmed),
         )
 
 

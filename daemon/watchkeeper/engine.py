@@ -144,7 +144,7 @@ class Engine:
         registry: dict[Key, RegistryEntry] = {}
         for unit in self.memory.active(self.state):
             listing = _live(unit.client.list(), now + unit.client.skew)
-            seen = outcome.observed(unit.situation(now, self.state.policy), listing, {}, unit.watched())
+            seen = outcome.observed(self._at(unit, now), listing, unit.watched())
             observed[unit.name] = listing
             registry.update(((unit.name, c), e) for c, e in (unit.entries | seen.entries).items())
         return planner.plan(
@@ -153,8 +153,10 @@ class Engine:
             registry,
             now + self.skew,
             self.state.policy,
-            confirmed_deletes=self.store.confirmed_deletes().difference(self.memory.desired),
-            retained={(u.name, c): s for u in self.memory.units.values() for c, s in u.retained.items()},
+            planner.Holds(
+                self.store.confirmed_deletes().difference(self.memory.desired),
+                {(u.name, c): s for u in self.memory.units.values() for c, s in u.retained.items()},
+            ),
         )
 
     # -- one pass ----------------------------------------------------------------------------------
@@ -211,17 +213,11 @@ class Engine:
         """observe -> ledger -> commit -> plan -> (send -> interpret -> commit) per request."""
         listing = self._list(unit, now, report) if lists and self._may_call(unit, now) else None
         self._commit(unit, self._observed(unit, now, listing), report)
-        actions = planner.plan_account(
-            unit.name,
-            list(unit.desired.values()),
-            listing,
-            unit.entries,
-            now + unit.client.skew,
-            self.state.policy,
-            refused=unit.refused,
-            retained=unit.retained,
+        view = planner.AccountView(
+            unit.name, list(unit.desired.values()), listing, unit.entries, unit.refused, unit.retained
         )
-        situation = unit.situation(now, self.state.policy)
+        actions = planner.plan_account(view, now + unit.client.skew, self.state.policy)
+        situation = self._at(unit, now)
         self._commit(unit, outcome.planned(situation, actions, sorted(unit.refused)), report)
         batches = planner.batches(actions)
         while batches and self._may_call(unit, now):
@@ -236,7 +232,7 @@ class Engine:
         except ZohoError as exc:
             report.list_failed.append(unit.name)
             unit.failed_listing(now, self.state.policy, self.rng)
-            situation = unit.situation(now, self.state.policy)
+            situation = self._at(unit, now)
             self._commit(unit, outcome.listing_failed(situation, exc, unit.next_listing), report)
             return None
         unit.list_failures = 0
@@ -249,39 +245,37 @@ class Engine:
         return live
 
     def _observed(self, unit: Unit, now: datetime, listing: Listing | None) -> Transition:
-        situation = unit.situation(now, self.state.policy)
         last_seen = {}
         if listing is not None:  # where a vanished channel's gap starts
-            zoho_now = situation.zoho_now
+            zoho_now = now + unit.client.skew
             for cid, e in unit.entries.items():
                 live = e.expires_at is not None and e.expires_at > zoho_now
                 if live and e.lapsed_since is None and cid not in listing:
                     last_seen[cid] = self.store.last_seen(unit.name, cid)
-        return outcome.observed(situation, listing, last_seen, unit.watched())
+        return outcome.observed(self._at(unit, now, last_seen), listing, unit.watched())
 
     def _act(
         self, unit: Unit, method: Method, actions: list[Action], now: datetime, report: PassReport
     ) -> list[Action]:
         """One request (the client sends it in chunks of 100): journal, send, interpret, record.
         Returns what must be re-created because Zoho no longer has it."""
-        client, tuning = unit.client, self.state.policy
+        client = unit.client
         ids = [a.channel_id for a in actions]
         requested_at = client.server_now()
-        sending = outcome.sending(unit.situation(now, tuning), actions)
+        sending = outcome.sending(self._at(unit, now), actions)
         self._commit(unit, sending, report, begin=Intent(method, ids, requested_at))
         stop = self._stop_requested
         change: Transition
         if method == "DELETE":
             answer = _call(lambda: client.delete_ids(ids, should_stop=stop))
-            change = outcome.deleted(unit.situation(now, tuning), answer, ids, self.rng)
+            change = outcome.deleted(self._at(unit, now), answer, ids)
         else:
             items = [WatchItem(a.spec, requested_at + a.spec.ttl) for a in actions if a.spec]
+            request = outcome.Request(method, actions, items)
             answer = _call(lambda: client.write(method, items, should_stop=stop))
             last_seen = {cid: self.store.last_seen(unit.name, cid) for cid in ids}
-            situation, granted_at = unit.situation(now, tuning), client.server_now()
-            change = outcome.written(
-                situation, method, actions, items, answer, granted_at, last_seen, self.rng
-            )
+            at = self._at(unit, now, last_seen)
+            change = outcome.written(at, request, answer, client.server_now())
         self._commit(unit, change, report, done=ids)
         return change.recreate
 
@@ -332,6 +326,11 @@ class Engine:
         if stale:
             self.store.clear_confirmations(stale)
         return confirmed.difference(stale)
+
+    def _at(
+        self, unit: Unit, now: datetime, last_seen: Mapping[str, datetime | None] | None = None
+    ) -> outcome.Situation:
+        return unit.situation(now, self.state.policy, self.rng, last_seen)
 
     def _may_call(self, unit: Unit, now: datetime) -> bool:
         """No call once a stop was asked for (SIGTERM finishes the call in flight, not the pass),

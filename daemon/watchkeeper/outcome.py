@@ -29,7 +29,13 @@ from watchkeeper.model import (
 )
 from watchkeeper.planner import Action, Method
 from watchkeeper.policy import Policy
-from watchkeeper.zoho.errors import AuthError, RateLimited, TerminalError, ZohoError
+from watchkeeper.zoho.errors import (
+    AuthError,
+    RateLimited,
+    TerminalError,
+    TransientError,
+    ZohoError,
+)
 from watchkeeper.zoho.results import CallResult
 
 Level = Literal["debug", "info", "warning", "error"]
@@ -71,13 +77,27 @@ class Situation:
     skew: timedelta
     """Zoho's clock minus ours."""
     policy: Policy
+    rng: random.Random
+    """Where the jitter of renewal times and backoffs comes from (seeded in tests and the soak)."""
     names: Mapping[str, str | None] = field(default_factory=dict)
     listed: frozenset[str] | None = None
     """Channel ids live in the account's latest listing; None before any listing succeeded."""
+    last_seen: Mapping[str, datetime | None] = field(default_factory=dict)
+    """When Zoho last showed each channel live, for the channels it may turn out to have lost:
+    where a vanished channel's gap starts."""
 
     @property
     def zoho_now(self) -> datetime:
         return self.now + self.skew
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """A POST, PUT or PATCH as sent: the actions and the items built from them, in order."""
+
+    method: Method
+    actions: Sequence[Action]
+    items: Sequence[WatchItem]
 
 
 @dataclass
@@ -139,10 +159,7 @@ class Transition:
 
 
 def observed(
-    at: Situation,
-    listing: Mapping[str, ObservedChannel] | None,
-    last_seen: Mapping[str, datetime | None],
-    watched: frozenset[str],
+    at: Situation, listing: Mapping[str, ObservedChannel] | None, watched: frozenset[str]
 ) -> Transition:
     """A pass's look at the account: the ledger over every owned channel, and, when Zoho answered a
     listing, the end of the holds an outage put on them (so they are tried in this pass, not at
@@ -151,7 +168,7 @@ def observed(
     live = dict(listing) if listing is not None else None
     for channel_id, entry in at.entries.items():
         step = ledger.observe(
-            entry, live, last_seen.get(channel_id), at.zoho_now, watched=channel_id in watched
+            entry, live, at.last_seen.get(channel_id), at.zoho_now, watched=channel_id in watched
         )
         current = step.entry
         if listing is not None and current.retry_at is not None and not current.terminal:
@@ -168,7 +185,7 @@ def listing_failed(at: Situation, exc: ZohoError, next_listing: datetime) -> Tra
     """A listing Zoho did not answer: the account's pause, if the error asks for one, and its log
     (the next attempt is the next listing, on our clock)."""
     out = Transition(at.account, at.names)
-    _pause_and_log(out, at, "GET", exc, earliest=next_listing + at.skew)
+    _pause_and_log(out, at, "GET", exc, next_listing + at.skew)
     return out
 
 
@@ -219,21 +236,14 @@ def sending(at: Situation, actions: Sequence[Action]) -> Transition:
 # -- answers ---------------------------------------------------------------------------------------
 
 
-def written(
-    at: Situation,
-    method: Method,
-    actions: Sequence[Action],
-    items: Sequence[WatchItem],
-    answer: CallResult,
-    granted_at: datetime,
-    last_seen: Mapping[str, datetime | None],
-    rng: random.Random,
-) -> Transition:
-    """The answer to a POST, PUT or PATCH, item by item, then the request as a whole."""
+def written(at: Situation, request: Request, answer: CallResult, granted_at: datetime) -> Transition:
+    """The answer to a POST, PUT or PATCH, item by item, then the request as a whole.
+    ``granted_at`` is Zoho's time when the answer came: lifetimes are counted from it."""
     out = Transition(at.account, at.names)
+    method = request.method
     answered = answer.answered
     unsettled: list[str] = []
-    for action, item in zip(actions, items, strict=True):
+    for action, item in zip(request.actions, request.items, strict=True):
         result = answered.get(action.channel_id)
         entry = at.entries.get(action.channel_id) or RegistryEntry(
             account=at.account, channel_id=action.channel_id, state="pending"
@@ -242,9 +252,9 @@ def written(
             if action.channel_id not in answer.unsent:
                 unsettled.append(action.channel_id)
         elif result.ok:
-            _succeeded(out, at, action, item, entry, result, granted_at, rng)
+            _succeeded(out, at, item, action, result, granted_at)
         elif result.not_found and method != "POST":
-            out.step(ledger.gone(entry, last_seen.get(action.channel_id), granted_at))
+            out.step(ledger.gone(entry, at.last_seen.get(action.channel_id), granted_at))
             out.recreate.append(replace(action, kind="create", reason="vanished", drift=()))
         elif result.code in TERMINAL_ITEM_CODES:
             _rejected(out, at, method, entry, result)
@@ -252,11 +262,11 @@ def written(
             unsettled.append(action.channel_id)
     out.seen = [cid for cid, result in answered.items() if result.ok]
     out.seen_at = granted_at
-    _unsettled(out, at, method, unsettled, answer, rng)
+    _unsettled(out, at, method, unsettled, answer)
     return out
 
 
-def deleted(at: Situation, answer: CallResult, ids: Sequence[str], rng: random.Random) -> Transition:
+def deleted(at: Situation, answer: CallResult, ids: Sequence[str]) -> Transition:
     """The answer to a DELETE: a channel Zoho removed (or no longer had) leaves the registry and
     closes its gap, since nothing is desired of it any more."""
     out = Transition(at.account, at.names)
@@ -278,22 +288,21 @@ def deleted(at: Situation, answer: CallResult, ids: Sequence[str], rng: random.R
             _rejected(out, at, "DELETE", entry, result)
         else:
             unsettled.append(channel_id)
-    _unsettled(out, at, "DELETE", unsettled, answer, rng)
+    _unsettled(out, at, "DELETE", unsettled, answer)
     return out
 
 
 def _succeeded(
     out: Transition,
     at: Situation,
-    action: Action,
     item: WatchItem,
-    previous: RegistryEntry,
+    action: Action,
     result: ItemResult,
     granted_at: datetime,
-    rng: random.Random,
 ) -> None:
     spec = item.spec
     tuning = at.policy
+    previous = at.entries.get(spec.channel_id) or RegistryEntry(at.account, spec.channel_id, "pending")
     expires_at = result.expires_at or min(item.expires_at, granted_at + tuning.unknown_expiry_cap)
     lifetime = max(expires_at - granted_at, timedelta(seconds=1))
     was_clamped = previous.lifetime is not None and policy.expiry_clamped(
@@ -318,7 +327,7 @@ def _succeeded(
         applied_url_digest=url_digest(at.account, spec.channel_id, spec.notify_url),
         expires_at=expires_at,
         lifetime=lifetime,
-        renew_at=policy.draw_renew_at(granted_at, expires_at, tuning, rng),
+        renew_at=policy.draw_renew_at(granted_at, expires_at, tuning, at.rng),
         lapsed_since=previous.lapsed_since,
     )
     out.step(ledger.recover(granted, granted_at))
@@ -371,12 +380,7 @@ def _rejected(
 
 
 def _unsettled(
-    out: Transition,
-    at: Situation,
-    method: Method,
-    channel_ids: Sequence[str],
-    answer: CallResult,
-    rng: random.Random,
+    out: Transition, at: Situation, method: Method, channel_ids: Sequence[str], answer: CallResult
 ) -> None:
     """Channels the request left undecided (it failed, Zoho said nothing of them, or refused them
     with a code retrying can fix) back off together.
@@ -386,10 +390,10 @@ def _unsettled(
     2-hour outages at 1,000 channels made some 12,000 single-channel retries)."""
     if not channel_ids:
         if answer.error is not None:
-            _pause_and_log(out, at, method, answer.error, earliest=None)
+            _pause_and_log(out, at, method, answer.error, None)
         return
-    error = answer.error
-    reason = str(error) if error is not None else _not_done(method, channel_ids, answer.results)
+    error = answer.error or TransientError(_not_done(method, channel_ids, answer.results))
+    reason = str(error)
     terminal = isinstance(error, AuthError | TerminalError)
     tuning = at.policy
     entries = [
@@ -398,7 +402,7 @@ def _unsettled(
         if cid in out.entries or cid in at.entries
     ]
     streak = max((entry.failures for entry in entries), default=0) + 1
-    delay = policy.backoff(streak, tuning, rng)
+    delay = policy.backoff(streak, tuning, at.rng)
     earliest: datetime | None = None
     for entry in entries:
         if terminal:
@@ -418,20 +422,14 @@ def _unsettled(
             )
         )
     out.failed += len(channel_ids)
-    _pause_and_log(out, at, method, error, earliest=earliest, reason=reason)
+    _pause_and_log(out, at, method, error, earliest)
 
 
 def _pause_and_log(
-    out: Transition,
-    at: Situation,
-    method: str,
-    error: ZohoError | None,
-    *,
-    earliest: datetime | None,
-    reason: str | None = None,
+    out: Transition, at: Situation, method: str, error: ZohoError, earliest: datetime | None
 ) -> None:
     """Pause the account on 429 and on bad credentials (capped by its channels' emergency points),
-    and say what happened."""
+    and say what happened; ``earliest`` is the first retry on Zoho's clock, when one is known."""
     tuning = at.policy
     entries = list(at.entries.values())
     if isinstance(error, AuthError):
@@ -453,7 +451,7 @@ def _pause_and_log(
             "warning",
             "api.retry",
             method=method,
-            error=reason or (str(error) if error is not None else "no answer"),
+            error=str(error),
             next_attempt=(earliest - at.skew) if earliest is not None else None,
         )
 

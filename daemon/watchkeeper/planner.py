@@ -14,11 +14,11 @@ from typing import Any, Literal
 
 from watchkeeper.model import (
     ChannelSpec,
-    Event,
     ObservedChannel,
     RegistryEntry,
     canonical_json,
     token_digest,
+    url_digest,
     utc,
 )
 from watchkeeper.policy import Policy, batch_horizon, is_at_risk
@@ -105,6 +105,30 @@ class Plan:
 
 
 @dataclass(frozen=True, slots=True)
+class Holds:
+    """What overrides a deletion: the operator's confirmations, and the specs that keep alive a
+    channel whose deletion a guard refused (the last spec known for it)."""
+
+    confirmed: frozenset[Key] = frozenset()
+    retained: Mapping[Key, ChannelSpec] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class AccountView:
+    """Everything one account's plan depends on, besides the time and the policy."""
+
+    account: str
+    desired: Sequence[ChannelSpec]
+    listing: Mapping[str, ObservedChannel] | None
+    """None: not listed this pass, so nothing is created for the first time."""
+    entries: Mapping[str, RegistryEntry]
+    refused: frozenset[str] = frozenset()
+    """Owned channels whose deletion a guard holds back (see ``guard``)."""
+    retained: Mapping[str, ChannelSpec] = field(default_factory=dict)
+    """The refused ones to keep alive, with the spec to renew them with."""
+
+
+@dataclass(frozen=True, slots=True)
 class _Idle:
     """A live channel with nothing due: it may still join a due renewal of its account."""
 
@@ -119,9 +143,7 @@ def plan(
     registry: Mapping[Key, RegistryEntry],
     now: datetime,
     policy: Policy,
-    *,
-    confirmed_deletes: frozenset[Key] = frozenset(),
-    retained: Mapping[Key, ChannelSpec] | None = None,
+    holds: Holds = Holds(),
 ) -> Plan:
     """Decide every action of one pass: at most one per channel, sorted by (account, kind, id).
 
@@ -129,45 +151,35 @@ def plan(
     not listed this pass, so nothing is created for the first time there. The mass-delete guard is
     global: it weighs the deletions against all managed channels, whatever their account.
 
-    A channel whose deletion a guard refused is kept alive with its ``retained`` spec (the last one
-    known for it), if there is one: a refusal exists to protect it, so letting it lapse would defeat
-    it.
+    A channel whose deletion a guard refused is kept alive with its ``holds.retained`` spec, if
+    there is one: a refusal exists to protect it, so letting it lapse would defeat it.
     """
     wanted = _index(desired)
-    refused = guard(wanted.keys(), registry.keys(), policy, confirmed_deletes)
+    refused = guard(wanted.keys(), registry.keys(), policy, holds.confirmed)
+    held = refused_keys(refused)
     accounts = sorted({key[0] for key in wanted} | {key[0] for key in registry} | set(observed))
     actions: list[Action] = []
     for account in accounts:
-        actions += plan_account(
+        view = AccountView(
             account,
             [spec for key, spec in wanted.items() if key[0] == account],
             observed.get(account),
             {cid: entry for (acc, cid), entry in registry.items() if acc == account},
-            now,
-            policy,
-            refused=frozenset(cid for acc, cid in refused_keys(refused) if acc == account),
-            retained={cid: spec for (acc, cid), spec in (retained or {}).items() if acc == account},
+            frozenset(cid for acc, cid in held if acc == account),
+            {cid: spec for (acc, cid), spec in holds.retained.items() if acc == account},
         )
+        actions += plan_account(view, now, policy)
     return Plan(tuple(actions), _foreign(observed, registry, wanted), refused)
 
 
-def plan_account(
-    account: str,
-    desired: Sequence[ChannelSpec],
-    listing: Mapping[str, ObservedChannel] | None,
-    entries: Mapping[str, RegistryEntry],
-    now: datetime,
-    policy: Policy,
-    *,
-    refused: frozenset[str] = frozenset(),
-    retained: Mapping[str, ChannelSpec] | None = None,
-) -> list[Action]:
-    """One account's actions, sorted by (kind, id). ``refused`` are the owned channels whose
-    deletion a guard holds back (see ``guard``, which weighs every account at once); those with a
-    ``retained`` spec are renewed like desired ones, the others are left alone."""
+def plan_account(view: AccountView, now: datetime, policy: Policy) -> list[Action]:
+    """One account's actions, sorted by (kind, id). Channels refused deletion (the guard weighs
+    every account at once) that have a retained spec are renewed like desired ones; the others are
+    left alone."""
     now = utc(now)
-    kept = {spec.channel_id: spec for spec in desired}
-    kept.update((cid, spec) for cid, spec in (retained or {}).items() if cid in refused)
+    account, listing, entries, refused = view.account, view.listing, view.entries, view.refused
+    kept = {spec.channel_id: spec for spec in view.desired}
+    kept.update((cid, spec) for cid, spec in view.retained.items() if cid in refused)
     actions: list[Action] = []
     idle: list[_Idle] = []
     for channel_id, spec in kept.items():
@@ -190,33 +202,24 @@ def observed_drift(spec: ChannelSpec, seen: ObservedChannel) -> tuple[str, ...]:
     """How the live channel differs from the desired one. Events compare as expanded sets (the
     listing reports ``Deals.all`` as three ops); a flag the listing does not report (None) is not
     drift; a null token Zoho shows while one is desired is."""
-    return _diff(
-        spec,
-        seen.events,
-        seen.notify_url,
-        seen.token != spec.token,
-        seen.notify_on_related_action,
-        seen.return_affected_field_values,
-        seen.notification_condition,
-    )
+    return _diff(spec, seen, seen.notify_url != spec.notify_url, seen.token != spec.token)
 
 
 def applied_drift(spec: ChannelSpec, entry: RegistryEntry) -> tuple[str, ...]:
     """How the state file changed since Zoho last accepted the channel, so a change is applied even
     on a pass that did not list. The token is compared by digest (the store never keeps it). No
-    applied spec recorded means no evidence: nothing."""
+    applied spec recorded means no evidence: nothing. The notify_url is compared by digest too
+    where there is one (the store keeps the URL with its secrets masked)."""
     applied = entry.applied
     if applied is None:
         return ()
-    return _diff(
-        spec,
-        applied.events,
-        applied.notify_url,
-        token_digest(entry.account, entry.channel_id, spec.token) != entry.applied_token_digest,
-        applied.notify_on_related_action,
-        applied.return_affected_field_values,
-        applied.notification_condition,
-    )
+    key = (entry.account, entry.channel_id)
+    if entry.applied_url_digest is not None:
+        url_differs = url_digest(*key, spec.notify_url) != entry.applied_url_digest
+    else:
+        url_differs = applied.notify_url != spec.notify_url
+    token_differs = token_digest(*key, spec.token) != entry.applied_token_digest
+    return _diff(spec, applied, url_differs, token_differs)
 
 
 def same_condition(a: str | None, b: str | None) -> bool:
@@ -241,21 +244,18 @@ def _drop_nulls(value: Any) -> Any:
 
 
 def _diff(
-    spec: ChannelSpec,
-    events: frozenset[Event],
-    notify_url: str,
-    token_differs: bool,
-    related: bool | None,
-    affected: bool | None,
-    condition: str | None,
+    spec: ChannelSpec, other: ObservedChannel | ChannelSpec, url_differs: bool, token_differs: bool
 ) -> tuple[str, ...]:
+    """The drifted field names; the URL and token comparisons come in decided (by value or by
+    digest), the rest is compared here. A flag ``other`` does not report (None) is not drift."""
+    related, affected = other.notify_on_related_action, other.return_affected_field_values
     differs = (
-        events != spec.events,
-        notify_url != spec.notify_url,
+        other.events != spec.events,
+        url_differs,
         token_differs,
         related is not None and related != spec.notify_on_related_action,
         affected is not None and affected != spec.return_affected_field_values,
-        not same_condition(condition, spec.notification_condition),
+        not same_condition(other.notification_condition, spec.notification_condition),
     )
     return tuple(name for name, differ in zip(DRIFT_FIELDS, differs, strict=True) if differ)
 

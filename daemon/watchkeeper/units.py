@@ -55,8 +55,16 @@ class Unit:
         """Channels whose lapses go to the ledger: kept, or refused deletion without a spec."""
         return frozenset(self.kept()) | self.refused
 
-    def situation(self, now: datetime, tuning: Policy) -> Situation:
-        return Situation(self.name, self.entries, now, self.client.skew, tuning, self.names, self.listed)
+    def situation(
+        self,
+        now: datetime,
+        tuning: Policy,
+        rng: random.Random,
+        last_seen: Mapping[str, datetime | None] | None = None,
+    ) -> Situation:
+        skew = self.client.skew
+        seen = last_seen or {}
+        return Situation(self.name, self.entries, now, skew, tuning, rng, self.names, self.listed, seen)
 
     def next_due(self, now: datetime, tuning: Policy) -> datetime:
         """Our-clock instant of the account's next work: its listing or its earliest channel, not
