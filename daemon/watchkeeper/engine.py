@@ -489,14 +489,13 @@ class Engine:
                         RegistryEntry(account=account, channel_id=action.channel_id, state="pending")
                     )
         self.store.begin(account, [a.channel_id for a in actions], method, requested_at)
-        call = {"POST": client.enable, "PUT": client.replace, "PATCH": client.update}[method]
-        results: list[ItemResult]
-        error: ZohoError | None = None
+        results: Sequence[ItemResult]
+        error: ZohoError | None
         try:
-            results = call(items)
-        except ZohoError as exc:
-            error = exc
-            results = list(getattr(exc, "completed", None) or [])
+            answer = client.write(method, items)  # type: ignore[arg-type]
+            results, error = answer.results, answer.error
+        except ZohoError as exc:  # refused locally, before anything was sent
+            results, error = (), exc
         granted_at = client.server_now()
         recreate: list[Action] = []
         done = {r.channel_id: r for r in results if _settled(r, method)}
@@ -640,12 +639,12 @@ class Engine:
         for channel_id in ids:
             self._update((account, channel_id), state="removing")
         self.store.begin(account, ids, "DELETE", now + client.skew)
-        error: ZohoError | None = None
+        error: ZohoError | None
         try:
-            results = client.delete(ids)
-        except ZohoError as exc:
-            error = exc
-            results = list(getattr(exc, "completed", None) or [])
+            answer = client.delete(ids)
+            results, error = answer.results, answer.error
+        except ZohoError as exc:  # refused locally, before anything was sent
+            results, error = (), exc
         done = {r.channel_id: r for r in results if _settled(r, "DELETE")}
         for channel_id in ids:
             result = done.get(channel_id)
