@@ -281,7 +281,7 @@ def test_crash_before_the_post_leaves_nothing_duplicated(
         def crash(*args: object, **kwargs: object) -> None:
             raise KeyboardInterrupt  # the process dies after the store write, before the call
 
-        engine.clients["main"].enable = crash  # type: ignore[method-assign]
+        engine.clients["main"].write = crash  # type: ignore[method-assign]
         with pytest.raises(KeyboardInterrupt):
             engine.run_due()
     assert "POST" not in methods(emulator)
@@ -297,13 +297,13 @@ def test_crash_after_the_post_renews_instead_of_posting_again(
 ) -> None:
     with engine_for([Chan("8600")]) as engine:
         client = engine.clients["main"]
-        real = client.enable
+        real = client.write
 
         def crash_after(*args: object, **kwargs: object) -> None:
             real(*args, **kwargs)  # type: ignore[arg-type]
             raise KeyboardInterrupt  # Zoho did it; we died before recording the answer
 
-        client.enable = crash_after  # type: ignore[method-assign]
+        client.write = crash_after  # type: ignore[method-assign]
         with pytest.raises(KeyboardInterrupt):
             engine.run_due()
     with engine_for([Chan("8600")]) as engine:
