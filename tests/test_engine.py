@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import copy
 import random
 from collections.abc import Callable
 from contextlib import AbstractContextManager
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -664,3 +665,160 @@ def test_a_confirmation_lapses_once_its_channel_is_wanted_again(
         report = engine.run_due()
     assert [r.reason for r in report.refused] == ["mass_delete"]
     assert len(emulator.channels()) == 4
+
+
+# -- defects of the one-class engine (issue 9) and its hardening (issue 10) ------------------------
+
+
+def run_until(engine: Engine, sim_clock: SimClock, stop: datetime) -> None:
+    while sim_clock() < stop:
+        sim_clock.set(min(engine.next_due(), stop))
+        engine.run_due()
+
+
+def test_a_lapsed_channel_that_reappears_is_active_again_and_not_posted(
+    emulator: Emulator, engine_for: OpenEngine, sim_clock: SimClock
+) -> None:
+    """The lapsed state was kept three times; a listing that showed the channel back closed the gap
+    but left the state "lapsed", so the next pass without a listing POSTed a live channel."""
+    with engine_for([Chan("9950", ttl="1d")]) as engine:
+        engine.run_due()
+        # One listing omits the channel (Zoho answers 204), so a gap opens; the re-creating POST
+        # gets a 503; the next listing shows the channel live again, exactly as desired.
+        emulator.add_fault(Fault(status=204, body="empty", methods=frozenset({"GET"}), count=1))
+        fault_end = sim_clock() + timedelta(minutes=40)
+        emulator.add_fault(Fault(status=503, methods=frozenset({"POST"}), end=fault_end))
+        sim_clock.advance(timedelta(minutes=31))
+        engine.next_reconcile = sim_clock()
+        engine.run_due()
+        assert engine.registry[("main", "9950")].state == "lapsed"
+        sim_clock.advance(timedelta(minutes=1))
+        engine.next_reconcile = sim_clock()
+        engine.run_due()  # the listing shows it live: the gap closes
+        assert engine.registry[("main", "9950")].state == "active"
+        assert engine.next_due() > sim_clock()
+        emulator.clear_calls()
+        engine.next_reconcile = sim_clock() + timedelta(days=1)
+        run_until(engine, sim_clock, fault_end + timedelta(minutes=5))
+        (gap,) = engine.store.gaps()
+    assert "POST" not in methods(emulator)
+    assert gap.end is not None
+
+
+def test_a_vanished_channel_whose_patch_zoho_refuses_is_recreated_at_once(
+    emulator: Emulator, engine_for: OpenEngine, sim_clock: SimClock
+) -> None:
+    """Zoho's answer to a PATCH of a channel it no longer knows is UNCONFIRMED; answered
+    INVALID_DATA, the channel was parked for an hour. The listing decides: it is re-created."""
+    with engine_for([Chan("9960", ttl="1h")]) as engine:
+        engine.run_due()
+        renew_at = engine.registry[("main", "9960")].renew_at
+        assert renew_at is not None
+        engine.next_reconcile = renew_at + timedelta(days=1)
+        sim_clock.set(renew_at - timedelta(seconds=5))
+        emulator.delete_channel("9960")
+        deleted = sim_clock()
+        emulator.add_fault(
+            Fault(status=202, body="items", code="INVALID_DATA", methods=frozenset({"PATCH"}))
+        )
+        run_until(engine, sim_clock, renew_at + timedelta(minutes=5))
+        (gap,) = engine.store.gaps()
+    intervals = emulator.live_intervals("9960")
+    assert len(intervals) == 2
+    assert intervals[1][0] - deleted <= timedelta(seconds=30)
+    assert gap.cause == "vanished"
+    assert gap.end is not None
+
+
+def test_one_accounts_failure_of_any_kind_never_stops_the_others(
+    emulator: Emulator, tmp_path: Path, sim_clock: SimClock
+) -> None:
+    emulator.add_org(org_of("second"))
+    chans = [Chan("9970", account="main", ttl="1h"), Chan("9971", account="second", ttl="1h")]
+    path = write_state(tmp_path / "channels.toml", emulator.url, chans, accounts=("main", "second"))
+    with (
+        structlog.testing.capture_logs() as logged,
+        open_engine(config.load(path), clock=sim_clock, rng=random.Random(7)) as engine,
+    ):
+        engine.run_due()
+
+        def overflow(*args: object, **kwargs: object) -> None:
+            raise OverflowError("date value out of range")
+
+        engine.clients["main"].write = overflow  # type: ignore[method-assign]
+        run_until(engine, sim_clock, sim_clock() + timedelta(hours=3))
+        gaps = engine.store.gaps()
+    assert {g.channel_id for g in gaps} == {"9970"}  # only the broken account's channel lapsed
+    assert len(emulator.live_intervals("9971", org=org_of("second"))) == 1
+    failed = [e for e in logged if e["event"] == "engine.account_failed"]
+    assert failed
+    assert {e["account"] for e in failed} == {"main"}
+
+
+def test_a_rate_limit_pause_never_outlasts_a_channels_emergency_point(
+    emulator: Emulator, engine_for: OpenEngine, sim_clock: SimClock
+) -> None:
+    """A 429 asking for an hour, on channels with 20 minutes to live: they are probed from their
+    emergency point on and Zoho's recovery is seen at once, instead of a lapse."""
+    with engine_for([Chan("9980", ttl="20m"), Chan("9981", ttl="20m")]) as engine:
+        engine.run_due()
+        renew_at = engine.registry[("main", "9980")].renew_at
+        assert renew_at is not None
+        sim_clock.set(renew_at)
+        emulator.add_fault(Fault(status=429, retry_after=3600, methods=frozenset({"PATCH"}), count=1))
+        run_until(engine, sim_clock, sim_clock() + timedelta(hours=1))
+        gaps = engine.store.gaps()
+    assert gaps == []
+    assert all(len(emulator.live_intervals(c)) == 1 for c in ("9980", "9981"))
+
+
+def test_a_listing_skipped_during_a_pause_is_due_when_the_pause_ends(
+    emulator: Emulator, engine_for: OpenEngine, sim_clock: SimClock
+) -> None:
+    with engine_for([Chan("9990", ttl="1h")], daemon='reconcile_every = "12h"') as engine:
+        engine.run_due()
+        renew_at = engine.registry[("main", "9990")].renew_at
+        assert renew_at is not None
+        sim_clock.set(renew_at)
+        engine.next_reconcile = renew_at + timedelta(seconds=30)
+        emulator.add_fault(Fault(status=429, retry_after=120, methods=frozenset({"PATCH"}), count=1))
+        emulator.clear_calls()
+        run_until(engine, sim_clock, renew_at + timedelta(minutes=10))
+    listings = [c for c in emulator.calls if c.method == "GET"]
+    assert listings, "the listing due during the pause never came"
+
+
+def test_request_listing_makes_the_next_pass_list(
+    emulator: Emulator, engine_for: OpenEngine, sim_clock: SimClock
+) -> None:
+    with engine_for([Chan("9995", ttl="1d")]) as engine:
+        engine.run_due()
+        sim_clock.advance(timedelta(minutes=1))
+        emulator.clear_calls()
+        engine.run_due()
+        assert methods(emulator) == []
+        engine.request_listing()
+        engine.run_due()
+    assert methods(emulator) == ["GET"]
+
+
+def test_preview_changes_nothing(
+    emulator: Emulator, engine_for: OpenEngine, sim_clock: SimClock, tmp_path: Path
+) -> None:
+    """``watchkeeper plan`` is read-only: neither the store nor the engine's memory change, even
+    when the ledger would open a gap and a guard refuses deletions."""
+    chans = [Chan(str(9996 + i), ttl="1h", token=False) for i in range(3)]
+    with engine_for(chans) as engine:
+        engine.run_due()
+    with engine_for(chans[:1]) as engine:
+        sim_clock.advance(timedelta(hours=2))  # every channel expired
+        before = (copy.deepcopy(engine.memory.units["main"].entries), engine.store.gaps())
+        first = engine.preview(sim_clock())
+        second = engine.preview(sim_clock())
+        after = (engine.memory.units["main"].entries, engine.store.gaps())
+        registry = engine.store.registry()
+    assert first == second
+    assert {a.kind for a in first.actions} == {"create"}
+    assert [r.reason for r in first.refused] == ["mass_delete"]
+    assert before == after
+    assert all(e.lapsed_since is None for e in registry.values())

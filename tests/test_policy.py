@@ -197,7 +197,7 @@ def entry(**kw: object) -> RegistryEntry:
         pytest.param(entry(retry_at=NOW - MIN), NOW + HOUR, id="retry-passed"),
         pytest.param(entry(renew_at=None), NOW, id="no-renew-at"),
         pytest.param(entry(expires_at=None, state="pending"), NOW, id="never-granted"),
-        pytest.param(entry(state="lapsed"), NOW, id="lapsed"),
+        pytest.param(entry(state="lapsed", lapsed_since=NOW - HOUR), NOW, id="lapsed"),
         pytest.param(
             entry(lifetime=None, renew_at=NOW + 7 * HOUR), NOW + 5 * HOUR, id="lifetime-unknown"
         ),

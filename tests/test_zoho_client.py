@@ -1,5 +1,6 @@
 """WatchClient against the emulator over real HTTP on 127.0.0.1: paging, batching, per-item results,
-error classes, clock skew, local refusals, and that no secret leaks into an error."""
+error classes, clock skew, local refusals, and that no secret leaks into an error; and against a
+hostile loopback server for what no emulator does: trickled bodies, gzip bombs, broken encodings."""
 
 from __future__ import annotations
 

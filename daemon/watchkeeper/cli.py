@@ -66,7 +66,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
         return EX_ERROR
     try:
         with open_engine(state, _db_path(args, state)) as engine:
-            result = engine.plan(engine.list_all(), datetime.now(UTC) + engine.skew)
+            result = engine.preview(datetime.now(UTC))
     except ZohoError as exc:
         print(f"error: listing failed: {exc}", file=sys.stderr)
         return EX_ERROR

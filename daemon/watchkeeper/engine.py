@@ -1,60 +1,33 @@
-"""Carries out plans: one pass lists (when due), detects lapses, plans, calls Zoho, records.
+"""The thin loop that runs observe -> decide -> act -> record, one account at a time.
 
-The engine is the imperative shell around the planner. Everything it learns goes to the store
-before and after each call, so a crash at any point leaves a state the next pass repairs:
-a channel is entered in the registry (``pending``) before its first POST, which makes a crash
-between the POST and the answer come back as a renewal of a channel we own, never as a
-duplicate or an adoption of our own channel.
-
-Instants in the registry and the gap ledger are on Zoho's clock (its reported expiries, our own
-clock corrected by the skew measured from the ``Date`` header); ``now`` arguments are our clock.
+Per account, a pass reads as one straight line: observe (the listing, when due) -> the ledger ->
+commit -> plan -> then for each request: send -> interpret -> commit. The decisions are pure
+(ledger, planner, outcome); this module only moves their results between Zoho, the store and the
+logs. Each commit is one transaction, made before the next call goes out, so a crash at any point
+leaves a state the next pass repairs.
 """
 
 from __future__ import annotations
 
 import random
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
-from watchkeeper import logs, planner, policy
+from watchkeeper import logs, outcome, planner, policy
 from watchkeeper.config import AccountSpec, DesiredState
-from watchkeeper.model import (
-    ChannelSpec,
-    ItemResult,
-    ObservedChannel,
-    RegistryEntry,
-    WatchItem,
-    token_digest,
-)
-from watchkeeper.planner import Action, Plan, Refusal
+from watchkeeper.model import ObservedChannel, RegistryEntry, WatchItem
+from watchkeeper.outcome import Transition
+from watchkeeper.planner import Action, Method, Plan, Refusal
+from watchkeeper.recorder import Intent, record
 from watchkeeper.store import Store
+from watchkeeper.units import Key, Memory, Unit
 from watchkeeper.zoho.client import WatchClient
-from watchkeeper.zoho.errors import AuthError, RateLimited, TerminalError, TransientError, ZohoError
+from watchkeeper.zoho.errors import ZohoError
+from watchkeeper.zoho.results import CallResult
 
-Key = tuple[str, str]
-TERMINAL_ITEM_CODES = frozenset(
-    {
-        "INVALID_DATA",
-        "MANDATORY_NOT_FOUND",
-        "NO_PERMISSION",
-        "OAUTH_SCOPE_MISMATCH",
-        "NOT_ALLOWED",
-        "EXPECTED_FIELD_MISSING",
-        "AMBIGUITY_DURING_PROCESSING",
-        "DEPENDENT_FIELD_MISSING",
-    }
-)
-"""Item codes that say the channel's definition or the user's rights are wrong: retried only after a
-reload or ``terminal_retry``. Any other refusal (INTERNAL_ERROR, or no answer for the item) is
-retried with backoff, capped before the channel's expiry."""
-MAX_RATE_LIMIT_PAUSE = timedelta(hours=1)
-"""The longest a 429's Retry-After pauses an account: channels must not lapse on a server's whim."""
-UNKNOWN_EXPIRY_CAP = timedelta(hours=1)
-"""When Zoho reports no expiry for a success, assume no more than its documented default."""
+Listing = dict[str, ObservedChannel]
 
 
 def utcnow() -> datetime:
@@ -80,16 +53,6 @@ class PassReport:
 
 
 class Engine:
-    @property
-    def state(self) -> DesiredState:
-        return self._state
-
-    @state.setter
-    def state(self, state: DesiredState) -> None:
-        self._state = state
-        self._specs: dict[Key, ChannelSpec] = {(c.account, c.channel_id): c for c in state.channels}
-        self._known.update(self._specs)
-
     def __init__(
         self,
         state: DesiredState,
@@ -100,131 +63,138 @@ class Engine:
         rng: random.Random | None = None,
         connect: Callable[[AccountSpec], WatchClient] | None = None,
     ) -> None:
-        self._known: dict[Key, ChannelSpec] = {}
-        """Every spec this process was given: what keeps a channel alive whose deletion a guard
-        refused (the state file no longer describes it, and the store never keeps tokens)."""
-        self._retained: dict[Key, ChannelSpec] = {}
-        self._refused: frozenset[Key] = frozenset()
-        """Owned channels whose deletion a guard holds back: watched for lapses even when no spec
-        is known to renew them with (after a restart, for a channel that had a token)."""
-        self.state = state
         self.store = store
-        self.clients = dict(clients)
-        self._connect = connect
-        """Builds the client of an account that a reload adds or changes."""
         self.clock = clock
         self.rng = rng or random.Random()
         self.log = logs.get_logger()
-        self.registry: dict[Key, RegistryEntry] = store.registry()
-        self._open: set[Key] = {(g.account, g.channel_id) for g in store.open_gaps()}
-        """Channels with a gap open in the store."""
-        self.next_reconcile = clock()
-        self.paused: dict[str, datetime] = {}
-        """account -> our-clock instant before which no watch request goes out (429, auth)."""
-        self._foreign_seen: set[Key] = set()
-        self._buffer: dict[datetime | None, list[RegistryEntry]] | None = None
+        self._connect = connect
+        """Builds the client of an account that a reload adds or changes."""
         self.stopping = False
         """Set from another thread on SIGTERM: the pass makes no further call."""
-        self._list_failures = 0
-        """Listings failed in a row (any account): spaces the next attempt like a backoff."""
+        self.state = state
+        self.memory = Memory.build(store.registry(), clients, clock())
+        self.memory.adopt(state)
         intents = store.pending_intents()
         if intents:
             self.log.warning("engine.interrupted", calls=len(intents), note="listing before any change")
 
     @property
-    def skew(self) -> timedelta:
-        """Zoho's clock minus ours: the median over the accounts' measurements."""
-        skews = sorted(client.skew for client in self.clients.values())
-        return skews[len(skews) // 2] if skews else timedelta(0)
+    def registry(self) -> dict[Key, RegistryEntry]:
+        return self.memory.registry()
 
-    # -- the two calls everything else is built from ---------------------------------------
+    @property
+    def clients(self) -> dict[str, WatchClient]:
+        return {name: unit.client for name, unit in self.memory.units.items()}
+
+    @property
+    def skew(self) -> timedelta:
+        return self.memory.skew()
+
+    @property
+    def next_reconcile(self) -> datetime:
+        """The earliest listing due over the accounts; setting it moves every account's."""
+        return min(u.next_listing for u in self.memory.active(self.state))
+
+    @next_reconcile.setter
+    def next_reconcile(self, at: datetime) -> None:
+        for unit in self.memory.units.values():
+            unit.next_listing = at
+
+    def undesired(self) -> frozenset[Key]:
+        """Owned channels the state file no longer wants: what ``--allow-mass-delete`` confirms."""
+        return frozenset(self.registry).difference(self.memory.desired)
 
     def next_due(self) -> datetime:
         """Our-clock instant at which something next needs doing."""
         now = self.clock()
-        zoho_now = now + self.skew
-        due = [self.next_reconcile]
-        for account in self.state.accounts:
-            entries = [e for k, e in self.registry.items() if k[0] == account and self._kept(k)]
-            at = policy.next_due(entries, zoho_now, self.state.policy)
-            if at is not None:
-                local = at - self.skew
-                due.append(max(local, self.paused.get(account, local)))
-        return min(due)
+        units = self.memory.active(self.state)
+        return min((u.next_due(now, self.state.policy) for u in units), default=now + timedelta(1))
 
     def run_due(self, now: datetime | None = None) -> PassReport:
-        now = now or self.clock()
-        return self.run_pass(now, listing=now >= self.next_reconcile)
+        return self.run_pass(now or self.clock(), listing=None)
 
-    def reload(self, state: DesiredState) -> None:
-        """A new desired state: retry what failed for good and reconcile at once.
-
-        An account that is new or changed (region, version, credentials) gets a new client; one
-        that is gone keeps its client, so that its channels can still be deleted."""
-        if self._connect is not None:
-            for name, account in state.accounts.items():
-                if self.state.accounts.get(name) != account:
-                    self.clients[name] = self._connect(account)
-        self.state = state
-        self.store.clear_retries()
-        self.registry = self.store.registry()
-        self.paused.clear()
+    def request_listing(self) -> None:
+        """Every account lists on the next pass (a clock step makes the measured skew stale).
+        Safe from another thread: it only moves the schedule earlier."""
         self.next_reconcile = self.clock()
 
-    def undesired(self) -> frozenset[Key]:
-        """Owned channels the state file no longer wants: what ``--allow-mass-delete`` confirms."""
-        return frozenset(k for k in self.registry if k not in self._specs)
+    def reload(self, state: DesiredState) -> None:
+        """A new desired state: retry what failed for good and reconcile at once. An account that
+        is new or changed gets a new client; one that is gone keeps its client, so that its
+        channels can still be deleted."""
+        now = self.clock()
+        units = self.memory.units
+        for name, account in state.accounts.items():
+            if self._connect is None or self.state.accounts.get(name) == account:
+                continue
+            client = self._connect(account)
+            if name in units:
+                units[name].client = client
+            else:
+                units[name] = Unit(name, client, {}, now)
+        self.state = state
+        self.memory.adopt(state)
+        self.store.clear_retries()
+        self.memory.reset(self.store.registry(), now)
 
-    # -- one pass ------------------------------------------------------------------------------
+    def preview(self, now: datetime) -> Plan:
+        """What a pass would do now (``watchkeeper plan``): every account listed, the ledger and the
+        planner run, nothing written and nothing sent. Raises on the first listing that fails."""
+        observed: dict[str, Mapping[str, ObservedChannel] | None] = {}
+        registry: dict[Key, RegistryEntry] = {}
+        for unit in self.memory.active(self.state):
+            listing = _live(unit.client.list(), now + unit.client.skew)
+            seen = outcome.observed(unit.situation(now, self.state.policy), listing, {}, unit.watched())
+            observed[unit.name] = listing
+            registry.update(((unit.name, c), e) for c, e in (unit.entries | seen.entries).items())
+        return planner.plan(
+            self.state.channels,
+            observed,
+            registry,
+            now + self.skew,
+            self.state.policy,
+            confirmed_deletes=self.store.confirmed_deletes().difference(self.memory.desired),
+            retained={(u.name, c): s for u in self.memory.units.values() for c, s in u.retained.items()},
+        )
+
+    # -- one pass ----------------------------------------------------------------------------------
 
     def run_pass(
-        self, now: datetime, *, listing: bool, confirmed: frozenset[Key] = frozenset()
+        self, now: datetime, *, listing: bool | None, confirmed: frozenset[Key] = frozenset()
     ) -> PassReport:
-        report = PassReport(listed=listing, desired=len(self.state.channels))
-        if listing:
-            # Decided before anything can fail, so that a pass that fails is not due again at once.
-            self.next_reconcile = policy.next_reconcile(now, self.state.policy, self.rng)
-        observed: dict[str, dict[str, ObservedChannel] | None] = {}
-        for account in self.state.accounts:
-            observed[account] = None
-            listed_at = None
-            if listing and self._may_call(account, now):
-                listed_at = self._list(account, now, report)
-            # Zoho's time is taken after the listing: a freshly started engine learns the skew from
-            # its Date header, and a channel that expired less than the skew ago must be judged
-            # expired, not vanished.
-            zoho_now = now + self.clients[account].skew
-            if listed_at is not None:
-                # An expired row is not a live channel, whether or not Zoho still lists it.
-                observed[account] = {c: ch for c, ch in listed_at.items() if ch.expires_at > zoho_now}
-            with self._batched_writes():
-                listed = observed[account]
-                if listed is not None:
-                    self._absorb_listing(account, listed, zoho_now)
-                self._detect_lapses(account, listed, zoho_now)
-        if report.list_failed:
-            # Zoho is failing: the listing doubles as the probe that it is back, so it is retried
-            # on the channels' backoff scale rather than a whole reconcile period later.
-            self._list_failures += 1
-            tuning = self.state.policy
-            delay = min(policy.backoff(self._list_failures, tuning, self.rng), tuning.probe_max)
-            retry = now + min(tuning.reconcile_every, max(delay, tuning.retry_floor))
-            self.next_reconcile = min(self.next_reconcile, retry)
-        elif listing:
-            self._list_failures = 0
-        zoho_now = now + self.skew
-        result = self.plan(observed, zoho_now, confirmed | self._confirmations())
-        self._report_plan(result, observed, report)
-        for account, client in self.clients.items():
-            actions = [a for a in result.actions if a.account == account]
-            if actions and self._may_call(account, now):
-                self._execute(account, client, actions, now, report)
+        """Every account in turn; ``listing`` None lists the accounts whose listing is due."""
+        report = PassReport(desired=len(self.state.channels))
+        refused = planner.guard(
+            self.memory.desired, self.registry, self.state.policy, confirmed | self._confirmations()
+        )
+        self.memory.hold_back(refused)
+        for refusal in refused:
+            self.log.error(
+                "config.refused",
+                account=refusal.account,
+                reason=refusal.reason,
+                channels=list(refusal.channel_ids),
+                message=refusal.message,
+            )
+        report.refused.extend(refused)
+        for unit in self.memory.active(self.state):
+            lists = unit.next_listing <= now if listing is None else listing
+            report.listed |= lists
+            try:
+                self._serve(unit, now, lists, report)
+            except Exception as exc:  # one account's failure, of any kind, never stops the others
+                self.log.exception("engine.account_failed", account=unit.name, error=repr(exc))
+                report.failed += 1
+                unit.failed_listing(now, self.state.policy, self.rng)
+                unit.paused_until = unit.next_listing
         report.active = sum(
-            1 for k, e in self.registry.items() if e.state == "active" and self._desired(k)
+            e.state == "active" and c in u.desired
+            for u in self.memory.units.values()
+            for c, e in u.entries.items()
         )
         self.log.info(
             "reconcile.finished",
-            listed=listing,
+            listed=report.listed,
             desired=report.desired,
             active=report.active,
             created=report.counts["create"],
@@ -237,591 +207,148 @@ class Engine:
         )
         return report
 
-    def _confirmations(self) -> frozenset[Key]:
-        """Deletions confirmed while the daemon ran; a confirmation lapses once its channel is
-        wanted again, so it cannot approve a later, different removal."""
-        confirmed = self.store.confirmed_deletes()
-        stale = [key for key in confirmed if key in self._specs]
-        if stale:
-            self.store.clear_confirmations(stale)
-        return confirmed.difference(stale)
-
-    def list_all(self) -> dict[str, dict[str, ObservedChannel] | None]:
-        """Every account's listing (``watchkeeper plan``); raises on the first that fails."""
-        return {account: self.clients[account].list() for account in self.state.accounts}
-
-    def plan(
-        self,
-        observed: Mapping[str, Mapping[str, ObservedChannel] | None],
-        zoho_now: datetime,
-        confirmed: frozenset[Key] = frozenset(),
-    ) -> Plan:
-        """The planner over every account at once (its guards weigh all managed channels).
-
-        Channels whose deletion a guard refused are kept alive with the last spec this process
-        knew for them: a refusal exists to protect them, so letting them lapse would defeat it.
-        """
-        desired = list(self.state.channels)
-        first = planner.plan(
-            desired, observed, self.registry, zoho_now, self.state.policy, confirmed_deletes=confirmed
-        )
-        self._refused = frozenset(
-            (r.account, c) for r in first.refused if r.account for c in r.channel_ids
-        )
-        self._retained = {k: spec for k in self._refused if (spec := self._last_spec(k)) is not None}
-        if not self._retained:
-            return first
-        kept = planner.plan(
-            desired + list(self._retained.values()),
-            observed,
-            self.registry,
-            zoho_now,
+    def _serve(self, unit: Unit, now: datetime, lists: bool, report: PassReport) -> None:
+        """observe -> ledger -> commit -> plan -> (send -> interpret -> commit) per request."""
+        listing = self._list(unit, now, report) if lists and self._may_call(unit, now) else None
+        self._commit(unit, self._observed(unit, now, listing), report)
+        actions = planner.plan_account(
+            unit.name,
+            list(unit.desired.values()),
+            listing,
+            unit.entries,
+            now + unit.client.skew,
             self.state.policy,
-            confirmed_deletes=confirmed,
+            refused=unit.refused,
+            retained=unit.retained,
         )
-        return Plan(kept.actions, kept.foreign, first.refused)
+        situation = unit.situation(now, self.state.policy)
+        self._commit(unit, outcome.planned(situation, actions, sorted(unit.refused)), report)
+        batches = planner.batches(actions)
+        while batches and self._may_call(unit, now):
+            method, batch = batches.pop(0)
+            recreate = self._act(unit, method, batch, now, report)
+            if recreate:
+                batches.append(("POST", recreate))
 
-    def _last_spec(self, key: Key) -> ChannelSpec | None:
-        """The spec to keep a refused channel alive with: the last one this process was given,
-        else the one the store applied when it carried no token (the store never keeps tokens,
-        and renewing without one would null it)."""
-        if key in self._known:
-            return self._known[key]
-        entry = self.registry.get(key)
-        if entry is not None and entry.applied is not None and entry.applied_token_digest is None:
-            return entry.applied
-        return None
-
-    def _list(
-        self, account: str, now: datetime, report: PassReport
-    ) -> dict[str, ObservedChannel] | None:
+    def _list(self, unit: Unit, now: datetime, report: PassReport) -> Listing | None:
         try:
-            listed = self.clients[account].list()
+            listed = unit.client.list()
         except ZohoError as exc:
-            report.list_failed.append(account)
-            self._account_failure(account, "GET", exc, now, [])
+            report.list_failed.append(unit.name)
+            unit.failed_listing(now, self.state.policy, self.rng)
+            situation = unit.situation(now, self.state.policy)
+            self._commit(unit, outcome.listing_failed(situation, exc, unit.next_listing), report)
             return None
-        self._end_holds(account)
-        return listed
+        unit.list_failures = 0
+        unit.next_listing = policy.next_reconcile(now, self.state.policy, self.rng)
+        # Zoho's time is taken after the listing: a freshly started engine learns the skew from
+        # its Date header, and a channel that expired less than the skew ago is expired, not gone.
+        live = _live(listed, now + unit.client.skew)
+        unit.listed = frozenset(live)
+        self._report_foreign(unit, live, report)
+        return live
 
-    def _end_holds(self, account: str) -> None:
-        """Zoho just answered this account: channels held back by a transient failure (an outage
-        that is now over) are tried in this pass, not at the end of their backoff."""
-        with self._batched_writes():
-            for key, entry in self.registry.items():
-                if key[0] == account and entry.retry_at is not None and not entry.terminal:
-                    self._put(replace(entry, retry_at=None))
+    def _observed(self, unit: Unit, now: datetime, listing: Listing | None) -> Transition:
+        situation = unit.situation(now, self.state.policy)
+        last_seen = {}
+        if listing is not None:  # where a vanished channel's gap starts
+            zoho_now = situation.zoho_now
+            for cid, e in unit.entries.items():
+                live = e.expires_at is not None and e.expires_at > zoho_now
+                if live and e.lapsed_since is None and cid not in listing:
+                    last_seen[cid] = self.store.last_seen(unit.name, cid)
+        return outcome.observed(situation, listing, last_seen, unit.watched())
 
-    def _paused(self, account: str, now: datetime) -> bool:
-        return self.paused.get(account, now) > now
-
-    def _report_plan(
-        self,
-        result: Plan,
-        observed: Mapping[str, Mapping[str, ObservedChannel] | None],
-        report: PassReport,
-    ) -> None:
-        for refusal in result.refused:
-            self.log.error(
-                "config.refused",
-                account=refusal.account,
-                reason=refusal.reason,
-                channels=list(refusal.channel_ids),
-                message=refusal.message,
+    def _act(
+        self, unit: Unit, method: Method, actions: list[Action], now: datetime, report: PassReport
+    ) -> list[Action]:
+        """One request (the client sends it in chunks of 100): journal, send, interpret, record.
+        Returns what must be re-created because Zoho no longer has it."""
+        client, tuning = unit.client, self.state.policy
+        ids = [a.channel_id for a in actions]
+        requested_at = client.server_now()
+        sending = outcome.sending(unit.situation(now, tuning), actions)
+        self._commit(unit, sending, report, begin=Intent(method, ids, requested_at))
+        stop = self._stop_requested
+        change: Transition
+        if method == "DELETE":
+            answer = _call(lambda: client.delete(ids, should_stop=stop))
+            change = outcome.deleted(unit.situation(now, tuning), answer, ids, self.rng)
+        else:
+            items = [WatchItem(a.spec, requested_at + a.spec.ttl) for a in actions if a.spec]
+            answer = _call(lambda: client.write(method, items, should_stop=stop))
+            last_seen = {cid: self.store.last_seen(unit.name, cid) for cid in ids}
+            situation, granted_at = unit.situation(now, tuning), client.server_now()
+            change = outcome.written(
+                situation, method, actions, items, answer, granted_at, last_seen, self.rng
             )
-            with self._batched_writes():
-                for channel_id in refusal.channel_ids:
-                    self._update((refusal.account or "", channel_id), state="removing")
-        report.refused.extend(result.refused)
-        for account, listed in observed.items():
-            if listed is not None:
-                self.store.set_foreign(account, [c for acc, c in result.foreign if acc == account])
-        for account, channel in result.foreign:
-            report.foreign += 1
-            if (account, channel.channel_id) not in self._foreign_seen:
-                self._foreign_seen.add((account, channel.channel_id))
+        self._commit(unit, change, report, done=ids)
+        return change.recreate
+
+    def _commit(
+        self,
+        unit: Unit,
+        change: Transition,
+        report: PassReport,
+        *,
+        begin: Intent | None = None,
+        done: list[str] | None = None,
+    ) -> None:
+        """Record in one transaction, then let the memory and the logs follow."""
+        record(self.store, change, begin=begin, done=done or ())
+        unit.entries.update(change.entries)
+        for channel_id in change.removed:
+            unit.entries.pop(channel_id, None)
+        if change.pause_until is not None:
+            unit.paused_until = change.pause_until
+        if change.list_soon:
+            unit.next_listing = min(unit.next_listing, self.clock())
+        report.counts.update(change.counts)
+        report.failed += change.failed
+        for event in change.events:
+            getattr(self.log, event.level)(event.event, **event.fields)
+
+    def _report_foreign(self, unit: Unit, listing: Listing, report: PassReport) -> None:
+        foreign = [
+            ch for c, ch in sorted(listing.items()) if c not in unit.entries and c not in unit.desired
+        ]
+        self.store.set_foreign(unit.name, foreign)
+        report.foreign += len(foreign)
+        for channel in foreign:
+            if channel.channel_id not in unit.foreign_seen:
+                unit.foreign_seen.add(channel.channel_id)
                 self.log.info(
                     "channel.foreign",
-                    account=account,
+                    account=unit.name,
                     channel_id=channel.channel_id,
                     modules=channel.modules,
                 )
 
-    # -- listing and lapses ----------------------------------------------------------------
+    def _confirmations(self) -> frozenset[Key]:
+        """Deletions confirmed while the daemon ran; a confirmation lapses once its channel is
+        wanted again, so it cannot approve a later, different removal."""
+        confirmed = self.store.confirmed_deletes()
+        stale = [key for key in confirmed if key in self.memory.desired]
+        if stale:
+            self.store.clear_confirmations(stale)
+        return confirmed.difference(stale)
 
-    def _absorb_listing(
-        self, account: str, observed: Mapping[str, ObservedChannel], zoho_now: datetime
-    ) -> None:
-        """Zoho's listing is the truth about expiries; it also closes gaps it shows healed."""
-        seen = [cid for (acc, cid) in self.registry if acc == account and cid in observed]
-        self.store.mark_seen(account, seen, zoho_now)
-        for channel_id in seen:
-            key = (account, channel_id)
-            entry = self.registry[key]
-            live = observed[channel_id]
-            if entry.expires_at != live.expires_at:
-                self._update(key, expires_at=live.expires_at)
-            if key in self._open:
-                self._recovered(key, zoho_now)
-
-    def _detect_lapses(
-        self, account: str, observed: Mapping[str, ObservedChannel] | None, zoho_now: datetime
-    ) -> None:
-        """Open a gap for every desired owned channel known not to be live."""
-        for key, entry in list(self.registry.items()):
-            if key[0] != account or entry.expires_at is None or key in self._open:
-                continue
-            if not self._watched(key):
-                continue
-            expired = entry.expires_at <= zoho_now
-            vanished = observed is not None and key[1] not in observed
-            if not (expired or vanished):
-                continue
-            if expired:
-                start, cause = entry.expires_at, "expired"
-            else:
-                start, cause = self.store.last_seen(*key) or zoho_now, "vanished"
-            self._lapsed(key, start, cause)
-
-    def _lapsed(self, key: Key, start: datetime, cause: str) -> None:
-        gap = self.store.open_gap(key[0], key[1], start, cause)
-        self._open.add(key)
-        self._update(key, state="lapsed")
-        self.log.error(
-            "channel.lapsed",
-            account=key[0],
-            channel_id=key[1],
-            name=self._name(key),
-            start=gap.start,
-            cause=cause,
-        )
-
-    def _recovered(self, key: Key, end: datetime) -> None:
-        if key not in self._open:
-            return
-        self._open.discard(key)
-        gap = self.store.close_gap(key[0], key[1], end)
-        if gap is not None:
-            self.log.warning(
-                "channel.recovered",
-                account=key[0],
-                channel_id=key[1],
-                name=self._name(key),
-                start=gap.start,
-                end=gap.end,
-                cause=gap.cause,
-            )
-
-    # -- carrying out actions --------------------------------------------------------------
-
-    def _execute(
-        self,
-        account: str,
-        client: WatchClient,
-        actions: Sequence[Action],
-        now: datetime,
-        report: PassReport,
-    ) -> None:
-        with self._batched_writes():
-            for action in actions:
-                self._announce(account, action)
-        by_method: dict[str, list[Action]] = {"POST": [], "PUT": [], "PATCH": []}
-        deletes: list[Action] = []
-        for action in actions:
-            if action.kind == "delete":
-                deletes.append(action)
-            else:
-                by_method[_method(action)].append(action)
-        recreate: list[Action] = []
-        for method, batch in by_method.items():
-            if batch and self._may_call(account, now):
-                recreate += self._write(account, client, method, batch, now, report)
-        if recreate and self._may_call(account, now):
-            self._write(account, client, "POST", recreate, now, report)
-        if deletes and self._may_call(account, now):
-            self._delete(account, client, deletes, now, report)
-
-    def _may_call(self, account: str, now: datetime) -> bool:
+    def _may_call(self, unit: Unit, now: datetime) -> bool:
         """No call once a stop was asked for (SIGTERM finishes the call in flight, not the pass),
         nor to an account paused by a 429 or bad credentials."""
-        return not self.stopping and not self._paused(account, now)
+        return not self.stopping and not unit.paused(now)
 
-    def _announce(self, account: str, action: Action) -> None:
-        """Warn about what is about to be fixed, once per channel and condition rather than on
-        every retry: ``channel.at_risk`` (the state records it), ``channel.drift``."""
-        key = (account, action.channel_id)
-        entry = self.registry.get(key)
-        if action.at_risk and entry is not None and entry.state not in ("at_risk", "lapsed"):
-            self._put(replace(entry, state="at_risk"))
-            self.log.warning(
-                "channel.at_risk",
-                account=account,
-                channel_id=action.channel_id,
-                name=self._name(key),
-                expires_at=entry.expires_at,
-            )
-        if action.drift and (entry is None or entry.failures == 0):
-            self.log.warning(
-                "channel.drift",
-                account=account,
-                channel_id=action.channel_id,
-                name=self._name(key),
-                drift=list(action.drift),
-                reason=action.reason,
-            )
-
-    def _write(
-        self,
-        account: str,
-        client: WatchClient,
-        method: str,
-        actions: Sequence[Action],
-        now: datetime,
-        report: PassReport,
-    ) -> list[Action]:
-        """One POST/PUT/PATCH of a batch; returns the actions to re-create (gone from Zoho)."""
-        requested_at = client.server_now()
-        items = [WatchItem(_spec(a), requested_at + _spec(a).ttl) for a in actions]
-        with self._batched_writes():
-            for action in actions:
-                if (account, action.channel_id) not in self.registry:
-                    self._put(
-                        RegistryEntry(account=account, channel_id=action.channel_id, state="pending")
-                    )
-        self.store.begin(account, [a.channel_id for a in actions], method, requested_at)
-        results: Sequence[ItemResult]
-        error: ZohoError | None
-        try:
-            answer = client.write(method, items)  # type: ignore[arg-type]
-            results, error = answer.results, answer.error
-        except ZohoError as exc:  # refused locally, before anything was sent
-            results, error = (), exc
-        granted_at = client.server_now()
-        recreate: list[Action] = []
-        done = {r.channel_id: r for r in results if _settled(r, method)}
-        with self._batched_writes():
-            for action, item in zip(actions, items, strict=True):
-                result = done.get(action.channel_id)
-                if result is None:
-                    continue
-                if result.ok:
-                    self._succeeded(account, action, item, result, granted_at, report)
-                elif result.not_found and method != "POST":
-                    self._vanished(account, action, granted_at)
-                    recreate.append(replace(action, kind="create", reason="vanished"))
-                else:
-                    self._rejected(account, action, result, now, report)
-            self._unsettled(
-                account, method, [a.channel_id for a in actions], done, results, error, now, report
-            )
-        # An accepted write shows the channel live as a listing does: should it vanish before the
-        # next listing, its gap starts here, not at the listing that notices.
-        self.store.mark_seen(account, [cid for cid, r in done.items() if r.ok], granted_at)
-        self.store.done(account, [a.channel_id for a in actions])
-        return recreate
-
-    def _succeeded(
-        self,
-        account: str,
-        action: Action,
-        item: WatchItem,
-        result: ItemResult,
-        granted_at: datetime,
-        report: PassReport,
-    ) -> None:
-        spec = item.spec
-        key = (account, spec.channel_id)
-        expires_at = result.expires_at or min(item.expires_at, granted_at + UNKNOWN_EXPIRY_CAP)
-        lifetime = max(expires_at - granted_at, timedelta(seconds=1))
-        previous = self.registry.get(key)
-        was_clamped = (
-            previous is not None
-            and previous.lifetime is not None
-            and policy.expiry_clamped(spec.ttl, previous.lifetime, self.state.policy)
-        )
-        if policy.expiry_clamped(spec.ttl, lifetime, self.state.policy) and not was_clamped:
-            self.log.warning(
-                "channel.expiry_clamped",
-                account=account,
-                channel_id=spec.channel_id,
-                name=spec.name,
-                requested=spec.ttl,
-                granted=lifetime,
-                expires_at=expires_at,
-            )
-        self._put(
-            RegistryEntry(
-                account=account,
-                channel_id=spec.channel_id,
-                state="active",
-                applied=replace(spec, token=None),
-                applied_token_digest=token_digest(account, spec.channel_id, spec.token),
-                expires_at=expires_at,
-                lifetime=lifetime,
-                renew_at=policy.draw_renew_at(granted_at, expires_at, self.state.policy, self.rng),
-            ),
-            last_renewed_at=granted_at,
-        )
-        self._recovered(key, granted_at)
-        event = {
-            "create": "channel.created",
-            "adopt": "channel.adopted",
-            "renew": "channel.renewed",
-        }.get(action.kind, "channel.repaired")
-        fields: dict[str, Any] = {}
-        if action.drift:
-            fields["drift"] = list(action.drift)
-        self.log.info(
-            event,
-            account=account,
-            channel_id=spec.channel_id,
-            name=spec.name,
-            reason=action.reason,
-            expires_at=expires_at,
-            **fields,
-        )
-        report.counts[action.kind] += 1
-
-    def _vanished(self, account: str, action: Action, zoho_now: datetime) -> None:
-        key = (account, action.channel_id)
-        entry = self.registry.get(key)
-        if entry is None or key in self._open:
-            return
-        if entry.expires_at is not None and entry.expires_at <= zoho_now:
-            self._lapsed(key, entry.expires_at, "expired")
-        else:
-            self._lapsed(key, self.store.last_seen(*key) or zoho_now, "vanished")
-
-    def _rejected(
-        self, account: str, action: Action, result: ItemResult, now: datetime, report: PassReport
-    ) -> None:
-        key = (account, action.channel_id)
-        entry = self.registry.get(key) or RegistryEntry(
-            account=account, channel_id=action.channel_id, state="pending"
-        )
-        failures = entry.failures + 1
-        client = self.clients[account]
-        retry_at = policy.next_retry(
-            now + client.skew, failures, entry.expires_at, self.state.policy, self.rng, terminal=True
-        )
-        reason = " ".join(p for p in (result.code, result.api_name) if p)
-        self._put(
-            replace(
-                entry,
-                state="failed",
-                failures=failures,
-                retry_at=retry_at,
-                last_error=reason,
-                terminal=True,
-            )
-        )
-        self.log.error(
-            "channel.rejected",
-            account=account,
-            channel_id=action.channel_id,
-            name=self._name(key),
-            code=result.code,
-            api_name=result.api_name,
-            json_path=result.json_path,
-            message=result.message,
-        )
-        report.failed += 1
-
-    def _delete(
-        self,
-        account: str,
-        client: WatchClient,
-        actions: Sequence[Action],
-        now: datetime,
-        report: PassReport,
-    ) -> None:
-        ids = [a.channel_id for a in actions]
-        for channel_id in ids:
-            self._update((account, channel_id), state="removing")
-        self.store.begin(account, ids, "DELETE", now + client.skew)
-        error: ZohoError | None
-        try:
-            answer = client.delete(ids)
-            results, error = answer.results, answer.error
-        except ZohoError as exc:  # refused locally, before anything was sent
-            results, error = (), exc
-        done = {r.channel_id: r for r in results if _settled(r, "DELETE")}
-        for channel_id in ids:
-            result = done.get(channel_id)
-            if result is None:
-                continue
-            key = (account, channel_id)
-            if result.ok:
-                self._recovered(key, now + client.skew)
-                self.store.remove(account, channel_id)
-                self.registry.pop(key, None)
-                self.log.info(
-                    "channel.deleted", account=account, channel_id=channel_id, code=result.code
-                )
-                report.counts["delete"] += 1
-            else:
-                action = next(a for a in actions if a.channel_id == channel_id)
-                self._rejected(account, action, result, now, report)
-        self._unsettled(account, "DELETE", ids, done, results, error, now, report)
-        self.store.done(account, ids)
-        self.store.clear_confirmations([(account, cid) for cid in ids if cid in done and done[cid].ok])
-
-    def _unsettled(
-        self,
-        account: str,
-        method: str,
-        ids: Sequence[str],
-        done: Mapping[str, ItemResult],
-        results: Sequence[ItemResult],
-        error: ZohoError | None,
-        now: datetime,
-        report: PassReport,
-    ) -> None:
-        """Channels the request left undecided (it failed, Zoho said nothing of them, or refused
-        them with a code retrying can fix) back off together."""
-        pending = [cid for cid in ids if cid not in done]
-        if not pending:
-            return
-        if error is None:
-            codes = sorted({r.code for r in results if r.channel_id in pending} or {"no answer"})
-            error = TransientError(f"{method}: {len(pending)} item(s) not done ({', '.join(codes)})")
-        self._account_failure(account, method, error, now, pending)
-        report.failed += len(pending)
-
-    def _account_failure(
-        self, account: str, method: str, exc: ZohoError, now: datetime, channel_ids: Iterable[str]
-    ) -> None:
-        """A whole request failed: back the channels off (never past their expiry), pause the
-        account on 429 and on bad credentials.
-
-        The backoff is drawn once for the request, not once per channel: the channels failed
-        together, and separate retry times would bring each back in a request of its own (three
-        2-hour outages at 1,000 channels made some 12,000 single-channel retries)."""
-        client = self.clients[account]
-        zoho_now = now + client.skew
-        terminal = isinstance(exc, AuthError | TerminalError)
-        earliest: datetime | None = None
-        keys = [(account, channel_id) for channel_id in channel_ids]
-        entries = [self.registry[key] for key in keys if key in self.registry]
-        delay = timedelta(0)
-        if entries and not terminal:
-            streak = max(entry.failures for entry in entries) + 1
-            delay = policy.backoff(streak, self.state.policy, self.rng)
-        with self._batched_writes():
-            for entry in entries:
-                failures = entry.failures + 1
-                retry_at = (
-                    policy.next_retry(
-                        zoho_now, failures, None, self.state.policy, self.rng, terminal=True
-                    )
-                    if terminal
-                    else policy.retry_after(zoho_now, delay, entry.expires_at, self.state.policy)
-                )
-                earliest = retry_at if earliest is None else min(earliest, retry_at)
-                self._put(
-                    replace(
-                        entry,
-                        failures=failures,
-                        retry_at=retry_at,
-                        last_error=_describe(exc),
-                        state="failed" if terminal else entry.state,
-                        terminal=terminal,
-                    )
-                )
-        if isinstance(exc, AuthError):
-            self.paused[account] = now + self.state.policy.terminal_retry
-            self.log.error("auth.failed", account=account, code=exc.code, error=str(exc))
-        elif isinstance(exc, RateLimited):
-            delay = min(
-                timedelta(seconds=exc.retry_after)
-                if exc.retry_after
-                else self.state.policy.retry_initial,
-                MAX_RATE_LIMIT_PAUSE,
-            )
-            self.paused[account] = now + delay
-            self.log.warning(
-                "api.rate_limited",
-                account=account,
-                method=method,
-                retry_after=delay,
-                next_attempt=now + delay,
-            )
-        else:
-            self.log.warning(
-                "api.retry",
-                account=account,
-                method=method,
-                error=_describe(exc),
-                next_attempt=(earliest - client.skew) if earliest else self.next_reconcile,
-            )
-
-    # -- registry write-through --------------------------------------------------------------
-
-    def _put(self, entry: RegistryEntry, *, last_renewed_at: datetime | None = None) -> None:
-        self.registry[(entry.account, entry.channel_id)] = entry
-        if self._buffer is None:
-            self.store.put(entry, last_renewed_at=last_renewed_at)
-        else:
-            self._buffer.setdefault(last_renewed_at, []).append(entry)
-
-    @contextmanager
-    def _batched_writes(self) -> Iterator[None]:
-        """Registry writes of one answer go to SQLite in one transaction (10,000 single writes
-        take seconds), and always before the next call goes out."""
-        if self._buffer is not None:
-            yield
-            return
-        self._buffer = {}
-        try:
-            yield
-        finally:
-            buffer, self._buffer = self._buffer, None
-            for last_renewed_at, entries in buffer.items():
-                self.store.put_many(entries, last_renewed_at=last_renewed_at)
-
-    def _update(self, key: Key, **changes: Any) -> None:
-        entry = self.registry.get(key)
-        if entry is not None:
-            self._put(replace(entry, **changes))
-
-    def _desired(self, key: Key) -> bool:
-        return key in self._specs
-
-    def _kept(self, key: Key) -> bool:
-        """A channel the engine renews: desired, or kept alive while its deletion is refused."""
-        return key in self._specs or key in self._retained
-
-    def _watched(self, key: Key) -> bool:
-        """A channel whose lapses go to the gap ledger: kept, or refused deletion without a spec."""
-        return self._kept(key) or key in self._refused
-
-    def _name(self, key: Key) -> str | None:
-        spec = self._specs.get(key) or self._known.get(key)
-        return spec.name if spec else None
+    def _stop_requested(self) -> bool:
+        return self.stopping
 
 
-def _settled(result: ItemResult, method: str) -> bool:
-    """Zoho decided this item for good: done, gone, or refused for a reason a retry cannot fix."""
-    return result.ok or result.code in TERMINAL_ITEM_CODES or (result.not_found and method != "POST")
+def _live(listing: Listing, zoho_now: datetime) -> Listing:
+    """An expired row is not a live channel, whether or not Zoho still lists it."""
+    return {cid: ch for cid, ch in listing.items() if ch.expires_at > zoho_now}
 
 
-def _method(action: Action) -> str:
-    if action.kind == "create":
-        return "POST"
-    if action.kind == "repair" or (action.kind == "adopt" and action.drift):
-        return "PUT"
-    return "PATCH"
-
-
-def _spec(action: Action) -> ChannelSpec:
-    assert action.spec is not None, "only delete actions carry no spec"
-    return action.spec
-
-
-def _describe(exc: ZohoError) -> str:
-    parts = [type(exc).__name__]
-    if exc.status:
-        parts.append(str(exc.status))
-    if exc.code:
-        parts.append(exc.code)
-    return " ".join(parts)
+def _call(send: Callable[[], CallResult]) -> CallResult:
+    try:
+        return send()
+    except ZohoError as exc:  # refused locally, before anything was sent
+        return CallResult((), exc)

@@ -7,7 +7,7 @@ the clock nor does I/O, so tests and the soak harness can replay any situation e
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Literal
@@ -24,6 +24,7 @@ from watchkeeper.model import (
 from watchkeeper.policy import Policy, batch_horizon, is_at_risk
 
 ActionKind = Literal["create", "adopt", "renew", "repair", "delete"]
+Method = Literal["POST", "PUT", "PATCH", "DELETE"]
 Key = tuple[str, str]
 """(account, channel_id): a channel id is only unique within its account."""
 
@@ -58,6 +59,23 @@ class Action:
     """Names (never values) of the fields that differ, in DRIFT_FIELDS order."""
     at_risk: bool = False
 
+    @property
+    def method(self) -> Method:
+        """create = POST; repair, and adopting a drifted channel, = PUT with the full item; delete
+        = DELETE; everything else renews by PATCH."""
+        if self.kind == "create":
+            return "POST"
+        if self.kind == "delete":
+            return "DELETE"
+        if self.kind == "repair" or (self.kind == "adopt" and self.drift):
+            return "PUT"
+        return "PATCH"
+
+
+METHOD_ORDER: tuple[Method, ...] = ("POST", "PUT", "PATCH", "DELETE")
+"""The order an account's requests go out in: creations first (nothing is live without them),
+deletions last."""
+
 
 @dataclass(frozen=True, slots=True)
 class Refusal:
@@ -81,6 +99,10 @@ class Plan:
         """Something is pending: an action, or deletions waiting for a confirmation."""
         return bool(self.actions or self.refused)
 
+    @property
+    def refused_keys(self) -> frozenset[Key]:
+        return refused_keys(self.refused)
+
 
 @dataclass(frozen=True, slots=True)
 class _Idle:
@@ -99,34 +121,69 @@ def plan(
     policy: Policy,
     *,
     confirmed_deletes: frozenset[Key] = frozenset(),
+    retained: Mapping[Key, ChannelSpec] | None = None,
 ) -> Plan:
     """Decide every action of one pass: at most one per channel, sorted by (account, kind, id).
 
     ``observed`` maps an account to its listing by channel id; None (or a missing account) means
     not listed this pass, so nothing is created for the first time there. The mass-delete guard is
     global: it weighs the deletions against all managed channels, whatever their account.
+
+    A channel whose deletion a guard refused is kept alive with its ``retained`` spec (the last one
+    known for it), if there is one: a refusal exists to protect it, so letting it lapse would defeat
+    it.
     """
-    now = utc(now)
     wanted = _index(desired)
+    refused = guard(wanted.keys(), registry.keys(), policy, confirmed_deletes)
+    accounts = sorted({key[0] for key in wanted} | {key[0] for key in registry} | set(observed))
+    actions: list[Action] = []
+    for account in accounts:
+        actions += plan_account(
+            account,
+            [spec for key, spec in wanted.items() if key[0] == account],
+            observed.get(account),
+            {cid: entry for (acc, cid), entry in registry.items() if acc == account},
+            now,
+            policy,
+            refused=frozenset(cid for acc, cid in refused_keys(refused) if acc == account),
+            retained={cid: spec for (acc, cid), spec in (retained or {}).items() if acc == account},
+        )
+    return Plan(tuple(actions), _foreign(observed, registry, wanted), refused)
+
+
+def plan_account(
+    account: str,
+    desired: Sequence[ChannelSpec],
+    listing: Mapping[str, ObservedChannel] | None,
+    entries: Mapping[str, RegistryEntry],
+    now: datetime,
+    policy: Policy,
+    *,
+    refused: frozenset[str] = frozenset(),
+    retained: Mapping[str, ChannelSpec] | None = None,
+) -> list[Action]:
+    """One account's actions, sorted by (kind, id). ``refused`` are the owned channels whose
+    deletion a guard holds back (see ``guard``, which weighs every account at once); those with a
+    ``retained`` spec are renewed like desired ones, the others are left alone."""
+    now = utc(now)
+    kept = {spec.channel_id: spec for spec in desired}
+    kept.update((cid, spec) for cid, spec in (retained or {}).items() if cid in refused)
     actions: list[Action] = []
     idle: list[_Idle] = []
-    for key, spec in wanted.items():
-        outcome = _for_desired(spec, observed.get(key[0]), registry.get(key), now, policy)
+    for channel_id, spec in kept.items():
+        outcome = _for_desired(spec, listing, entries.get(channel_id), now, policy)
         if isinstance(outcome, Action):
             actions.append(outcome)
         elif outcome is not None:
             idle.append(outcome)
     actions += _batched(idle, actions, now, policy)
-    undesired = sorted(key for key in registry if key not in wanted)
-    refused = _guard(undesired, bool(desired), len(registry), policy, confirmed_deletes)
-    if not refused:
-        actions += [
-            Action("delete", account, channel_id, None, "undesired")
-            for account, channel_id in undesired
-            if not _held_back(registry[(account, channel_id)], now)
-        ]
-    actions.sort(key=lambda a: (a.account, a.kind, a.channel_id))
-    return Plan(tuple(actions), _foreign(observed, registry, wanted), refused)
+    actions += [
+        Action("delete", account, channel_id, None, "undesired")
+        for channel_id, entry in entries.items()
+        if channel_id not in kept and channel_id not in refused and not _held_back(entry, now)
+    ]
+    actions.sort(key=lambda a: (a.kind, a.channel_id))
+    return actions
 
 
 def observed_drift(spec: ChannelSpec, seen: ObservedChannel) -> tuple[str, ...]:
@@ -294,19 +351,22 @@ def _batched(idle: list[_Idle], actions: list[Action], now: datetime, policy: Po
     ]
 
 
-def _guard(
-    undesired: list[Key],
-    any_desired: bool,
-    managed: int,
+def guard(
+    desired: Iterable[Key],
+    owned: Iterable[Key],
     policy: Policy,
-    confirmed: frozenset[Key],
+    confirmed: frozenset[Key] = frozenset(),
 ) -> tuple[Refusal, ...]:
-    """The two deletion guards of DESIGN.md section 3. ``allow_empty`` lifts only the empty-list
-    guard: tearing everything down still needs the mass-delete confirmation (or a higher
-    ``max_delete_fraction``)."""
+    """The two deletion guards of DESIGN.md section 3, over every account at once. ``allow_empty``
+    lifts only the empty-list guard: tearing everything down still needs the mass-delete
+    confirmation (or a higher ``max_delete_fraction``)."""
+    wanted = set(desired)
+    managed_keys = list(owned)
+    undesired = sorted(key for key in managed_keys if key not in wanted)
+    managed = len(managed_keys)
     if not undesired:
         return ()
-    if not any_desired and not policy.allow_empty:
+    if not wanted and not policy.allow_empty:
         message = (
             f"the state file lists no channels: refusing to delete all {managed} managed channel(s) "
             "(set allow_empty = true in [daemon] to allow it)"
@@ -320,6 +380,19 @@ def _guard(
         )
         return _refusals("mass_delete", undesired, message)
     return ()
+
+
+def batches(actions: Iterable[Action]) -> list[tuple[Method, list[Action]]]:
+    """The actions by request, in METHOD_ORDER (the client chunks each into 100s)."""
+    by_method: dict[Method, list[Action]] = {method: [] for method in METHOD_ORDER}
+    for action in actions:
+        by_method[action.method].append(action)
+    return [(method, chosen) for method, chosen in by_method.items() if chosen]
+
+
+def refused_keys(refusals: Iterable[Refusal]) -> frozenset[Key]:
+    """The channels whose deletion the refusals hold back."""
+    return frozenset((r.account or "", c) for r in refusals for c in r.channel_ids)
 
 
 def _refusals(

@@ -42,6 +42,13 @@ class Policy:
     and it is the probe that ends an outage's holds (so lapsed channels come back at once)."""
     reconcile_jitter: float = 0.10
     """Listings are spread by this fraction either way so several daemons do not list in step."""
+    max_rate_limit_pause: timedelta = timedelta(hours=1)
+    """The longest a 429's Retry-After pauses an account: channels must not lapse on a server's whim."""
+    unknown_expiry_cap: timedelta = timedelta(hours=1)
+    """When Zoho reports no expiry for a success, assume no more than its documented default."""
+    probe_every: timedelta = timedelta(minutes=1)
+    """Past a channel's emergency point a pause or hold gives way to a probe this often, until the
+    channel expires: Zoho recovering seconds later must not cost a lapse."""
 
 
 def draw_renew_at(
@@ -141,7 +148,7 @@ def entry_due(entry: RegistryEntry, now: datetime, policy: Policy) -> datetime:
     now = utc(now)
     if entry.retry_at is not None and utc(entry.retry_at) > now:
         return utc(entry.retry_at)
-    if entry.state == "lapsed" or entry.expires_at is None or entry.renew_at is None:
+    if entry.lapsed_since is not None or entry.expires_at is None or entry.renew_at is None:
         return now
     if entry.lifetime is None:  # no emergency tier to compute: at the latest, notice the lapse
         return min(utc(entry.renew_at), utc(entry.expires_at))
@@ -155,3 +162,40 @@ def next_due(entries: Iterable[RegistryEntry], now: datetime, policy: Policy) ->
     renew_at and would otherwise make every instant due.
     """
     return min((entry_due(entry, now, policy) for entry in entries), default=None)
+
+
+def capped_hold(now: datetime, wanted: datetime, entry: RegistryEntry, policy: Policy) -> datetime:
+    """No pause or hold outlasts the emergency point of a channel it holds back: until then it
+    lasts as ``wanted``; past it, the channel is probed every ``probe_every`` until it expires
+    (after that there is nothing left to save, and ``wanted`` stands). Instants on Zoho's clock."""
+    now, wanted = utc(now), utc(wanted)
+    if entry.expires_at is None or entry.lifetime is None or utc(entry.expires_at) <= now:
+        return wanted
+    point = emergency_at(entry.expires_at, entry.lifetime, policy)
+    if point > now:
+        return min(wanted, point)
+    return min(wanted, now + max(policy.probe_every, policy.retry_floor))
+
+
+def account_pause(
+    now: datetime, wanted: datetime, entries: Iterable[RegistryEntry], policy: Policy
+) -> datetime:
+    """``capped_hold`` over every channel of a paused account (a pause holds them all back)."""
+    return min((capped_hold(now, wanted, entry, policy) for entry in entries), default=utc(wanted))
+
+
+def rate_limit_pause(retry_after: float | None, policy: Policy) -> timedelta:
+    """How long a 429 pauses the account: its Retry-After (or the first backoff step when it sent
+    none), never more than ``max_rate_limit_pause``, whatever number the server wrote."""
+    if retry_after is None or not 0 < retry_after < float("inf"):
+        return min(policy.retry_initial, policy.max_rate_limit_pause)
+    cap = policy.max_rate_limit_pause.total_seconds()
+    return timedelta(seconds=min(retry_after, cap))
+
+
+def listing_retry(now: datetime, failures: int, policy: Policy, rng: random.Random) -> datetime:
+    """After ``failures`` listings of an account failed in a row, the next one comes on the backoff
+    scale, within ``probe_max``: a failing listing costs one request, and it is the probe that
+    ends an outage's holds (so lapsed channels come back at once)."""
+    delay = min(backoff(failures, policy, rng), policy.probe_max)
+    return utc(now) + min(policy.reconcile_every, max(delay, policy.retry_floor))

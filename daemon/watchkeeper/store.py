@@ -524,6 +524,10 @@ class Store:
 
     # --- registry -------------------------------------------------------------------------------
 
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        yield
+
     def registry(self) -> dict[tuple[str, str], RegistryEntry]:
         with self._tx(write=False) as conn:
             rows = conn.execute(select(*_ENTRY_COLUMNS)).all()

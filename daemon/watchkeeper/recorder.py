@@ -1,0 +1,52 @@
+"""Writes a Transition to the store, as one transaction: the one place the engine's decisions
+become database rows."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from watchkeeper.model import RegistryEntry
+from watchkeeper.outcome import Transition
+from watchkeeper.store import Store
+
+
+@dataclass(frozen=True, slots=True)
+class Intent:
+    """A request about to go out, journalled first: a crash before its answer is recorded is
+    noticed at the next start (``engine.interrupted``), and the next listing repairs it."""
+
+    method: str
+    channel_ids: Sequence[str]
+    at: datetime
+
+
+def record(
+    store: Store,
+    change: Transition,
+    *,
+    begin: Intent | None = None,
+    done: Sequence[str] = (),
+) -> None:
+    account = change.account
+    with store.transaction():
+        for opened in change.opened:
+            store.open_gap(account, opened.channel_id, opened.start, opened.cause)
+        for closed in change.closed:
+            store.close_gap(account, closed.channel_id, closed.end)
+        by_renewal: dict[datetime | None, list[RegistryEntry]] = {}
+        for channel_id, entry in change.entries.items():
+            by_renewal.setdefault(change.renewed_at.get(channel_id), []).append(entry)
+        for renewed_at, entries in by_renewal.items():
+            store.put_many(entries, last_renewed_at=renewed_at)
+        for channel_id in change.removed:
+            store.remove(account, channel_id)
+        if change.removed:
+            store.clear_confirmations([(account, cid) for cid in change.removed])
+        if change.seen and change.seen_at is not None:
+            store.mark_seen(account, change.seen, change.seen_at)
+        if begin is not None:
+            store.begin(account, begin.channel_ids, begin.method, begin.at)
+        if done:
+            store.done(account, done)

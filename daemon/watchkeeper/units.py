@@ -1,0 +1,143 @@
+"""The engine's memory: one Unit per account, the unit of work that section 8 leases.
+
+A unit holds what its account's passes need and nothing of any other account: its client, its
+slice of the registry, its listing schedule and pause, and its desired channels indexed once per
+load. So a pass over an account costs what that account holds, and ``next_due`` costs O(channels)
+in all.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from watchkeeper import outcome, planner, policy
+from watchkeeper.config import DesiredState
+from watchkeeper.model import ChannelSpec, RegistryEntry
+from watchkeeper.outcome import Situation
+from watchkeeper.planner import Refusal
+from watchkeeper.policy import Policy
+from watchkeeper.zoho.client import WatchClient
+
+Key = tuple[str, str]
+
+
+@dataclass
+class Unit:
+    name: str
+    client: WatchClient
+    entries: dict[str, RegistryEntry]
+    next_listing: datetime
+    list_failures: int = 0
+    paused_until: datetime | None = None
+    """Our clock: no request of the account goes out before (429, bad credentials)."""
+    listed: frozenset[str] | None = None
+    """Channel ids live in the latest successful listing."""
+    foreign_seen: set[str] = field(default_factory=set)
+    desired: dict[str, ChannelSpec] = field(default_factory=dict)
+    names: dict[str, str | None] = field(default_factory=dict)
+    """Every channel name this process was given for the account (logs name gone channels too)."""
+    refused: frozenset[str] = frozenset()
+    """Owned channels whose deletion a guard holds back: watched for lapses."""
+    retained: dict[str, ChannelSpec] = field(default_factory=dict)
+    """The refused ones there is a spec for, renewed like desired ones."""
+
+    def paused(self, now: datetime) -> bool:
+        return self.paused_until is not None and self.paused_until > now
+
+    def kept(self) -> set[str]:
+        """Channels the engine renews: desired, or kept alive while their deletion is refused."""
+        return self.desired.keys() | self.retained.keys()
+
+    def watched(self) -> frozenset[str]:
+        """Channels whose lapses go to the ledger: kept, or refused deletion without a spec."""
+        return frozenset(self.kept()) | self.refused
+
+    def situation(self, now: datetime, tuning: Policy) -> Situation:
+        return Situation(self.name, self.entries, now, self.client.skew, tuning, self.names, self.listed)
+
+    def next_due(self, now: datetime, tuning: Policy) -> datetime:
+        """Our-clock instant of the account's next work: its listing or its earliest channel, not
+        before its pause ends. A channel refused deletion without a spec is left out: its past
+        renew_at would make every instant due."""
+        skew = self.client.skew
+        kept = self.kept()
+        at = policy.next_due((e for c, e in self.entries.items() if c in kept), now + skew, tuning)
+        due = self.next_listing if at is None else min(self.next_listing, at - skew)
+        return max(due, self.paused_until) if self.paused_until is not None else due
+
+    def failed_listing(self, now: datetime, tuning: Policy, rng: random.Random) -> None:
+        self.list_failures += 1
+        self.next_listing = policy.listing_retry(now, self.list_failures, tuning, rng)
+
+
+@dataclass
+class Memory:
+    """Everything the engine remembers between passes."""
+
+    units: dict[str, Unit]
+    known: dict[Key, ChannelSpec] = field(default_factory=dict)
+    """Every spec this process was given: what keeps a channel alive whose deletion a guard
+    refused (the state file no longer describes it, and the store never keeps tokens)."""
+    desired: frozenset[Key] = frozenset()
+
+    @classmethod
+    def build(
+        cls,
+        registry: Mapping[Key, RegistryEntry],
+        clients: Mapping[str, WatchClient],
+        now: datetime,
+    ) -> Memory:
+        """Units of the accounts there is a client for; owned channels of an account no longer
+        configured anywhere have no client to act with and are left alone."""
+        units = {name: Unit(name, client, {}, now) for name, client in clients.items()}
+        for (account, channel_id), entry in registry.items():
+            if account in units:
+                units[account].entries[channel_id] = entry
+        return cls(units)
+
+    def adopt(self, state: DesiredState) -> None:
+        """Index the desired channels by account, once per load rather than once per pass."""
+        self.known.update({(c.account, c.channel_id): c for c in state.channels})
+        self.desired = frozenset((c.account, c.channel_id) for c in state.channels)
+        for unit in self.units.values():
+            unit.desired = {}
+        for spec in state.channels:
+            if spec.account in self.units:
+                self.units[spec.account].desired[spec.channel_id] = spec
+        for (account, channel_id), spec in self.known.items():
+            if account in self.units:
+                self.units[account].names[channel_id] = spec.name
+
+    def reset(self, registry: Mapping[Key, RegistryEntry], now: datetime) -> None:
+        """After a reload: the registry as the store has it, no pause, every account listed."""
+        for unit in self.units.values():
+            unit.entries = {cid: e for (acc, cid), e in registry.items() if acc == unit.name}
+            unit.paused_until = None
+            unit.next_listing = now
+
+    def hold_back(self, refused: Iterable[Refusal]) -> None:
+        """What the guards refuse to delete stays owned, kept alive with the last spec known."""
+        keys = planner.refused_keys(refused)
+        for unit in self.units.values():
+            unit.refused = frozenset(c for a, c in keys if a == unit.name and c in unit.entries)
+            unit.retained = {}
+            for channel_id in unit.refused:
+                known = self.known.get((unit.name, channel_id))
+                spec = outcome.spec_for_retained(unit.entries[channel_id], known)
+                if spec is not None:
+                    unit.retained[channel_id] = spec
+
+    def active(self, state: DesiredState) -> Iterator[Unit]:
+        """Units of the state's accounts, plus gone accounts that still own channels to delete."""
+        return (u for name, u in self.units.items() if name in state.accounts or u.entries)
+
+    def registry(self) -> dict[Key, RegistryEntry]:
+        return {(u.name, cid): e for u in self.units.values() for cid, e in u.entries.items()}
+
+    def skew(self) -> timedelta:
+        """Zoho's clock minus ours: the median over the accounts' measurements."""
+        skews = sorted(unit.client.skew for unit in self.units.values())
+        return skews[len(skews) // 2] if skews else timedelta(0)
