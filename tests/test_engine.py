@@ -822,3 +822,20 @@ def test_preview_changes_nothing(
     assert [r.reason for r in first.refused] == ["mass_delete"]
     assert before == after
     assert all(e.lapsed_since is None for e in registry.values())
+
+
+def test_a_reload_lifts_the_token_servers_hold(
+    emulator: Emulator, engine_for: OpenEngine, sim_clock: SimClock, tmp_path: Path
+) -> None:
+    """A 429 from the accounts server with a Retry-After of 31 years holds refreshes back ten
+    minutes at most, and an operator's reload lifts the hold at once."""
+    chans = [Chan("9997", ttl="1d")]
+    emulator.add_fault(
+        Fault(status=429, retry_after=999999999, methods=frozenset({"TOKEN"}), paths="token", count=1)
+    )
+    with engine_for(chans) as engine:
+        assert engine.run_due().list_failed == ["main"]
+        engine.reload(config.load(write_state(tmp_path / "channels.toml", emulator.url, chans)))
+        report = engine.run_due()
+    assert report.counts["create"] == 1
+    assert [c.method for c in emulator.calls].count("TOKEN") == 2

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -10,9 +11,9 @@ from typing import TYPE_CHECKING
 import httpx
 import pytest
 from watchkeeper.model import AccessToken
-from watchkeeper.zoho.answers import retry_after_seconds
-from watchkeeper.zoho.auth import OAuth, StaticToken
+from watchkeeper.zoho.auth import MAX_TOKEN_LIFETIME, REFRESH_BLOCK, OAuth, StaticToken
 from watchkeeper.zoho.errors import AuthError, RateLimited, TransientError
+from watchkeeper.zoho.exchange import Limits
 
 from tests.helpers import SimClock
 
@@ -231,7 +232,7 @@ def test_server_trouble_is_transient(
     from watchkeeper.emulator import Fault
 
     emulator.add_fault(Fault(paths="token", **fault))  # type: ignore[arg-type]
-    auth = oauth_for(emulator, http, sim_clock, timeout=httpx.Timeout(0.3))
+    auth = oauth_for(emulator, http, sim_clock, limits=Limits(timeout=httpx.Timeout(0.3)))
     with pytest.raises(TransientError) as caught:
         auth.token()
     assert type(caught.value) is TransientError
@@ -253,9 +254,16 @@ def test_failed_early_refresh_falls_back_on_the_still_valid_token(
         auth.token()
 
 
-def _answering(payload: dict[str, object], status: int = 200) -> httpx.Client:
-    """For answer shapes the emulator never produces (older Zoho deployments)."""
-    return httpx.Client(transport=httpx.MockTransport(lambda _: httpx.Response(status, json=payload)))
+def _answering(
+    payload: dict[str, object] | bytes, status: int = 200, headers: dict[str, str] | None = None
+) -> httpx.Client:
+    """For answer shapes the emulator never produces (older Zoho deployments, hostile numbers)."""
+    content = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+
+    def answer(_: httpx.Request) -> httpx.Response:
+        return httpx.Response(status, headers=headers, stream=httpx.ByteStream(content))
+
+    return httpx.Client(transport=httpx.MockTransport(answer))
 
 
 @pytest.mark.parametrize(
@@ -310,11 +318,96 @@ def test_access_token_repr_hides_the_value() -> None:
     assert "secret-value" not in str(token)
 
 
-def test_retry_after_as_http_date() -> None:
-    now = datetime(2026, 1, 5, 9, 0, 0, tzinfo=UTC)
-    response = httpx.Response(429, headers={"Retry-After": "Mon, 05 Jan 2026 09:01:30 GMT"})
-    assert retry_after_seconds(response, now) == 90
-    assert retry_after_seconds(httpx.Response(429, headers={"Retry-After": "12"}), now) == 12
-    assert retry_after_seconds(httpx.Response(429, headers={"Retry-After": "soon"}), now) is None
-    assert retry_after_seconds(httpx.Response(429, headers={"Retry-After": "inf"}), now) is None
-    assert retry_after_seconds(httpx.Response(429), now) is None
+@pytest.mark.parametrize(
+    "expires_in",
+    [
+        b"Infinity",
+        b"-Infinity",
+        b"NaN",
+        b'"nan"',
+        b'"inf"',
+        b"true",
+        b"false",
+        b"[3600]",
+        b"1" + b"0" * 400,
+    ],
+    ids=[
+        "Infinity",
+        "-Infinity",
+        "NaN",
+        "nan-string",
+        "inf-string",
+        "true",
+        "false",
+        "list",
+        "huge-int",
+    ],
+)
+def test_an_unusable_expires_in_is_transient_and_named(expires_in: bytes, sim_clock: SimClock) -> None:
+    body = b'{"access_token": "the-access", "expires_in": ' + expires_in + b"}"
+    with _answering(body) as http:
+        auth = OAuth("https://accounts.zoho.com", "id", "s", "r", http=http, clock=sim_clock)
+        with pytest.raises(TransientError, match="expires_in is not a finite number") as caught:
+            auth.token()
+    assert type(caught.value) is TransientError
+    assert_no_secret(caught.value, "the-access")
+
+
+@pytest.mark.parametrize(
+    ("payload", "lifetime"),
+    [
+        ({"access_token": "t", "expires_in": 1e20}, MAX_TOKEN_LIFETIME),
+        ({"access_token": "t", "expires_in": "3600"}, timedelta(hours=1)),
+        ({"access_token": "t", "expires_in_sec": 1e300}, MAX_TOKEN_LIFETIME),
+    ],
+    ids=["1e20", "numeric-string", "expires_in_sec-1e300"],
+)
+def test_an_absurd_lifetime_is_cut_to_the_cap(
+    payload: dict[str, object], lifetime: timedelta, sim_clock: SimClock
+) -> None:
+    cache = MemoryCache()
+    with _answering(payload) as http:
+        OAuth(
+            "https://accounts.zoho.com", "id", "s", "r", http=http, clock=sim_clock, cache=cache
+        ).token()
+    assert cache.saved[0].expires_at == sim_clock.now() + lifetime
+
+
+@pytest.mark.parametrize("value", [-5, 0, "-1"])
+def test_a_lifetime_that_is_not_positive_is_transient(value: object, sim_clock: SimClock) -> None:
+    with _answering({"access_token": "t", "expires_in": value}) as http:
+        auth = OAuth("https://accounts.zoho.com", "id", "s", "r", http=http, clock=sim_clock)
+        with pytest.raises(TransientError, match="expires_in is not positive"):
+            auth.token()
+
+
+@pytest.mark.parametrize("retry_after", ["999999999", "1e14", "Fri, 31 Dec 9999 23:59:59 GMT"])
+def test_a_huge_retry_after_blocks_refreshes_ten_minutes_at_most(
+    retry_after: str, sim_clock: SimClock
+) -> None:
+    with _answering(b"", status=429, headers={"Retry-After": retry_after}) as http:
+        auth = OAuth("https://accounts.zoho.com", "id", "s", "r", http=http, clock=sim_clock)
+        with pytest.raises(RateLimited) as caught:
+            auth.token()
+        assert caught.value.retry_after == REFRESH_BLOCK
+        sim_clock.advance(timedelta(seconds=REFRESH_BLOCK - 1))
+        with pytest.raises(RateLimited) as held:
+            auth.token()
+        assert held.value.retry_after == pytest.approx(1)
+
+
+def test_clear_block_lets_the_next_refresh_through(
+    emulator: Emulator, http: httpx.Client, sim_clock: SimClock
+) -> None:
+    from watchkeeper.emulator import Fault
+
+    emulator.add_fault(Fault(status=429, paths="token", retry_after=300, count=1))
+    auth = oauth_for(emulator, http, sim_clock)
+    with pytest.raises(RateLimited):
+        auth.token()
+    with pytest.raises(RateLimited):
+        auth.token()
+    assert refreshes(emulator) == 1  # held back locally
+    auth.clear_block()  # what a reload does
+    assert auth.token()
+    assert refreshes(emulator) == 2

@@ -267,7 +267,7 @@ class Engine:
         stop = self._stop_requested
         change: Transition
         if method == "DELETE":
-            answer = _call(lambda: client.delete_ids(ids, should_stop=stop))
+            answer = _call(lambda: client.delete(ids, should_stop=stop))
             change = outcome.deleted(self._at(unit, now), answer, ids)
         else:
             items = [WatchItem(a.spec, requested_at + a.spec.ttl) for a in actions if a.spec]

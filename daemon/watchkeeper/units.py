@@ -120,11 +120,13 @@ class Memory:
                 self.units[account].names[channel_id] = spec.name
 
     def reset(self, registry: Mapping[Key, RegistryEntry], now: datetime) -> None:
-        """After a reload: the registry as the store has it, no pause, every account listed."""
+        """After a reload: the registry as the store has it, no pause (the token server's
+        included), every account listed."""
         for unit in self.units.values():
             unit.entries = {cid: e for (acc, cid), e in registry.items() if acc == unit.name}
             unit.paused_until = None
             unit.next_listing = now
+            unit.client.clear_block()
 
     def hold_back(self, refused: Iterable[Refusal]) -> None:
         """What the guards refuse to delete stays owned, kept alive with the last spec known."""

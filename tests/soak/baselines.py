@@ -80,17 +80,20 @@ class Naive:
                 self._call("POST", spec, now)
             heapq.heappush(self.due, (now + self.period(spec), index))
 
-    def _call(self, method: str, spec: ChannelSpec, now: datetime) -> str:
+    def _call(self, method: Literal["POST", "PATCH"], spec: ChannelSpec, now: datetime) -> str:
         """One channel, one request: "ok", "gone" (Zoho no longer has it) or "failed"."""
         client = self.clients[spec.account]
         item = WatchItem(spec, now + self.lifetime(spec))
         began = time.thread_time()
         try:
-            (result,) = client.enable([item]) if method == "POST" else client.update([item])
+            answer = client.write(method, [item])
         except ZohoError:
             return "failed"
         finally:
             self.cpu += time.thread_time() - began
+        if answer.error is not None:
+            return "failed"
+        (result,) = answer.results
         if result.ok:
             return "ok"
         return "gone" if result.not_found else "failed"

@@ -3,13 +3,15 @@
 Zoho's accounts server allows only 10 refreshes per refresh token in 10 minutes and then blocks the
 rest of the window, so the token is cached (in memory and, through TokenCache, in the store so a
 restarted daemon reuses it), refreshed by one thread at a time, and a refresh answered with "too
-many requests" blocks further attempts locally until the server's delay has passed.
+many requests" blocks further attempts locally until the server's delay has passed (at most
+REFRESH_BLOCK; a reload lifts it early through ``clear_block``).
 
 No secret (refresh token, client secret, access token) ever appears in a message or a repr.
 """
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -18,17 +20,19 @@ from typing import Any, Protocol
 import httpx
 
 from watchkeeper.model import AccessToken
-from watchkeeper.zoho.answers import json_object, retry_after_seconds
 from watchkeeper.zoho.errors import AuthError, RateLimited, TransientError
+from watchkeeper.zoho.exchange import DEFAULT_LIMITS, Answer, Limits, Request, exchange
 from watchkeeper.zoho.regions import check_base_url
-
-DEFAULT_TIMEOUT = httpx.Timeout(connect=10.0, read=30.0, write=30.0, pool=10.0)
-"""Explicit timeouts for every call to Zoho: httpx's 5 s default is too short for a 100-item PATCH."""
+from watchkeeper.zoho.wire import json_object, retry_after_seconds
 
 REFRESH_BLOCK = 600.0
-"""Seconds to wait after the accounts server says "too many requests": its window is 10 minutes."""
+"""Seconds to wait after the accounts server says "too many requests": its window is 10 minutes.
+Also the longest wait believed: a larger ``Retry-After`` is cut to it."""
 DEFAULT_TOKEN_LIFETIME = timedelta(hours=1)
 """Zoho's documented access-token lifetime, assumed when a refresh answer omits expires_in."""
+MAX_TOKEN_LIFETIME = timedelta(days=1)
+"""The longest lifetime believed (Zoho's is an hour); a longer ``expires_in`` is cut to it, and a
+token that dies sooner is refreshed on its first 401 anyway."""
 _MS_THRESHOLD = 86400
 """An ``expires_in`` above one day in seconds is the older millisecond form."""
 
@@ -59,7 +63,7 @@ class OAuth:
         clock: Callable[[], datetime] = _utc_now,
         cache: TokenCache | None = None,
         on_refresh: Callable[[AccessToken], None] | None = None,
-        timeout: httpx.Timeout = DEFAULT_TIMEOUT,
+        limits: Limits = DEFAULT_LIMITS,
     ) -> None:
         self._url = check_base_url(accounts_url, "accounts_url") + "/oauth/v2/token"
         self._form = {
@@ -69,7 +73,7 @@ class OAuth:
             "client_secret": client_secret,
         }
         self._http = http
-        self._timeout = timeout
+        self._limits = limits
         self._clock = clock
         self._cache = cache
         self._on_refresh = on_refresh
@@ -118,6 +122,11 @@ class OAuth:
             if self._current is not None and self._current.value == value:
                 self._current = None
 
+    def clear_block(self) -> None:
+        """Forget a "too many requests" hold (an operator's reload: new credentials, or patience)."""
+        with self._lock:
+            self._blocked_until = None
+
     def _refresh(self, now: datetime) -> AccessToken:
         if self._blocked_until is not None and now < self._blocked_until:
             wait = (self._blocked_until - now).total_seconds()
@@ -126,33 +135,25 @@ class OAuth:
                 code="too_many_requests",
                 retry_after=wait,
             )
+        request = Request("POST", self._url, "token refresh: POST /oauth/v2/token", {}, form=self._form)
+        answer = exchange(self._http, request, self._limits)
         try:
-            response = self._http.post(self._url, data=self._form, timeout=self._timeout)
-        except httpx.TimeoutException as exc:
-            raise TransientError(
-                f"token refresh: POST /oauth/v2/token timed out ({type(exc).__name__})"
-            ) from None
-        except httpx.HTTPError as exc:  # transport, decoding, protocol: all worth a retry
-            raise TransientError(
-                f"token refresh: POST /oauth/v2/token failed: {type(exc).__name__}"
-            ) from None
-        try:
-            token = self._parse(response, now)
+            token = self._parse(answer, now)
         except RateLimited as exc:
             self._blocked_until = now + timedelta(seconds=exc.retry_after or 0.0)
             raise
         return token
 
-    def _parse(self, response: httpx.Response, now: datetime) -> AccessToken:
-        status = response.status_code
+    def _parse(self, answer: Answer, now: datetime) -> AccessToken:
+        status = answer.status
         where = f"token refresh: POST /oauth/v2/token: HTTP {status}"
         if status == 429:
             raise RateLimited(
-                f"{where} too many requests", status=status, retry_after=_block(response, now)
+                f"{where} too many requests", status=status, retry_after=_block(answer, now)
             )
         if status >= 500:
             raise TransientError(f"{where} server error", status=status)
-        body = json_object(response, where)
+        body = json_object(answer.content, where, status)
         value = body.get("access_token")
         if isinstance(value, str) and value:
             self.api_domain = _str_or_none(body.get("api_domain"))
@@ -165,32 +166,46 @@ class OAuth:
                     f"{where} too many requests (code {error!r})",
                     code=error,
                     status=status,
-                    retry_after=_block(response, now),
+                    retry_after=_block(answer, now),
                 )
             raise AuthError(f"{where} refused: {error}", code=error, status=status)
         raise TransientError(f"{where} answer has neither access_token nor error", status=status)
 
 
 def _lifetime(body: dict[str, Any], where: str) -> timedelta:
-    """``expires_in`` in seconds, or the older form: milliseconds plus ``expires_in_sec``."""
-    raw = body.get("expires_in_sec", body.get("expires_in"))
+    """``expires_in`` in seconds, or the older form: milliseconds plus ``expires_in_sec``.
+
+    A number or a numeric string; anything else (a bool, NaN, Infinity, a 400-digit integer, zero
+    or less) is a TransientError naming the field; more than MAX_TOKEN_LIFETIME is cut to it.
+    """
+    field = "expires_in_sec" if "expires_in_sec" in body else "expires_in"
+    raw = body.get(field)
     if raw is None:
         return DEFAULT_TOKEN_LIFETIME
-    try:
-        seconds = float(raw)
-    except (TypeError, ValueError):
-        raise TransientError(f"{where} expires_in is not a number") from None
-    if "expires_in_sec" not in body and seconds > _MS_THRESHOLD:
+    seconds = _number(raw)
+    if seconds is None:
+        raise TransientError(f"{where} {field} is not a finite number")
+    if field == "expires_in" and seconds > _MS_THRESHOLD:
         seconds /= 1000
     if seconds <= 0:
-        raise TransientError(f"{where} expires_in is not positive")
-    return timedelta(seconds=seconds)
+        raise TransientError(f"{where} {field} is not positive")
+    return timedelta(seconds=min(seconds, MAX_TOKEN_LIFETIME.total_seconds()))
 
 
-def _block(response: httpx.Response, now: datetime) -> float:
+def _number(raw: object) -> float | None:
+    if isinstance(raw, bool) or not isinstance(raw, int | float | str):
+        return None
+    try:
+        value = float(raw)
+    except (ValueError, OverflowError):
+        return None
+    return value if math.isfinite(value) else None
+
+
+def _block(answer: Answer, now: datetime) -> float:
     """How long a refresh answered "too many requests" holds further refreshes back."""
-    delay = retry_after_seconds(response, now)
-    return REFRESH_BLOCK if delay is None else delay
+    delay = retry_after_seconds(answer.headers.get("Retry-After"), now)
+    return REFRESH_BLOCK if delay is None else min(delay, REFRESH_BLOCK)
 
 
 def _str_or_none(value: object) -> str | None:

@@ -7,16 +7,13 @@
 - TerminalError: Zoho refused the whole request for a reason retrying will not fix.
 - RequestRefused: refused locally, before sending, because Zoho would reject it.
 
-Per-item rejections inside a 2xx answer are not exceptions: they come back as ItemResult.
-Messages never carry tokens or secrets.
+Per-item rejections inside a 2xx answer are not exceptions: they come back as ItemResult, and a
+multi-request call returns the error that stopped it beside the earlier results (results.py).
+Messages say the reason (timed out, deadline exceeded, answer too large, not JSON, no watch list)
+and never carry tokens or secrets.
 """
 
 from __future__ import annotations
-
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from watchkeeper.model import ItemResult
 
 
 class ZohoError(Exception):
@@ -26,8 +23,6 @@ class ZohoError(Exception):
         super().__init__(message)
         self.code = code
         self.status = status
-        self.completed: list[ItemResult] = []
-        """Results of the batches that succeeded before this error stopped a multi-request call."""
 
 
 class TransientError(ZohoError):
