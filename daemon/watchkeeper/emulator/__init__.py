@@ -71,9 +71,10 @@ Example: ``curl -X POST localhost:8950/__emulator/faults -d '{"status": 500, "co
 """
 
 from watchkeeper.emulator.delivery import Delivery
-from watchkeeper.emulator.emulator import UNSET, Emulator
+from watchkeeper.emulator.emulator import Emulator
 from watchkeeper.emulator.faults import Fault
 from watchkeeper.emulator.foreground import serve
+from watchkeeper.emulator.options import Options
 from watchkeeper.emulator.state import (
     DEFAULT_CLIENT_ID,
     DEFAULT_CLIENT_SECRET,
@@ -88,11 +89,11 @@ __all__ = [
     "DEFAULT_CLIENT_SECRET",
     "DEFAULT_ORG",
     "DEFAULT_REFRESH_TOKEN",
-    "UNSET",
     "Call",
     "Channel",
     "Delivery",
     "Emulator",
     "Fault",
+    "Options",
     "serve",
 ]
