@@ -94,7 +94,9 @@ def options_from_json(current: Options, data: dict[str, Any]) -> OptionArgs:
     unknown = set(data) - _NAMES
     if unknown:
         raise KeyError(f"unknown options {sorted(unknown)} (known: {', '.join(sorted(_NAMES))})")
-    return cast(OptionArgs, {name: _from_json(getattr(current, name), v) for name, v in data.items()})
+    return cast(
+        OptionArgs, {name: _from_json(name, getattr(current, name), v) for name, v in data.items()}
+    )
 
 
 def _to_json(value: object) -> Any:
@@ -105,14 +107,14 @@ def _to_json(value: object) -> Any:
     return value
 
 
-def _from_json(current: object, value: Any) -> Any:
+def _from_json(name: str, current: object, value: Any) -> Any:
     """``value`` in the type of the option it replaces."""
     if isinstance(current, timedelta):
         if isinstance(value, bool) or not isinstance(value, int | float):
-            raise TypeError(f"a duration is a number of seconds, not {value!r}")
+            raise TypeError(f"{name} is a number of seconds, not {value!r}")
         return timedelta(seconds=value)
     if isinstance(current, frozenset):
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise TypeError(f"a module set is a list of names, not {value!r}")
+            raise TypeError(f"{name} is a list of module names, not {value!r}")
         return frozenset(value)
     return value
