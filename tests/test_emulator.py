@@ -1249,3 +1249,14 @@ def test_options_are_checked_in_python() -> None:
     with pytest.raises(ValueError, match="unknown_modules"):
         emu.set_options(unknown_modules="reject")  # type: ignore[arg-type]
     assert emu.options.unknown_modules == "accept"
+
+
+def test_a_mistyped_keyword_is_refused(emulator: Emulator) -> None:
+    with pytest.raises(TypeError, match="prodcut"):
+        emulator.add_foreign_channel("1", ["Deals.create"], HOOK, prodcut="bigin")  # type: ignore[call-arg]
+    emulator.add_foreign_channel("1", ["Deals.create"], HOOK)
+    with pytest.raises(TypeError, match="expiry"):
+        emulator.change_channel("1", expiry=datetime.now(UTC))  # type: ignore[call-arg]
+    with pytest.raises(ValueError, match="product is one of crm, bigin"):
+        emulator.channels(product="desk")  # type: ignore[arg-type]
+    assert emulator.channels()["1"].events == {("Deals", "create")}

@@ -7,7 +7,7 @@ expiries, the ``Date`` header, fault windows, calls and live intervals are all w
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
@@ -18,7 +18,7 @@ import httpx
 
 from watchkeeper.emulator import admin, watch
 from watchkeeper.emulator import responses as r
-from watchkeeper.emulator.delivery import Delivery, RecordOp, deliver, payload
+from watchkeeper.emulator.delivery import Delivery, RecordChange, RecordOp, deliver, payload
 from watchkeeper.emulator.faults import Fault, FaultPlan
 from watchkeeper.emulator.formats import PRODUCTS, Product, format_expiry, parse_events, utc
 from watchkeeper.emulator.oauth import (
@@ -62,6 +62,13 @@ class ChannelChange(Where, total=False):
     notify_url: str
     token: str | None
     expires_at: datetime
+
+
+def _only(given: Mapping[str, object], known: frozenset[str]) -> None:
+    """``**kwargs`` typed by a TypedDict still take any keyword at run time: refuse the others."""
+    unknown = set(given) - known
+    if unknown:
+        raise TypeError(f"unexpected keyword arguments {sorted(unknown)} (known: {sorted(known)})")
 
 
 def _real_clock() -> datetime:
@@ -239,6 +246,7 @@ class Emulator:
         **where: Unpack[Where],
     ) -> Channel:
         """A channel someone else subscribed (or any channel a test wants in place)."""
+        _only(where, Where.__optional_keys__)
         if ttl <= timedelta(0):
             raise ValueError(f"ttl must be positive, not {ttl}")
         with self._lock:
@@ -256,6 +264,7 @@ class Emulator:
 
     def change_channel(self, channel_id: str, **change: Unpack[ChannelChange]) -> Channel:
         """Change a live channel the way another client (or Zoho itself) might."""
+        _only(change, ChannelChange.__optional_keys__)
         org, product = change.get("org", DEFAULT_ORG), change.get("product", "crm")
         with self._lock:
             now = self.now()
@@ -325,11 +334,12 @@ class Emulator:
     ) -> list[Delivery]:
         """POST Zoho's callback to every live channel subscribed to (module, op); the POSTs happen
         outside the lock, so a receiver may call the emulator back."""
+        change = RecordChange(module, op, tuple(record_ids))
         with self._lock:
             now = self.now()
-            base = self.url
+            uri = resource_uri(self.url, product, module)
             targets = [
-                (ch, payload(ch, module, op, record_ids, now, resource_uri(base, product, module)))
+                (ch, payload(ch, change, now, uri))
                 for ch in self._store(org, product).channels.values()
                 if ch.is_live(now) and (module, op) in ch.events
             ]
