@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import re
@@ -19,6 +20,7 @@ from typing import Any
 
 import httpx
 import pytest
+import watchkeeper.emulator as emulator_package
 from watchkeeper.emulator import (
     DEFAULT_CLIENT_ID,
     DEFAULT_CLIENT_SECRET,
@@ -26,6 +28,7 @@ from watchkeeper.emulator import (
     Emulator,
     Fault,
 )
+from watchkeeper.emulator.formats import format_expiry, parse_expiry
 from watchkeeper.model import format_instant, parse_instant
 
 from tests.helpers import SimClock
@@ -847,3 +850,413 @@ def test_a_module_without_permission_is_refused_per_item(emulator: Emulator) -> 
     assert refused["code"] == "INVALID_DATA"
     assert refused["details"] == {"api_name": "events", "json_path": "$.watch[1].events"}
     assert set(emulator.channels()) == {"1"}
+
+
+# ---- an independent oracle ---------------------------------------------------------------------
+
+EMULATOR_DIR = Path(emulator_package.__file__).parent
+
+
+def _imported(tree: ast.Module, package: str) -> Iterator[tuple[int, str]]:
+    """(line, absolute module name) of every import anywhere in the tree (nested and TYPE_CHECKING
+    ones too); ``from a import b`` yields ``a`` and ``a.b``, since b may be a module; a string
+    naming a watchkeeper module counts too (``importlib.import_module``)."""
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            yield from ((node.lineno, alias.name) for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parent = package.rsplit(".", node.level - 1)[0]
+                base = f"{parent}.{base}" if base else parent
+            yield node.lineno, base
+            yield from ((node.lineno, f"{base}.{alias.name}") for alias in node.names)
+        elif isinstance(node, ast.Constant) and re.fullmatch(r"watchkeeper(\.\w+)+", str(node.value)):
+            yield node.lineno, str(node.value)
+
+
+def foreign_imports(package_dir: Path, package: str = "watchkeeper.emulator") -> list[str]:
+    """``file:line module`` for each watchkeeper module outside ``package`` that it imports."""
+    found: list[tuple[str, int, str]] = []
+    for path in sorted(package_dir.rglob("*.py")):
+        relative = path.relative_to(package_dir)
+        here = ".".join((package, *relative.parent.parts))
+        for line, name in _imported(ast.parse(path.read_text()), here):
+            daemon = name == "watchkeeper" or name.startswith("watchkeeper.")
+            if daemon and not (name == package or name.startswith(f"{package}.")):
+                found.append((str(relative), line, name))
+    return [f"{file}:{line} {name}" for file, line, name in sorted(found)]
+
+
+def test_the_emulator_imports_nothing_from_the_daemon() -> None:
+    """A fake that shares the parsers and tables it checks cannot catch their mistakes."""
+    assert len(list(EMULATOR_DIR.glob("*.py"))) >= 10  # the walk sees the package
+    assert foreign_imports(EMULATOR_DIR) == []
+
+
+def test_foreign_imports_finds_every_form(tmp_path: Path) -> None:
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "a.py").write_text(
+        "from watchkeeper.emulator import watch\n"
+        "from . import state\n"
+        "import watchkeeper.model\n"
+        "from .. import config\n"
+        "from typing import TYPE_CHECKING\n"
+        "if TYPE_CHECKING:\n    from watchkeeper.zoho.regions import VERSIONS\n"
+    )
+    (tmp_path / "sub" / "b.py").write_text(
+        "def f():\n    from ...zoho import wire\n    return wire\n"
+        "import importlib\nimportlib.import_module('watchkeeper.store')\n"
+        "from .. import faults\n"
+    )
+    assert foreign_imports(tmp_path) == [
+        "a.py:3 watchkeeper.model",
+        "a.py:4 watchkeeper",
+        "a.py:4 watchkeeper.config",
+        "a.py:7 watchkeeper.zoho.regions",
+        "a.py:7 watchkeeper.zoho.regions.VERSIONS",
+        "sub/b.py:2 watchkeeper.zoho",
+        "sub/b.py:2 watchkeeper.zoho.wire",
+        "sub/b.py:5 watchkeeper.store",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("2023-02-02T10:30:00+05:30", datetime(2023, 2, 2, 5, 0, tzinfo=UTC)),
+        ("2023-02-02T10:30:00-11:00", datetime(2023, 2, 2, 21, 30, tzinfo=UTC)),
+        ("2024-02-29T00:00:00+00:00", datetime(2024, 2, 29, tzinfo=UTC)),
+        ("2023-02-02T10:30:00 05:30", None),  # the Chilkat sample's lost "+"
+        ("2023-02-02T10:30:00Z", None),  # UNCONFIRMED in the docs: "send +00:00"
+        ("2023-02-02T10:30:00", None),  # no offset
+        ("2023-02-02T10:30+05:30", None),  # no seconds
+        ("2023-02-02T10:30:00.5+05:30", None),  # fractions: "seconds precision"
+        ("2023-02-02 10:30:00+05:30", None),
+        ("2023-02-02", None),
+        ("2023-02-30T10:30:00+05:30", None),
+        ("2023-02-02T24:00:00+05:30", None),
+        ("2023-02-02T10:30:00+24:00", None),
+        ("٢٠٢٣-02-02T10:30:00+05:30", None),  # digits Python's int() reads but Zoho does not
+        (1675314000, None),
+        (None, None),
+    ],
+)
+def test_expiry_parsing_reads_what_zoho_documents(text: object, expected: datetime | None) -> None:
+    assert parse_expiry(text) == expected
+
+
+def test_expiries_are_written_in_the_org_offset() -> None:
+    instant = datetime(2021, 5, 3, 14, 57, 17, 999_999, tzinfo=UTC)
+    assert format_expiry(instant, timedelta(hours=5, minutes=30)) == "2021-05-03T20:27:17+05:30"
+    assert format_expiry(instant, timedelta(hours=-11)) == "2021-05-03T03:57:17-11:00"
+    assert format_expiry(instant, timedelta(hours=-3, minutes=-30)) == "2021-05-03T11:27:17-03:30"
+    with pytest.raises(ValueError, match="naive"):
+        format_expiry(instant.replace(tzinfo=None), timedelta(0))
+
+
+# ---- CRM and Bigin -----------------------------------------------------------------------------
+
+BIGIN = "/bigin/v2/actions/watch"
+
+
+def test_crm_and_bigin_keep_separate_stores(
+    emulator: Emulator, api: httpx.Client, sim_clock: SimClock, web: httpx.Client
+) -> None:
+    assert api.post(CRM, json={"watch": [item("5", ["Deals.create"], token="crm")]}).status_code == 201
+    assert api.get(BIGIN).status_code == 204  # not listed through Bigin
+    unknown = api.patch(BIGIN, json={"watch": [item("5", ["Deals.edit"])]})
+    assert unknown.json()["watch"][0]["code"] == "NOT_SUBSCRIBED"
+
+    # the same id on Bigin is another channel
+    bigin = item("5", ["Pipelines.edit"], token="bigin")
+    assert api.post(BIGIN, json={"watch": [bigin]}).status_code == 201
+    assert [(r["resource_name"], r["token"]) for r in listed(api, BIGIN)] == [("Pipelines", "bigin")]
+    assert [(r["resource_name"], r["token"]) for r in listed(api, CRM)] == [("Deals", "crm")]
+    assert emulator.channels()["5"].events == {("Deals", "create")}
+    assert emulator.channels(product="bigin")["5"].events == {("Pipelines", "edit")}
+
+    sim_clock.advance(HOUR / 2)
+    assert api.delete(CRM, params={"channel_ids": "5"}).status_code == 200
+    assert [r["resource_name"] for r in listed(api, BIGIN)] == ["Pipelines"]
+    assert emulator.live_intervals("5") == [(sim_clock.now() - HOUR / 2, sim_clock.now())]
+    assert emulator.live_intervals("5", product="bigin") == [(sim_clock.now() - HOUR / 2, None)]
+
+    admin = "/__emulator/channels"
+    web.post(
+        admin, json={"channel_id": "6", "events": ["Calls.all"], "notify_url": HOOK, "product": "bigin"}
+    )
+    assert [c["channel_id"] for c in web.get(admin, params={"product": "bigin"}).json()["channels"]] == [
+        "5",
+        "6",
+    ]
+    assert web.get(admin).json()["channels"] == []
+    assert web.delete(f"{admin}/6").json() == {"deleted": False}  # CRM has no channel 6
+    assert web.delete(f"{admin}/6", params={"product": "bigin"}).json() == {"deleted": True}
+    assert web.get(admin, params={"product": "zoho desk"}).status_code == 400
+    status = web.get("/__emulator/").json()
+    assert (status["live_channels"], status["live_channels_by_product"]) == (1, {"crm": 0, "bigin": 1})
+
+
+def test_record_changes_reach_only_the_products_channels(
+    emulator: Emulator, receiver: tuple[str, list[tuple[str, dict[str, Any]]]]
+) -> None:
+    url, received = receiver
+    emulator.add_foreign_channel("1", ["Contacts.create"], f"{url}/crm")
+    emulator.add_foreign_channel("2", ["Contacts.create"], f"{url}/bigin", product="bigin")
+    delivered = emulator.simulate_record_change("Contacts", "create", ["9"], product="bigin")
+    assert [d.channel_id for d in delivered] == ["2"]
+    assert [(path, body["resource_uri"]) for path, body in received] == [
+        ("/bigin", f"{emulator.url}/bigin/v1/Contacts")
+    ]
+
+
+# ---- the default lifetime ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("emulator", [{"default_lifetime": 2 * HOUR}], indirect=True)
+def test_the_default_lifetime_is_a_constructor_argument(
+    emulator: Emulator, api: httpx.Client, sim_clock: SimClock
+) -> None:
+    answer = api.post(CRM, json={"watch": [item("1", ["Deals.create"])]}).json()["watch"][0]
+    granted = datetime.fromisoformat(answer["details"]["events"][0]["channel_expiry"])
+    assert granted == sim_clock.now() + 2 * HOUR
+    assert emulator.default_lifetime == emulator.options.default_lifetime == 2 * HOUR
+
+
+def _emulate(*args: str) -> subprocess.Popen[str]:
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONPATH": str(root / "daemon")}
+    command = [sys.executable, "-m", "watchkeeper", "emulate", "--port", "0", *args]
+    return subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=root
+    )
+
+
+def test_emulate_grants_the_default_lifetime_it_is_given() -> None:
+    with _emulate("--default-lifetime", "2h") as process:
+        try:
+            assert process.stdout is not None
+            banner = process.stdout.readline()
+            found = re.search(r"listening on (http://127\.0\.0\.1:\d+)", banner)
+            assert found is not None, banner
+            url = found.group(1)
+            token = httpx.post(f"{url}/__emulator/access_token", json={}).json()["access_token"]
+            headers = {"Authorization": f"Zoho-oauthtoken {token}"}
+            past = {"watch": [item("1", ["Deals.create"], channel_expiry="2018-02-02T10:30:00+05:30")]}
+            answer = httpx.post(url + CRM, json=past, headers=headers)
+            granted = answer.json()["watch"][0]["details"]["events"][0]["channel_expiry"]
+            date = parsedate_to_datetime(answer.headers["Date"])
+            assert datetime.fromisoformat(granted) == date + 2 * HOUR
+            options = httpx.get(f"{url}/__emulator/options").json()["options"]
+            assert options["default_lifetime"] == 7200
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(timeout=10) == 0
+        finally:
+            process.kill()
+
+
+@pytest.mark.parametrize("value", ["soon", "0s", "-1h"])
+def test_emulate_refuses_a_default_lifetime_that_is_not_a_duration(value: str) -> None:
+    with _emulate(f"--default-lifetime={value}") as process:
+        _, err = process.communicate(timeout=30)
+    assert process.returncode == 2
+    assert "--default-lifetime" in err
+    assert repr(value) in err
+
+
+# ---- options for every plausible Zoho ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("emulator", [{"patch_unknown": "invalid_data"}], indirect=True)
+@pytest.mark.parametrize("method", ["PATCH", "PUT"])
+def test_an_unknown_channel_can_be_invalid_data(
+    emulator: Emulator, api: httpx.Client, method: str
+) -> None:
+    assert api.post(CRM, json={"watch": [item("1", ["Deals.create"])]}).status_code == 201
+    body = {"watch": [item("1", ["Deals.edit"]), item("404", ["Deals.edit"])]}
+    response = api.request(method, CRM, json=body)
+    assert response.status_code == 202
+    known, unknown = response.json()["watch"]
+    assert known["code"] == "SUCCESS"
+    assert unknown == {
+        "code": "INVALID_DATA",
+        "details": {"api_name": "channel_id", "json_path": "$.watch[1].channel_id"},
+        "message": "invalid data",
+        "status": "error",
+    }
+    assert list(emulator.channels()) == ["1"]
+    removal = {"watch": [{"channel_id": "404", "events": ["Deals.edit"], "_delete_events": True}]}
+    gone = api.patch(CRM, json=removal).json()["watch"][0]
+    assert (gone["code"], gone["details"]["api_name"]) == ("INVALID_DATA", "channel_id")
+
+
+REFUSED_EXPIRIES = {
+    "past": "2018-02-02T10:30:00+05:30",
+    "garbled": "2018-02-02T10:30:00 05:30",
+    "zulu": "2026-01-05T12:00:00Z",
+    "date": "2026-01-06",
+    "number": 1767600000,
+}
+
+
+@pytest.mark.parametrize("emulator", [{"bad_expiry": "refuse"}], indirect=True)
+def test_bad_expiries_can_be_refused(emulator: Emulator, api: httpx.Client, sim_clock: SimClock) -> None:
+    now = sim_clock.now()
+    good = {
+        "asked": format_instant(now + 5 * HOUR),
+        "missing": None,
+        "over": format_instant(now + timedelta(days=8)),
+    }
+    asked = [*REFUSED_EXPIRIES.values(), *good.values()]
+    body = {"watch": [item(str(n), ["Deals.create"], channel_expiry=e) for n, e in enumerate(asked)]}
+    response = api.post(CRM, json=body)
+    assert response.status_code == 202
+    answers = response.json()["watch"]
+    refused = answers[: len(REFUSED_EXPIRIES)]
+    assert [a["code"] for a in refused] == ["INVALID_DATA"] * len(REFUSED_EXPIRIES)
+    assert [a["details"] for a in refused] == [
+        {"api_name": "channel_expiry", "json_path": f"$.watch[{n}].channel_expiry"}
+        for n in range(len(REFUSED_EXPIRIES))
+    ]
+    granted = [
+        datetime.fromisoformat(a["details"]["events"][0]["channel_expiry"])
+        for a in answers[len(REFUSED_EXPIRIES) :]
+    ]
+    default = now + emulator.default_lifetime
+    assert granted == [now + 5 * HOUR, default, default]  # the unasked and too long still default
+    assert sorted(emulator.channels()) == ["5", "6", "7"]
+    renewal = {"watch": [item("5", ["Deals.create"], channel_expiry=REFUSED_EXPIRIES["past"])]}
+    assert api.patch(CRM, json=renewal).json()["watch"][0]["code"] == "INVALID_DATA"
+    assert emulator.channels()["5"].expires_at == now + 5 * HOUR  # a refused item changes nothing
+
+
+def test_bad_expiries_are_defaulted_by_default(
+    emulator: Emulator, api: httpx.Client, sim_clock: SimClock
+) -> None:
+    body = {
+        "watch": [
+            item(str(n), ["Deals.create"], channel_expiry=e)
+            for n, e in enumerate(REFUSED_EXPIRIES.values())
+        ]
+    }
+    response = api.post(CRM, json=body)
+    assert response.status_code == 201
+    default = sim_clock.now() + emulator.default_lifetime
+    assert {ch.expires_at for ch in emulator.channels().values()} == {default}
+    assert len(emulator.channels()) == len(REFUSED_EXPIRIES)
+
+
+@pytest.mark.parametrize(
+    "emulator", [{"unknown_modules": "refuse", "custom_modules": frozenset({"Ships"})}], indirect=True
+)
+def test_unknown_modules_can_be_refused(emulator: Emulator, api: httpx.Client) -> None:
+    crm = {
+        "watch": [
+            item("1", ["Deals.create", "Pipelines.edit"]),  # a Bigin module
+            item("2", ["Deals.all", "Ships.create", "Notes.edit"]),
+            item("3", ["deals.create"]),  # API names are case-sensitive
+        ]
+    }
+    answers = api.post(CRM, json=crm).json()["watch"]
+    assert [a["code"] for a in answers] == ["INVALID_DATA", "SUCCESS", "INVALID_DATA"]
+    assert answers[0]["details"] == {"api_name": "events", "json_path": "$.watch[0].events[1]"}
+    assert answers[2]["details"] == {"api_name": "events", "json_path": "$.watch[2].events[0]"}
+    bigin = {"watch": [item("1", ["Pipelines.edit", "Contacts.all"]), item("2", ["Deals.create"])]}
+    answers = api.post(BIGIN, json=bigin).json()["watch"]
+    assert [a["code"] for a in answers] == ["SUCCESS", "INVALID_DATA"]
+    assert answers[1]["details"] == {"api_name": "events", "json_path": "$.watch[1].events[0]"}
+    patch = {"watch": [item("2", ["Dealz.edit"])]}
+    assert api.patch(CRM, json=patch).json()["watch"][0]["code"] == "INVALID_DATA"
+    assert emulator.channels()["2"].events == {
+        ("Deals", "create"),
+        ("Deals", "edit"),
+        ("Deals", "delete"),
+        ("Ships", "create"),
+        ("Notes", "edit"),
+    }
+
+
+def test_unknown_modules_are_accepted_by_default(api: httpx.Client) -> None:
+    body = {"watch": [item("1", ["Dealz.create"]), item("2", ["Pipelines.edit"])]}
+    assert api.post(CRM, json=body).status_code == 201
+
+
+def test_options_over_the_admin_api(emulator: Emulator, api: httpx.Client, web: httpx.Client) -> None:
+    options = "/__emulator/options"
+    assert web.get(options).json()["options"] == {
+        "default_lifetime": 3600.0,
+        "access_token_lifetime": 3600.0,
+        "max_items": 100,
+        "patch_unknown": "error",
+        "patch_events": "replace",
+        "bad_expiry": "default",
+        "unknown_modules": "accept",
+        "custom_modules": [],
+        "forbidden_modules": [],
+        "expired_listed_for": 0.0,
+    }
+    change = {
+        "patch_unknown": "invalid_data",
+        "bad_expiry": "refuse",
+        "unknown_modules": "refuse",
+        "custom_modules": ["Ships"],
+        "default_lifetime": 7200,
+    }
+    changed = web.patch(options, json=change).json()["options"]
+    assert {k: changed[k] for k in change} == change
+    assert emulator.options.custom_modules == {"Ships"}
+
+    body = {
+        "watch": [
+            item("1", ["Ships.create"]),
+            item("2", ["Dealz.create"]),
+            item("3", ["Deals.create"], channel_expiry="2018-02-02T10:30:00+05:30"),
+        ]
+    }
+    answers = api.post(CRM, json=body).json()["watch"]
+    assert [(a["code"], a["details"].get("api_name")) for a in answers] == [
+        ("SUCCESS", None),
+        ("INVALID_DATA", "events"),
+        ("INVALID_DATA", "channel_expiry"),
+    ]
+    granted = datetime.fromisoformat(answers[0]["details"]["events"][0]["channel_expiry"])
+    assert granted == emulator.now() + 2 * HOUR
+    unknown = api.put(CRM, json={"watch": [item("404", ["Deals.create"])]}).json()["watch"][0]
+    assert (unknown["code"], unknown["details"]["api_name"]) == ("INVALID_DATA", "channel_id")
+
+    for bad in (
+        {"patch_unknown": "maybe"},
+        {"default_lifetime": -1},
+        {"default_lifetime": "2h"},
+        {"custom_modules": "Ships"},
+        {"max_items": 0},
+        {"colour": "blue"},
+    ):
+        refused = web.patch(options, json=bad)
+        assert refused.status_code == 400, bad
+        assert next(iter(bad)) in refused.json()["error"]
+    assert emulator.options.patch_unknown == "invalid_data"  # a refused change changes nothing
+
+
+def test_options_are_checked_in_python() -> None:
+    with pytest.raises(ValueError, match="patch_unknown is one of error, create, invalid_data"):
+        Emulator(patch_unknown="sometimes")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="default_lifetime must be positive"):
+        Emulator(default_lifetime=timedelta(0))
+    emu = Emulator()
+    assert emu.set_options(bad_expiry="refuse").bad_expiry == "refuse"
+    with pytest.raises(ValueError, match="unknown_modules"):
+        emu.set_options(unknown_modules="reject")  # type: ignore[arg-type]
+    assert emu.options.unknown_modules == "accept"
+
+
+def test_a_mistyped_keyword_is_refused(emulator: Emulator) -> None:
+    with pytest.raises(TypeError, match="prodcut"):
+        emulator.add_foreign_channel("1", ["Deals.create"], HOOK, prodcut="bigin")  # type: ignore[call-arg]
+    emulator.add_foreign_channel("1", ["Deals.create"], HOOK)
+    with pytest.raises(TypeError, match="expiry"):
+        emulator.change_channel("1", expiry=datetime.now(UTC))  # type: ignore[call-arg]
+    with pytest.raises(ValueError, match="product is one of crm, bigin"):
+        emulator.channels(product="desk")  # type: ignore[arg-type]
+    assert emulator.channels()["1"].events == {("Deals", "create")}

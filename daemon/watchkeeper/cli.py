@@ -12,12 +12,12 @@ import os
 import signal
 import sys
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from watchkeeper import __version__, logs, report
-from watchkeeper.config import ConfigError, DesiredState, load
+from watchkeeper.config import ConfigError, DesiredState, load, parse_duration
 from watchkeeper.zoho.errors import ZohoError
 
 EX_OK, EX_ERROR, EX_PENDING, EX_CONFIG = 0, 1, 2, 78
@@ -159,8 +159,18 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_emulate(args: argparse.Namespace) -> int:
     from watchkeeper.emulator import serve
 
-    serve(args.host, args.port)
+    serve(args.host, args.port, default_lifetime=args.default_lifetime)
     return EX_OK
+
+
+def _lifetime(text: str) -> timedelta:
+    try:
+        delta = parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if delta <= timedelta(0):
+        raise argparse.ArgumentTypeError(f"{text!r} must be longer than 0s")
+    return delta
 
 
 def _iso(text: str) -> str:
@@ -216,6 +226,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("emulate", help="run the local Zoho emulator")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8950)
+    p.add_argument(
+        "--default-lifetime",
+        type=_lifetime,
+        default=timedelta(hours=1),
+        metavar="DURATION",
+        help="what Zoho grants when no or a disliked expiry is asked (docs 1h, recordings 2h)",
+    )
     p.set_defaults(func=cmd_emulate)
     return parser
 

@@ -1,6 +1,8 @@
 """A local Zoho (CRM and Bigin ``actions/watch`` plus the OAuth refresh) on loopback, for tests,
 the demo and the soak harness. It behaves as zoho-api.md and the recorded responses say, keeps the
-ground truth of when each channel was live, and fails on request.
+ground truth of when each channel was live, and fails on request. It is an independent oracle: it
+imports nothing from the rest of watchkeeper (its own parsing of Zoho's formats is in ``formats``,
+the versions and modules it serves in ``catalog``), so it cannot share the daemon's mistakes.
 
 Python::
 
@@ -13,11 +15,23 @@ fault latency sleeps in real time. Credentials of the default org ``org1`` (fixe
 client_id ``emu-client-id``, client_secret ``emu-client-secret``, refresh_token
 ``emu-refresh-token``; ``add_org("x")`` gives org x the same client and ``emu-refresh-token-x``.
 
-Beyond the basic contract: ``Emulator(seed=0)`` seeds the fault RNG; ``patch_events="merge"``
-makes a PATCH add its events instead of replacing them (Zoho's behaviour is UNCONFIRMED; PUT of an
-unknown channel follows ``patch_unknown`` as PATCH does); ``Fault(status=None, latency=2)`` delays
-a request that still takes effect (a timeout after Zoho acted); ``Fault(code=...)`` picks the
-error code (``OAUTH_SCOPE_MISMATCH``, or ``invalid_code`` on the token path);
+Each org has one store per product: a channel made through ``/crm/...`` is unknown to
+``/bigin/...`` and the same id may live in both; the Python and admin calls take
+``product="bigin"`` (default ``crm``).
+
+Where Zoho is unrecorded the Options (``Emulator(**options)``, ``set_options()``, or the admin API)
+play each plausible answer: ``default_lifetime`` (1 h as documented; the recordings show 2 h);
+``patch_unknown`` for a PATCH or PUT of an unknown channel: ``"error"`` (NOT_SUBSCRIBED),
+``"create"`` or ``"invalid_data"`` (INVALID_DATA ``channel_id``); ``bad_expiry="refuse"`` answers
+an unreadable or past ``channel_expiry`` with INVALID_DATA instead of the default lifetime;
+``unknown_modules="refuse"`` answers events on modules the product lacks (``catalog.MODULES`` plus
+``custom_modules``) with INVALID_DATA ``events``; ``patch_events="merge"`` makes a PATCH add its
+events instead of replacing them; ``forbidden_modules``, ``max_items``, ``expired_listed_for``.
+
+Beyond the basic contract: ``Emulator(seed=0)`` seeds the fault RNG; ``Fault(status=None,
+latency=2)`` delays a request that still takes effect (a timeout after Zoho acted);
+``Fault(code=...)`` picks the error code (``OAUTH_SCOPE_MISMATCH``, or ``invalid_code`` on the
+token path);
 ``issue_access_token(org, lifetime=...)``; ``change_channel(..., expires_at=...)`` shortens or
 ends a channel; ``live_intervals(channel_id, event="Deals.edit")`` counts only the time that event
 was subscribed; ``set_clock_skew()``; ``now()``.
@@ -33,8 +47,8 @@ Zoho's endpoints::
     POST /oauth/v2/token                       grant_type=refresh_token (form or query)
     GET|POST|PUT|PATCH|DELETE /crm/{v2..v8}/actions/watch, /bigin/{v1,v2}/actions/watch
 
-Admin endpoints (JSON in and out, no auth; ``org`` defaults to org1, as a query parameter or a
-body key; tokens and notify_url query values are shown as ``***``)::
+Admin endpoints (JSON in and out, no auth; ``org`` defaults to org1 and ``product`` to crm, as
+query parameters or body keys; tokens and notify_url query values are shown as ``***``)::
 
     GET    /__emulator/                        status: url, clock, orgs, counts, endpoint list
     GET    /__emulator/channels?org=           live channels
@@ -66,14 +80,19 @@ body key; tokens and notify_url query values are shown as ``***``)::
                                                and the Date header follow)
     GET    /__emulator/refreshes?org=          token refreshes in the current 10-minute window
     POST   /__emulator/access_token            {"org"?}: mint an access token without a refresh
+    GET    /__emulator/options                 the Options (durations in seconds)
+    PATCH  /__emulator/options                 change some: {"patch_unknown": "invalid_data",
+                                               "bad_expiry": "refuse", "unknown_modules": "refuse",
+                                               "custom_modules": [...], "default_lifetime": 7200}
 
 Example: ``curl -X POST localhost:8950/__emulator/faults -d '{"status": 500, "count": 2}'``.
 """
 
 from watchkeeper.emulator.delivery import Delivery
-from watchkeeper.emulator.emulator import UNSET, Emulator
+from watchkeeper.emulator.emulator import Emulator
 from watchkeeper.emulator.faults import Fault
 from watchkeeper.emulator.foreground import serve
+from watchkeeper.emulator.options import Options
 from watchkeeper.emulator.state import (
     DEFAULT_CLIENT_ID,
     DEFAULT_CLIENT_SECRET,
@@ -88,11 +107,11 @@ __all__ = [
     "DEFAULT_CLIENT_SECRET",
     "DEFAULT_ORG",
     "DEFAULT_REFRESH_TOKEN",
-    "UNSET",
     "Call",
     "Channel",
     "Delivery",
     "Emulator",
     "Fault",
+    "Options",
     "serve",
 ]

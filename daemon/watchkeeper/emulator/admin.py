@@ -13,10 +13,12 @@ from typing import TYPE_CHECKING, Any
 
 from watchkeeper.emulator import responses as r
 from watchkeeper.emulator.faults import Fault
+from watchkeeper.emulator.formats import PRODUCTS, Product
+from watchkeeper.emulator.options import options_from_json
 from watchkeeper.emulator.state import DEFAULT_ORG, Call, Channel
 
 if TYPE_CHECKING:
-    from watchkeeper.emulator.emulator import Emulator
+    from watchkeeper.emulator.emulator import ChannelChange, Emulator
 
 PREFIX = "/__emulator/"
 
@@ -30,6 +32,15 @@ class _Args:
     @property
     def org(self) -> str:
         return str(self.body.get("org") or self.query.get("org") or DEFAULT_ORG)
+
+    @property
+    def product(self) -> Product:
+        """``crm`` unless the body or the query names ``bigin``: each product has its own store."""
+        name = str(self.body.get("product") or self.query.get("product") or "crm")
+        for product in PRODUCTS:
+            if name == product:
+                return product
+        raise ValueError(f"product is one of {', '.join(PRODUCTS)}, not {name!r}")
 
 
 def handle(emu: Emulator, request: r.Request) -> r.Response:
@@ -92,7 +103,8 @@ def _index(emu: Emulator, a: _Args) -> Any:
 
 
 def _channels(emu: Emulator, a: _Args) -> Any:
-    return {"channels": [channel_json(ch) for ch in emu.channels(a.org).values()]}
+    channels = emu.channels(a.org, product=a.product).values()
+    return {"channels": [channel_json(ch) for ch in channels]}
 
 
 def _add_channel(emu: Emulator, a: _Args) -> Any:
@@ -103,26 +115,28 @@ def _add_channel(emu: Emulator, a: _Args) -> Any:
         ttl=timedelta(seconds=float(a.body.get("ttl_seconds", 6 * 3600))),
         token=a.body.get("token"),
         org=a.org,
+        product=a.product,
     )
     return {"channel": channel_json(channel)}
 
 
 def _change_channel(emu: Emulator, a: _Args) -> Any:
     assert a.ident is not None
-    kwargs: dict[str, Any] = {}
+    change: ChannelChange = {"org": a.org, "product": a.product}
+    if a.body.get("events") is not None:
+        change["events"] = [str(e) for e in a.body["events"]]
+    if a.body.get("notify_url") is not None:
+        change["notify_url"] = str(a.body["notify_url"])
     if "token" in a.body:
-        kwargs["token"] = a.body["token"]
+        change["token"] = None if a.body["token"] is None else str(a.body["token"])
     if a.body.get("expires_at") is not None:
-        kwargs["expires_at"] = _instant(a.body["expires_at"])
-    channel = emu.change_channel(
-        a.ident, events=a.body.get("events"), notify_url=a.body.get("notify_url"), org=a.org, **kwargs
-    )
-    return {"channel": channel_json(channel)}
+        change["expires_at"] = _instant(a.body["expires_at"])
+    return {"channel": channel_json(emu.change_channel(a.ident, **change))}
 
 
 def _delete_channel(emu: Emulator, a: _Args) -> Any:
     assert a.ident is not None
-    return {"deleted": emu.delete_channel(a.ident, org=a.org)}
+    return {"deleted": emu.delete_channel(a.ident, org=a.org, product=a.product)}
 
 
 def _faults(emu: Emulator, a: _Args) -> Any:
@@ -149,7 +163,9 @@ def _clear_calls(emu: Emulator, a: _Args) -> Any:
 
 def _live_intervals(emu: Emulator, a: _Args) -> Any:
     channel_id = a.query.get("channel_id") or a.body["channel_id"]
-    intervals = emu.live_intervals(str(channel_id), org=a.org, event=a.query.get("event"))
+    intervals = emu.live_intervals(
+        str(channel_id), org=a.org, event=a.query.get("event"), product=a.product
+    )
     return {
         "intervals": [
             [start.isoformat(), None if end is None else end.isoformat()] for start, end in intervals
@@ -159,7 +175,11 @@ def _live_intervals(emu: Emulator, a: _Args) -> Any:
 
 def _record_change(emu: Emulator, a: _Args) -> Any:
     deliveries = emu.simulate_record_change(
-        str(a.body["module"]), a.body["op"], [str(i) for i in a.body["record_ids"]], org=a.org
+        str(a.body["module"]),
+        a.body["op"],
+        [str(i) for i in a.body["record_ids"]],
+        org=a.org,
+        product=a.product,
     )
     return {
         "deliveries": [
@@ -196,6 +216,14 @@ def _access_token(emu: Emulator, a: _Args) -> Any:
     return {"access_token": emu.issue_access_token(a.org)}
 
 
+def _options(emu: Emulator, a: _Args) -> Any:
+    return {"options": emu.options.to_json()}
+
+
+def _set_options(emu: Emulator, a: _Args) -> Any:
+    return {"options": emu.set_options(**options_from_json(emu.options, a.body)).to_json()}
+
+
 _ROUTES: dict[tuple[str, str], Callable[[Emulator, _Args], Any]] = {
     ("GET", ""): _index,
     ("GET", "channels"): _channels,
@@ -214,4 +242,6 @@ _ROUTES: dict[tuple[str, str], Callable[[Emulator, _Args], Any]] = {
     ("GET", "refreshes"): _refreshes,
     ("POST", "grant_only_default"): _grant_only_default,
     ("POST", "access_token"): _access_token,
+    ("GET", "options"): _options,
+    ("PATCH", "options"): _set_options,
 }

@@ -34,27 +34,32 @@ class Delivery:
     error: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class RecordChange:
+    """What happened in the org: ``op`` on these records of ``module``."""
+
+    module: str
+    op: RecordOp
+    record_ids: tuple[str, ...]
+
+
 def payload(
-    channel: Channel,
-    module: str,
-    op: RecordOp,
-    record_ids: list[str],
-    server_time: datetime,
-    resource_uri: str,
+    channel: Channel, change: RecordChange, server_time: datetime, resource_uri: str
 ) -> dict[str, Any]:
+    ids, edit = list(change.record_ids), change.op == "edit"
     body: dict[str, Any] = {
         "server_time": int(server_time.timestamp() * 1000),
         "query_params": dict(parse_qsl(urlsplit(channel.notify_url).query, keep_blank_values=True)),
-        "module": module,
+        "module": change.module,
         "resource_uri": resource_uri,
-        "ids": list(record_ids),
-        "affected_fields": [{rid: []} for rid in record_ids] if op == "edit" else [],
-        "operation": OPERATIONS[op],
+        "ids": ids,
+        "affected_fields": [{rid: []} for rid in ids] if edit else [],
+        "operation": OPERATIONS[change.op],
         "channel_id": channel.channel_id,
         "token": channel.token,
     }
-    if channel.return_affected_field_values and op == "edit":
-        body["affected_values"] = [{"record_id": rid, "values": {}} for rid in record_ids]
+    if channel.return_affected_field_values and edit:
+        body["affected_values"] = [{"record_id": rid, "values": {}} for rid in ids]
     return body
 
 

@@ -7,19 +7,20 @@ expiries, the ``Date`` header, fault windows, calls and live intervals are all w
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
-from enum import Enum
 from types import TracebackType
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 import httpx
 
 from watchkeeper.emulator import admin, watch
 from watchkeeper.emulator import responses as r
-from watchkeeper.emulator.delivery import Delivery, RecordOp, deliver, payload
+from watchkeeper.emulator.delivery import Delivery, RecordChange, RecordOp, deliver, payload
 from watchkeeper.emulator.faults import Fault, FaultPlan
+from watchkeeper.emulator.formats import PRODUCTS, Product, format_expiry, parse_events, utc
 from watchkeeper.emulator.oauth import (
     TOKEN_PATH,
     authenticate,
@@ -28,6 +29,7 @@ from watchkeeper.emulator.oauth import (
     refresh,
     token_params,
 )
+from watchkeeper.emulator.options import OptionArgs, Options
 from watchkeeper.emulator.resources import resource_uri
 from watchkeeper.emulator.server import EmulatorServer
 from watchkeeper.emulator.state import (
@@ -37,22 +39,36 @@ from watchkeeper.emulator.state import (
     DEFAULT_REFRESH_TOKEN,
     Call,
     Channel,
+    ChannelStore,
     Org,
     ZohoState,
 )
-from watchkeeper.model import Product, format_instant, parse_events, utc
 
 WATCH_METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE"})
 _SECRET_PARAMS = frozenset({"refresh_token", "client_secret", "code"})
 
 
-class Unset(Enum):
-    """Marks a keyword argument the caller left out (``token=None`` means "no token")."""
+class Where(TypedDict, total=False):
+    """Which store: the org (default ``org1``) and the product (default ``crm``)."""
 
-    UNSET = 0
+    org: str
+    product: Product
 
 
-UNSET = Unset.UNSET
+class ChannelChange(Where, total=False):
+    """What ``change_channel`` changes; a key left out stays (``token=None`` clears the token)."""
+
+    events: list[str]
+    notify_url: str
+    token: str | None
+    expires_at: datetime
+
+
+def _only(given: Mapping[str, object], known: frozenset[str]) -> None:
+    """``**kwargs`` typed by a TypedDict still take any keyword at run time: refuse the others."""
+    unknown = set(given) - known
+    if unknown:
+        raise TypeError(f"unexpected keyword arguments {sorted(unknown)} (known: {sorted(known)})")
 
 
 def _real_clock() -> datetime:
@@ -65,30 +81,15 @@ class Emulator:
         clock: Callable[[], datetime] | None = None,
         *,
         tz_offset: timedelta = timedelta(hours=5, minutes=30),
-        default_lifetime: timedelta = timedelta(hours=1),
-        access_token_lifetime: timedelta = timedelta(hours=1),
         clock_skew: timedelta = timedelta(0),
-        max_items: int = 100,
-        patch_unknown: watch.PatchUnknown = "error",
-        patch_events: watch.PatchEvents = "replace",
-        forbidden_modules: frozenset[str] = frozenset(),
-        expired_listed_for: timedelta = timedelta(0),
         seed: int = 0,
+        **options: Unpack[OptionArgs],
     ) -> None:
-        if patch_unknown not in ("error", "create") or patch_events not in ("replace", "merge"):
-            raise ValueError(
-                "patch_unknown is 'error' or 'create'; patch_events is 'replace' or 'merge'"
-            )
+        """``options`` are the Options fields (``default_lifetime``, ``patch_unknown``, ...)."""
+        self._options = Options(**options)
         self._lock = threading.RLock()
         self._clock = clock or _real_clock
         self._skew = clock_skew
-        self.default_lifetime = default_lifetime
-        self.access_token_lifetime = access_token_lifetime
-        self.max_items = max_items
-        self.patch_unknown: watch.PatchUnknown = patch_unknown
-        self.patch_events: watch.PatchEvents = patch_events
-        self.forbidden_modules = frozenset(forbidden_modules)
-        self.expired_listed_for = expired_listed_for
         self._state = ZohoState(tz_offset)
         self._faults = FaultPlan(seed)
         self._calls: list[Call] = []
@@ -153,6 +154,22 @@ class Emulator:
         with self._lock:
             self._skew = skew
 
+    # ---- options ---------------------------------------------------------------------------
+
+    @property
+    def options(self) -> Options:
+        return self._options
+
+    def set_options(self, **changes: Unpack[OptionArgs]) -> Options:
+        """Switch to another plausible Zoho from the next request on."""
+        with self._lock:
+            self._options = replace(self._options, **changes)
+            return self._options
+
+    @property
+    def default_lifetime(self) -> timedelta:
+        return self._options.default_lifetime
+
     # ---- orgs and credentials --------------------------------------------------------------
 
     def add_org(
@@ -176,7 +193,7 @@ class Emulator:
         """A valid access token without a refresh call (not counted against the refresh limit)."""
         with self._lock:
             return self._state.mint(
-                self._state.org(org), self.now(), lifetime or self.access_token_lifetime
+                self._state.org(org), self.now(), lifetime or self._options.access_token_lifetime
             )
 
     def access_tokens(self) -> list[str]:
@@ -213,6 +230,11 @@ class Emulator:
 
     # ---- behind the daemon's back ----------------------------------------------------------
 
+    def _store(self, org: str, product: Product) -> ChannelStore:
+        if product not in PRODUCTS:
+            raise ValueError(f"product is one of {', '.join(PRODUCTS)}, not {product!r}")
+        return self._state.org(org).stores[product]
+
     def add_foreign_channel(
         self,
         channel_id: str,
@@ -221,9 +243,10 @@ class Emulator:
         *,
         ttl: timedelta = timedelta(hours=6),
         token: str | None = None,
-        org: str = DEFAULT_ORG,
+        **where: Unpack[Where],
     ) -> Channel:
         """A channel someone else subscribed (or any channel a test wants in place)."""
+        _only(where, Where.__optional_keys__)
         if ttl <= timedelta(0):
             raise ValueError(f"ttl must be positive, not {ttl}")
         with self._lock:
@@ -235,57 +258,47 @@ class Emulator:
                 expires_at=(now + ttl).replace(microsecond=0),
                 token=token,
             )
-            return self._state.org(org).store(channel, now)
+            return self._store(where.get("org", DEFAULT_ORG), where.get("product", "crm")).put(
+                channel, now
+            )
 
-    def change_channel(
-        self,
-        channel_id: str,
-        *,
-        events: list[str] | None = None,
-        notify_url: str | None = None,
-        token: str | Unset | None = UNSET,
-        expires_at: datetime | None = None,
-        org: str = DEFAULT_ORG,
-    ) -> Channel:
+    def change_channel(self, channel_id: str, **change: Unpack[ChannelChange]) -> Channel:
         """Change a live channel the way another client (or Zoho itself) might."""
+        _only(change, ChannelChange.__optional_keys__)
+        org, product = change.get("org", DEFAULT_ORG), change.get("product", "crm")
         with self._lock:
             now = self.now()
-            state = self._state.org(org)
-            current = state.live(str(channel_id), now)
+            store = self._store(org, product)
+            current = store.live(str(channel_id), now)
             if current is None:
-                raise KeyError(f"channel {channel_id} is not live in org {org!r}")
-            changed = Channel(
-                channel_id=current.channel_id,
-                events=current.events if events is None else parse_events(events),
-                notify_url=current.notify_url if notify_url is None else notify_url,
-                expires_at=current.expires_at
-                if expires_at is None
-                else utc(expires_at).replace(microsecond=0),
-                token=current.token if isinstance(token, Unset) else token,
-                notify_on_related_action=current.notify_on_related_action,
-                return_affected_field_values=current.return_affected_field_values,
-                notification_condition=current.notification_condition,
-                created_at=current.created_at,
+                raise KeyError(f"channel {channel_id} is not live in org {org!r} on {product}")
+            changed = replace(
+                current,
+                events=parse_events(change["events"]) if "events" in change else current.events,
+                notify_url=change.get("notify_url", current.notify_url),
+                token=change.get("token", current.token),
+                expires_at=utc(change.get("expires_at", current.expires_at)).replace(microsecond=0),
             )
             if changed.expires_at <= now:
-                state.remove(changed.channel_id, now)
+                store.remove(changed.channel_id, now)
                 return changed
-            return state.store(changed, now)
+            return store.put(changed, now)
 
-    def delete_channel(self, channel_id: str, org: str = DEFAULT_ORG) -> bool:
+    def delete_channel(
+        self, channel_id: str, org: str = DEFAULT_ORG, *, product: Product = "crm"
+    ) -> bool:
         """Delete a channel behind the daemon's back; False when it was not live."""
         with self._lock:
-            return self._state.org(org).remove(str(channel_id), self.now()) is not None
+            return self._store(org, product).remove(str(channel_id), self.now()) is not None
 
     # ---- observation -----------------------------------------------------------------------
 
-    def channels(self, org: str = DEFAULT_ORG) -> dict[str, Channel]:
+    def channels(self, org: str = DEFAULT_ORG, *, product: Product = "crm") -> dict[str, Channel]:
         """The live channels, in listing order (immutable snapshots)."""
         with self._lock:
             now = self.now()
-            return {
-                ch.channel_id: ch for ch in self._state.org(org).channels.values() if ch.is_live(now)
-            }
+            store = self._store(org, product)
+            return {ch.channel_id: ch for ch in store.channels.values() if ch.is_live(now)}
 
     @property
     def calls(self) -> list[Call]:
@@ -297,13 +310,18 @@ class Emulator:
             self._calls.clear()
 
     def live_intervals(
-        self, channel_id: str, org: str = DEFAULT_ORG, *, event: str | None = None
+        self,
+        channel_id: str,
+        org: str = DEFAULT_ORG,
+        *,
+        event: str | None = None,
+        product: Product = "crm",
     ) -> list[tuple[datetime, datetime | None]]:
         """When the channel was live on Zoho (with ``event``, e.g. ``"Deals.edit"``, subscribed,
         when given): end None while still live, an expired channel's interval ends at its expiry, a
         renewal before expiry extends the interval, a re-creation after it starts a new one."""
         with self._lock:
-            return self._state.org(org).intervals(str(channel_id), self.now(), event)
+            return self._store(org, product).intervals(str(channel_id), self.now(), event)
 
     def simulate_record_change(
         self,
@@ -316,12 +334,13 @@ class Emulator:
     ) -> list[Delivery]:
         """POST Zoho's callback to every live channel subscribed to (module, op); the POSTs happen
         outside the lock, so a receiver may call the emulator back."""
+        change = RecordChange(module, op, tuple(record_ids))
         with self._lock:
             now = self.now()
-            base = self.url
+            uri = resource_uri(self.url, product, module)
             targets = [
-                (ch, payload(ch, module, op, record_ids, now, resource_uri(base, product, module)))
-                for ch in self._state.org(org).channels.values()
+                (ch, payload(ch, change, now, uri))
+                for ch in self._store(org, product).channels.values()
                 if ch.is_live(now) and (module, op) in ch.events
             ]
             if self._callbacks is None:
@@ -355,7 +374,8 @@ class Emulator:
         if fault is not None:
             response = fault.response("token")
         else:
-            response, org = refresh(self._state, params, now, self.access_token_lifetime, self.url)
+            lifetime = self._options.access_token_lifetime
+            response, org = refresh(self._state, params, now, lifetime, self.url)
         response.delay = latency
         query = {k: ("***" if k in _SECRET_PARAMS else v) for k, v in request.query.items()}
         call = Call(now, "TOKEN", request.path, query, response.status, org.name if org else None, 0, ())
@@ -416,19 +436,15 @@ class Emulator:
             product=target[0],
             version=target[1],
             base_url=self.url,
-            default_lifetime=self.default_lifetime,
+            options=self._options,
             only_default=any(start <= now < end for start, end in self._default_windows),
-            patch_unknown=self.patch_unknown,
-            patch_events=self.patch_events,
-            max_items=self.max_items,
-            forbidden_modules=self.forbidden_modules,
-            expired_listed_for=self.expired_listed_for,
         )
+        store = org.stores[ctx.product]
         if request.method == "GET":
-            return watch.list_channels(org, ctx, request.query)
+            return watch.list_channels(store, ctx, request.query)
         if request.method == "DELETE":
-            return watch.delete(org, ctx, request.query)
-        return watch.write(org, ctx, request.method, items, data)
+            return watch.delete(store, ctx, request.query)
+        return watch.write(store, ctx, request.method, items, data)
 
     def _token_reset(self, request: r.Request, now: datetime) -> str:
         """``X-ACCESSTOKEN-RESET``: the presented access token's expiry (inferred from the seeds),
@@ -436,21 +452,23 @@ class Emulator:
         token = bearer(request.headers)
         known = self._state.tokens.get(token) if token is not None else None
         if known is None:
-            return format_instant(now, self._state.tz_offset)
-        return format_instant(known.expires_at, self._state.org(known.org).tz_offset)
+            return format_expiry(now, self._state.tz_offset)
+        return format_expiry(known.expires_at, self._state.org(known.org).tz_offset)
 
     # ---- admin JSON helpers ----------------------------------------------------------------
 
     def describe(self, org: str = DEFAULT_ORG) -> dict[str, Any]:
         """Status for ``GET /__emulator/``: where it listens, the clock, the orgs."""
         with self._lock:
+            by_product = {product: len(self.channels(org, product=product)) for product in PRODUCTS}
             return {
                 "url": self.url,
                 "now": self.now().isoformat(),
                 "clock_skew_seconds": self._skew.total_seconds(),
                 "orgs": sorted(self._state.orgs),
                 "org": org,
-                "live_channels": len(self.channels(org)),
+                "live_channels": sum(by_product.values()),
+                "live_channels_by_product": by_product,
                 "calls": len(self._calls),
                 "faults": len(self._faults.faults),
             }

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
+from watchkeeper.emulator.formats import utc
 from watchkeeper.emulator.responses import (
     JSON_TYPE,
     MESSAGES,
@@ -22,7 +23,6 @@ from watchkeeper.emulator.responses import (
     error,
     json_response,
 )
-from watchkeeper.model import utc
 
 PathKind = Literal["watch", "token", "any"]
 BodyKind = Literal["json", "html", "garbage", "empty", "items"]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import zlib
 
-from watchkeeper.model import Event, Product
+from watchkeeper.emulator.formats import Event, Product
 
 _BASE = 4150868000000002000
 _KNOWN: dict[str, int] = {

@@ -1,4 +1,6 @@
-"""What the emulated Zoho knows: orgs, their channels and access tokens, and the live history.
+"""What the emulated Zoho knows: orgs, their access tokens, and per product their channels and
+live history (CRM and Bigin are separate services: a channel made through one is unknown to the
+other, and the same id may live in both).
 
 Nothing here locks or reads a clock: the Emulator holds the one lock and passes ``now`` (its own,
 skewed clock) into every call, so a simulated week runs under a frozen clock.
@@ -12,8 +14,8 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
+from watchkeeper.emulator.formats import PRODUCTS, Event, Product, parse_event
 from watchkeeper.emulator.resources import modules_in_order
-from watchkeeper.model import Event, parse_event
 
 DEFAULT_ORG = "org1"
 DEFAULT_CLIENT_ID = "emu-client-id"
@@ -98,16 +100,11 @@ class Call:
 
 
 @dataclass(slots=True)
-class Org:
-    name: str
-    client_id: str
-    client_secret: str
-    refresh_token: str
-    tz_offset: timedelta
+class ChannelStore:
+    """One org's channels on one product."""
+
     channels: dict[str, Channel] = field(default_factory=dict)
     history: dict[str, list[Segment]] = field(default_factory=dict)
-    live_tokens: deque[str] = field(default_factory=deque)
-    refresh_times: deque[datetime] = field(default_factory=deque)
     _version: int = 0
     _rows: list[tuple[Channel, str]] = field(default_factory=list)
     _rows_key: tuple[int, datetime, datetime] | None = None
@@ -116,7 +113,7 @@ class Org:
         channel = self.channels.get(channel_id)
         return channel if channel is not None and channel.is_live(now) else None
 
-    def store(self, channel: Channel, now: datetime) -> Channel:
+    def put(self, channel: Channel, now: datetime) -> Channel:
         """Create, renew or change a channel, and extend or split its live history."""
         current = self.live(channel.channel_id, now)
         if current is None:
@@ -185,6 +182,20 @@ class Org:
                 out.append((segment.start, end))
             last_end = segment.end
         return out
+
+
+@dataclass(slots=True)
+class Org:
+    name: str
+    client_id: str
+    client_secret: str
+    refresh_token: str
+    tz_offset: timedelta
+    stores: dict[Product, ChannelStore] = field(
+        default_factory=lambda: {product: ChannelStore() for product in PRODUCTS}
+    )
+    live_tokens: deque[str] = field(default_factory=deque)
+    refresh_times: deque[datetime] = field(default_factory=deque)
 
     def refreshes(self, now: datetime) -> int:
         while self.refresh_times and self.refresh_times[0] <= now - REFRESH_WINDOW:

@@ -3,7 +3,8 @@
 Per-item rules follow the recordings (seeds 000/001) and zoho-api.md: items are checked in order,
 mandatory keys first (a missing channel_id wins over a bad token), one error per item; any item
 error makes the whole answer 202. Expiries Zoho dislikes (missing, unparsable, past, over the
-version maximum) silently become ``now + default_lifetime``.
+version maximum) silently become ``now + default_lifetime`` unless ``Options.bad_expiry`` refuses the
+unreadable and past ones. Each request works on one org's store for the product in its path.
 """
 
 from __future__ import annotations
@@ -12,16 +13,21 @@ import json
 import re
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
-from typing import Any, Literal
+from typing import Any
 
 from watchkeeper.emulator import responses as r
+from watchkeeper.emulator.catalog import MAX_LIFETIME, MODULES
+from watchkeeper.emulator.formats import (
+    Event,
+    EventError,
+    Product,
+    format_expiry,
+    parse_event,
+    parse_expiry,
+)
+from watchkeeper.emulator.options import Options
 from watchkeeper.emulator.resources import module_events, modules_in_order, resource_id, resource_uri
-from watchkeeper.emulator.state import Channel, Org
-from watchkeeper.model import Event, EventError, Product, format_instant, parse_event, parse_instant
-from watchkeeper.zoho.regions import VERSIONS
-
-PatchUnknown = Literal["error", "create"]
-PatchEvents = Literal["replace", "merge"]
+from watchkeeper.emulator.state import Channel, ChannelStore
 
 _PATH_RE = re.compile(r"^/(crm|bigin)/(v\d+(?:\.\d+)?)/actions/watch/?$")
 _CHANNEL_ID_RE = re.compile(r"^\d{1,19}$")
@@ -35,7 +41,7 @@ def parse_path(path: str) -> tuple[Product, str] | None:
         return None
     product: Product = "crm" if match.group(1) == "crm" else "bigin"
     version = match.group(2)
-    return (product, version) if version in VERSIONS[product] else None
+    return (product, version) if version in MAX_LIFETIME[product] else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,21 +54,13 @@ class Context:
     product: Product
     version: str
     base_url: str
-    default_lifetime: timedelta
+    options: Options
     only_default: bool
     """Inside a grant_only_default window: every granted expiry is the default."""
-    patch_unknown: PatchUnknown
-    patch_events: PatchEvents
-    max_items: int
-    forbidden_modules: frozenset[str] = frozenset()
-    expired_listed_for: timedelta = timedelta(0)
-    """How long GET still lists a channel after its expiry (0: it vanishes at once)."""
-    """Modules the integration user may not subscribe to: Zoho refuses the item with INVALID_DATA
-    (the CRM v3 PATCH doc lists it for a missing module permission)."""
 
     @property
     def max_lifetime(self) -> timedelta:
-        return VERSIONS[self.product][self.version]
+        return MAX_LIFETIME[self.product][self.version]
 
     @property
     def number(self) -> float:
@@ -78,20 +76,20 @@ class Context:
         """CRM v6+ documents notify_url and events as mandatory on PATCH."""
         return self.product == "crm" and self.number >= 6
 
-    def grant(self, requested: object) -> datetime:
-        expiry: datetime | None = None
-        if isinstance(requested, str):
-            try:
-                expiry = parse_instant(requested)
-            except ValueError:
-                expiry = None
-        if (
-            self.only_default
-            or expiry is None
-            or expiry <= self.now
-            or expiry - self.now > self.max_lifetime
-        ):
-            expiry = self.now + self.default_lifetime
+    def knows(self, module: str) -> bool:
+        return module in MODULES[self.product] or module in self.options.custom_modules
+
+    def grant(self, requested: object, path: str) -> datetime:
+        """The expiry Zoho grants for an item's ``channel_expiry``."""
+        expiry = parse_expiry(requested)
+        malformed = requested is not None and (expiry is None or expiry <= self.now)
+        if malformed and self.options.bad_expiry == "refuse":
+            raise ItemError(
+                "INVALID_DATA",
+                {"api_name": "channel_expiry", "json_path": f"{path}.channel_expiry"},
+            )
+        if self.only_default or expiry is None or malformed or expiry - self.now > self.max_lifetime:
+            expiry = self.now + self.options.default_lifetime
         return expiry.replace(microsecond=0)
 
 
@@ -106,13 +104,13 @@ class ItemError(Exception):
 # ---- GET -------------------------------------------------------------------------------------
 
 
-def list_channels(org: Org, ctx: Context, query: dict[str, str]) -> r.Response:
+def list_channels(store: ChannelStore, ctx: Context, query: dict[str, str]) -> r.Response:
     try:
         page = _positive_int(query, "page", 1)
         per_page = min(_positive_int(query, "per_page", MAX_PER_PAGE), MAX_PER_PAGE)
     except ItemError as exc:
         return r.json_response(400, exc.item)
-    rows = org.rows(ctx.now, ctx.expired_listed_for)
+    rows = store.rows(ctx.now, ctx.options.expired_listed_for)
     module, channel_id = query.get("module"), query.get("channel_id")
     if module or channel_id:
         rows = [
@@ -148,7 +146,7 @@ def _positive_int(query: dict[str, str], name: str, default: int) -> int:
 def _row(channel: Channel, module: str, ctx: Context) -> dict[str, Any]:
     row: dict[str, Any] = {
         "notify_on_related_action": channel.notify_on_related_action,
-        "channel_expiry": format_instant(channel.expires_at, ctx.offset),
+        "channel_expiry": format_expiry(channel.expires_at, ctx.offset),
         "resource_uri": resource_uri(ctx.base_url, ctx.product, module),
         "resource_id": str(resource_id(module)),
         "notify_url": channel.notify_url,
@@ -180,7 +178,11 @@ def parse_body(body: bytes) -> tuple[list[Any] | None, dict[str, Any] | None]:
 
 
 def write(
-    org: Org, ctx: Context, method: str, items: list[Any] | None, data: dict[str, Any] | None
+    store: ChannelStore,
+    ctx: Context,
+    method: str,
+    items: list[Any] | None,
+    data: dict[str, Any] | None,
 ) -> r.Response:
     """POST, PUT or PATCH of a body already split by parse_body."""
     if data is None:
@@ -189,14 +191,14 @@ def write(
         return r.json_response(
             400, r.error("MANDATORY_NOT_FOUND", {"api_name": "watch", "json_path": "$.watch"})
         )
-    if len(items) > ctx.max_items:
+    if len(items) > ctx.options.max_items:
         return r.json_response(
-            400, r.error("LIMIT_REACHED", {"limit": ctx.max_items, "api_name": "watch"})
+            400, r.error("LIMIT_REACHED", {"limit": ctx.options.max_items, "api_name": "watch"})
         )
     results: list[dict[str, Any]] = []
     for index, raw in enumerate(items):
         try:
-            results.append(_write_item(org, ctx, method, index, raw))
+            results.append(_write_item(store, ctx, method, index, raw))
         except ItemError as exc:
             results.append(exc.item)
     if any(item["status"] != "success" for item in results):
@@ -206,35 +208,55 @@ def write(
     return r.json_response(status, {"watch": results})
 
 
-def _write_item(org: Org, ctx: Context, method: str, index: int, raw: Any) -> dict[str, Any]:
-    path = f"$.watch[{index}]"
+@dataclass(frozen=True, slots=True)
+class _Item:
+    """One write item that passed Zoho's checks."""
+
+    path: str
+    raw: dict[str, Any]
+    channel_id: str
+    events: frozenset[Event] | None
+    expires_at: datetime
+    delete_events: bool
+
+
+def _write_item(store: ChannelStore, ctx: Context, method: str, index: int, raw: Any) -> dict[str, Any]:
+    item = _checked(ctx, method, f"$.watch[{index}]", raw)
+    current = store.live(item.channel_id, ctx.now)
+    if current is not None and method == "PATCH":
+        if item.delete_events:
+            return _remove_events(store, ctx, current, item.events or frozenset())
+        return _subscribed(store.put(_patched(current, item, ctx), ctx.now), ctx, r.UPDATED)
+    if current is None and method != "POST":
+        _unknown_channel(ctx, item)
+    message = r.UPDATED if method == "PATCH" else r.SUBSCRIBED
+    return _subscribed(store.put(_new_channel(item), ctx.now), ctx, message)
+
+
+def _checked(ctx: Context, method: str, path: str, raw: Any) -> _Item:
+    """The item's fields, checked in Zoho's order: mandatory keys first, then each value."""
     if not isinstance(raw, dict):
         raise ItemError("INVALID_DATA", {"expected_data_type": "jsonobject", "json_path": path})
     delete_events = method == "PATCH" and raw.get("_delete_events") is True
     _require(raw, _mandatory(ctx, method, delete_events), path)
     channel_id = _channel_id(raw["channel_id"], path)
-    events = _events(raw.get("events"), path)
-    if events and any(module in ctx.forbidden_modules for module, _ in events):
-        raise ItemError("INVALID_DATA", {"api_name": "events", "json_path": f"{path}.events"})
+    events = _events(raw.get("events"), path, ctx)
     _check_notify_url(raw.get("notify_url"), path)
     _check_token(raw.get("token"), path)
-    for flag in ("notify_on_related_action", "return_affected_field_values"):
-        if flag in raw and not isinstance(raw[flag], bool):
-            raise ItemError(
-                "INVALID_DATA",
-                {"expected_data_type": "boolean", "api_name": flag, "json_path": f"{path}.{flag}"},
-            )
-    current = org.live(channel_id, ctx.now)
-    if current is not None and method == "PATCH":
-        if delete_events:
-            return _remove_events(org, ctx, current, events or frozenset())
-        return _subscribed(org.store(_patched(current, events, raw, ctx), ctx.now), ctx, r.UPDATED)
-    if current is None and method != "POST":
-        if ctx.patch_unknown == "error" or delete_events:
-            raise ItemError("NOT_SUBSCRIBED", {"channel_id": channel_id})
-        _require(raw, ("events", "notify_url"), path)  # patch_unknown="create": a POST
-    message = r.UPDATED if method == "PATCH" else r.SUBSCRIBED
-    return _subscribed(org.store(_new_channel(channel_id, events, raw, ctx), ctx.now), ctx, message)
+    _check_flags(raw, path)
+    expires_at = ctx.grant(raw.get("channel_expiry"), path)
+    return _Item(path, raw, channel_id, events, expires_at, delete_events)
+
+
+def _unknown_channel(ctx: Context, item: _Item) -> None:
+    """A PUT or PATCH of a channel Zoho does not know: refused, or (``create``) taken as a POST."""
+    if ctx.options.patch_unknown == "invalid_data":
+        raise ItemError(
+            "INVALID_DATA", {"api_name": "channel_id", "json_path": f"{item.path}.channel_id"}
+        )
+    if ctx.options.patch_unknown == "error" or item.delete_events:
+        raise ItemError("NOT_SUBSCRIBED", {"channel_id": item.channel_id})
+    _require(item.raw, ("events", "notify_url"), item.path)
 
 
 def _require(raw: dict[str, Any], keys: tuple[str, ...], path: str) -> None:
@@ -261,7 +283,9 @@ def _channel_id(value: Any, path: str) -> str:
     return text
 
 
-def _events(value: Any, path: str) -> frozenset[Event] | None:
+def _events(value: Any, path: str, ctx: Context) -> frozenset[Event] | None:
+    """The events named, each ``Module.op`` on a module the product has (with
+    ``unknown_modules="refuse"``) and the user may subscribe to."""
     if value is None:
         return None
     if not isinstance(value, list):
@@ -269,13 +293,15 @@ def _events(value: Any, path: str) -> frozenset[Event] | None:
     out: set[Event] = set()
     for j, text in enumerate(value):
         try:
-            if not isinstance(text, str):
-                raise EventError(repr(text))
-            out |= parse_event(text)
+            events = parse_event(text)
         except EventError:
-            raise ItemError(
-                "INVALID_DATA", {"api_name": "events", "json_path": f"{path}.events[{j}]"}
-            ) from None
+            events = frozenset()
+        unknown = ctx.options.unknown_modules == "refuse" and not all(ctx.knows(m) for m, _ in events)
+        if not events or unknown:
+            raise ItemError("INVALID_DATA", {"api_name": "events", "json_path": f"{path}.events[{j}]"})
+        out |= events
+    if any(module in ctx.options.forbidden_modules for module, _ in out):
+        raise ItemError("INVALID_DATA", {"api_name": "events", "json_path": f"{path}.events"})
     return frozenset(out)
 
 
@@ -298,16 +324,24 @@ def _check_token(value: Any, path: str) -> None:
         )
 
 
-def _new_channel(
-    channel_id: str, events: frozenset[Event] | None, raw: dict[str, Any], ctx: Context
-) -> Channel:
+def _check_flags(raw: dict[str, Any], path: str) -> None:
+    for flag in ("notify_on_related_action", "return_affected_field_values"):
+        if flag in raw and not isinstance(raw[flag], bool):
+            raise ItemError(
+                "INVALID_DATA",
+                {"expected_data_type": "boolean", "api_name": flag, "json_path": f"{path}.{flag}"},
+            )
+
+
+def _new_channel(item: _Item) -> Channel:
     """POST and PUT: the item is the whole configuration; omitted settings take their defaults."""
-    assert events is not None  # mandatory, checked by the caller
+    assert item.events is not None  # mandatory, checked by the caller
+    raw = item.raw
     return Channel(
-        channel_id=channel_id,
-        events=events,
+        channel_id=item.channel_id,
+        events=item.events,
         notify_url=raw["notify_url"],
-        expires_at=ctx.grant(raw.get("channel_expiry")),
+        expires_at=item.expires_at,
         token=raw.get("token"),
         notify_on_related_action=raw.get("notify_on_related_action", True),
         return_affected_field_values=raw.get("return_affected_field_values", False),
@@ -315,17 +349,17 @@ def _new_channel(
     )
 
 
-def _patched(
-    current: Channel, events: frozenset[Event] | None, raw: dict[str, Any], ctx: Context
-) -> Channel:
-    """PATCH keeps what the item does not name, except the token: an omitted token becomes null."""
-    if events is not None and ctx.patch_events == "merge":
+def _patched(current: Channel, item: _Item, ctx: Context) -> Channel:
+    """PATCH keeps what the item does not name, except the token: an omitted token becomes null,
+    and an omitted expiry becomes the default."""
+    events, raw = item.events, item.raw
+    if events is not None and ctx.options.patch_events == "merge":
         events = current.events | events
     return replace(
         current,
         events=current.events if events is None else events,
         notify_url=raw.get("notify_url") or current.notify_url,
-        expires_at=ctx.grant(raw.get("channel_expiry")),
+        expires_at=item.expires_at,
         token=raw.get("token"),
         notify_on_related_action=raw.get("notify_on_related_action", current.notify_on_related_action),
         return_affected_field_values=raw.get(
@@ -335,12 +369,14 @@ def _patched(
     )
 
 
-def _remove_events(org: Org, ctx: Context, current: Channel, events: frozenset[Event]) -> dict[str, Any]:
+def _remove_events(
+    store: ChannelStore, ctx: Context, current: Channel, events: frozenset[Event]
+) -> dict[str, Any]:
     remaining = current.events - events
     if remaining:
-        org.store(replace(current, events=remaining), ctx.now)
+        store.put(replace(current, events=remaining), ctx.now)
     else:
-        org.remove(current.channel_id, ctx.now)
+        store.remove(current.channel_id, ctx.now)
     touched = modules_in_order(events)
     return _success(ctx, current.channel_id, touched, current.expires_at, r.REMOVED)
 
@@ -353,7 +389,7 @@ def _success(
     ctx: Context, channel_id: str, modules: tuple[str, ...], expires_at: datetime, message: str
 ) -> dict[str, Any]:
     """One item per channel, one ``details.events`` entry per module, keys in the recorded order."""
-    expiry = format_instant(expires_at, ctx.offset)
+    expiry = format_expiry(expires_at, ctx.offset)
     events = [
         {
             "channel_expiry": expiry,
@@ -370,13 +406,13 @@ def _success(
 # ---- DELETE ----------------------------------------------------------------------------------
 
 
-def delete(org: Org, ctx: Context, query: dict[str, str]) -> r.Response:
+def delete(store: ChannelStore, ctx: Context, query: dict[str, str]) -> r.Response:
     channel_ids = delete_ids(query)
     if not channel_ids:
         return r.json_response(400, r.error("REQUIRED_PARAM_MISSING", {"param": "channel_ids"}))
     results: list[dict[str, Any]] = []
     for channel_id in channel_ids:
-        removed = org.remove(channel_id, ctx.now)
+        removed = store.remove(channel_id, ctx.now)
         if removed is None:
             results.append(r.error("NOT_SUBSCRIBED"))  # recorded without the channel id
             continue
