@@ -705,6 +705,12 @@ def test_a_lapsed_channel_that_reappears_is_active_again_and_not_posted(
     assert gap.end is not None
 
 
+@pytest.mark.parametrize(
+    "emulator",
+    [{"patch_unknown": "invalid_data"}, {"patch_unknown": "error"}],
+    indirect=True,
+    ids=["invalid-data", "not-subscribed"],
+)
 def test_a_vanished_channel_whose_patch_zoho_refuses_is_recreated_at_once(
     emulator: Emulator, engine_for: OpenEngine, sim_clock: SimClock
 ) -> None:
@@ -718,9 +724,6 @@ def test_a_vanished_channel_whose_patch_zoho_refuses_is_recreated_at_once(
         sim_clock.set(renew_at - timedelta(seconds=5))
         emulator.delete_channel("9960")
         deleted = sim_clock()
-        emulator.add_fault(
-            Fault(status=202, body="items", code="INVALID_DATA", methods=frozenset({"PATCH"}))
-        )
         run_until(engine, sim_clock, renew_at + timedelta(minutes=5))
         (gap,) = engine.store.gaps()
     intervals = emulator.live_intervals("9960")
