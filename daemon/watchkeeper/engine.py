@@ -29,6 +29,7 @@ from watchkeeper.model import (
     RegistryEntry,
     WatchItem,
     token_digest,
+    url_digest,
 )
 from watchkeeper.planner import Action, Plan, Refusal
 from watchkeeper.store import Store
@@ -284,13 +285,17 @@ class Engine:
     def _last_spec(self, key: Key) -> ChannelSpec | None:
         """The spec to keep a refused channel alive with: the last one this process was given,
         else the one the store applied when it carried no token (the store never keeps tokens,
-        and renewing without one would null it)."""
+        and renewing without one would null it) and its notify_url is kept as written (no secret
+        in it was masked)."""
         if key in self._known:
             return self._known[key]
         entry = self.registry.get(key)
-        if entry is not None and entry.applied is not None and entry.applied_token_digest is None:
-            return entry.applied
-        return None
+        if entry is None or entry.applied is None or entry.applied_token_digest is not None:
+            return None
+        digest = entry.applied_url_digest
+        if digest is not None and url_digest(*key, entry.applied.notify_url) != digest:
+            return None
+        return entry.applied
 
     def _list(
         self, account: str, now: datetime, report: PassReport

@@ -19,6 +19,7 @@ from watchkeeper.model import (
     RegistryEntry,
     canonical_json,
     token_digest,
+    url_digest,
     utc,
 )
 from watchkeeper.policy import Policy, batch_horizon, is_at_risk
@@ -136,7 +137,7 @@ def observed_drift(spec: ChannelSpec, seen: ObservedChannel) -> tuple[str, ...]:
     return _diff(
         spec,
         seen.events,
-        seen.notify_url,
+        seen.notify_url != spec.notify_url,
         seen.token != spec.token,
         seen.notify_on_related_action,
         seen.return_affected_field_values,
@@ -146,15 +147,22 @@ def observed_drift(spec: ChannelSpec, seen: ObservedChannel) -> tuple[str, ...]:
 
 def applied_drift(spec: ChannelSpec, entry: RegistryEntry) -> tuple[str, ...]:
     """How the state file changed since Zoho last accepted the channel, so a change is applied even
-    on a pass that did not list. The token is compared by digest (the store never keeps it). No
-    applied spec recorded means no evidence: nothing."""
+    on a pass that did not list. The token, and the notify_url once its digest is recorded, are
+    compared by digest (the store keeps neither as written). No applied spec recorded means no
+    evidence: nothing."""
     applied = entry.applied
     if applied is None:
         return ()
+    if entry.applied_url_digest is None:
+        url_differs = applied.notify_url != spec.notify_url
+    else:
+        url_differs = (
+            url_digest(entry.account, entry.channel_id, spec.notify_url) != entry.applied_url_digest
+        )
     return _diff(
         spec,
         applied.events,
-        applied.notify_url,
+        url_differs,
         token_digest(entry.account, entry.channel_id, spec.token) != entry.applied_token_digest,
         applied.notify_on_related_action,
         applied.return_affected_field_values,
@@ -186,7 +194,7 @@ def _drop_nulls(value: Any) -> Any:
 def _diff(
     spec: ChannelSpec,
     events: frozenset[Event],
-    notify_url: str,
+    url_differs: bool,
     token_differs: bool,
     related: bool | None,
     affected: bool | None,
@@ -194,7 +202,7 @@ def _diff(
 ) -> tuple[str, ...]:
     differs = (
         events != spec.events,
-        notify_url != spec.notify_url,
+        url_differs,
         token_differs,
         related is not None and related != spec.notify_on_related_action,
         affected is not None and affected != spec.return_affected_field_values,

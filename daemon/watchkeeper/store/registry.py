@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import Connection, Select, and_, bindparam, delete, select, update
 from sqlalchemy.sql.selectable import Join
@@ -29,7 +30,7 @@ def _with_open_gap() -> Join:
     )
 
 
-def _entries() -> Select[tuple[object, ...]]:
+def _entries() -> Select[Any]:
     columns = [_R[name] for name in codec.ENTRY_COLUMNS]
     return select(*columns, GAPS.c.start.label("lapsed_since")).select_from(_with_open_gap())
 
@@ -48,9 +49,7 @@ def put(conn: Connection, entries: Iterable[RegistryEntry], last_renewed_at: dat
     if not values:
         return
     columns = [name for name in values[0] if name not in _KEY and name != "last_renewed_at"]
-    statement = upsert(
-        conn.dialect, REGISTRY, _KEY, columns, keep_when_null=("last_renewed_at",)
-    )
+    statement = upsert(conn.dialect, REGISTRY, _KEY, columns, keep_when_null=("last_renewed_at",))
     conn.execute(statement, values)
 
 
@@ -79,9 +78,18 @@ def last_seen(conn: Connection, account: str, channel_id: str) -> datetime | Non
 def status_rows(conn: Connection) -> list[StatusRow]:
     query = (
         select(
-            _R.account, _R.channel_id, _R.name, _R.state, _R.expires_at, _R.renew_at, _R.retry_at,
-            _R.last_renewed_at, _R.failures, _R.last_error, GAPS.c.start.label("lapsed_since"),
-        )  # fmt: skip
+            _R.account,
+            _R.channel_id,
+            _R.name,
+            _R.state,
+            _R.expires_at,
+            _R.renew_at,
+            _R.retry_at,
+            _R.last_renewed_at,
+            _R.failures,
+            _R.last_error,
+            GAPS.c.start.label("lapsed_since"),
+        )
         .select_from(_with_open_gap())
         .order_by(_R.account, _R.channel_id)
     )

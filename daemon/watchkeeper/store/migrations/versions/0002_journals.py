@@ -21,7 +21,6 @@ branch_labels = None
 depends_on = None
 
 
-
 def upgrade() -> None:
     with op.batch_alter_table("registry") as batch:
         batch.add_column(sa.Column("name", sa.String(), nullable=True))

@@ -13,8 +13,8 @@ from alembic import op
 
 from watchkeeper.model import url_digest
 from watchkeeper.secrets import mask_url
-from watchkeeper.store.migrations.rows import rewrite_applied
 from watchkeeper.store.codec import dump_json
+from watchkeeper.store.migrations.rows import rewrite_applied
 
 revision = "0003"
 down_revision = "0002"
