@@ -849,19 +849,24 @@ def test_a_reload_lifts_the_token_servers_hold(
 def test_an_interrupted_request_is_reported_once_then_cleared_by_a_listing(
     emulator: Emulator, engine_for: OpenEngine, sim_clock: SimClock
 ) -> None:
-    """A kill between the journal and the answer's record left the intents behind for good:
-    ``engine.interrupted`` on every start, even after clean passes."""
+    """A kill after the answer's registry write but before the journal was cleared left the
+    intents behind for good: ``engine.interrupted`` on every start, even after clean passes."""
     chans = [Chan("9998")]
     with engine_for(chans) as engine:
+        engine.run_due()
+        renew_at = engine.registry[("main", "9998")].renew_at
+        assert renew_at is not None
+        sim_clock.set(renew_at)
 
         def crash(*args: object, **kwargs: object) -> None:
-            raise KeyboardInterrupt
+            raise KeyboardInterrupt  # the process dies right there
 
-        engine.clients["main"].write = crash  # type: ignore[method-assign]
+        engine.store.done = crash  # type: ignore[method-assign]
         with pytest.raises(KeyboardInterrupt):
             engine.run_due()
     starts = []
     for _ in range(2):
+        sim_clock.advance(timedelta(seconds=10))
         with structlog.testing.capture_logs() as logged, engine_for(chans) as engine:
             engine.run_due()
         starts.append([e["event"] for e in logged].count("engine.interrupted"))
