@@ -735,3 +735,31 @@ def test_reprs_show_no_secret() -> None:
 )
 def test_url_secrets(url: str, expected: set[str]) -> None:
     assert url_secrets(url) == expected
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["x = " + "[" * 100_000, "x = " + "[" * 100_000 + "]" * 100_000, "x = " + "{a = " * 50_000],
+    ids=["open-arrays", "closed-arrays", "inline-tables"],
+)
+def test_deep_nesting_is_an_issue_naming_the_file(tmp_path: Path, text: str) -> None:
+    path = write(tmp_path, text)
+    (issue,) = load_error(path).issues
+    assert issue.file == str(path)
+    assert "nested too deeply" in issue.message
+
+
+@pytest.mark.parametrize(
+    ("text", "path"),
+    [
+        (account() + channel(name='"ok\\u001b[2Jforged"'), "channels[0].name"),
+        (account() + channel(name='"two\\nlines"'), "channels[0].name"),
+        (account('"ma\\u001bin"') + channel(), "accounts.'ma\\x1bin'"),
+    ],
+    ids=["escape-in-name", "newline-in-name", "escape-in-account"],
+)
+def test_names_with_control_characters_are_refused(tmp_path: Path, text: str, path: str) -> None:
+    err = load_error(write(tmp_path, text))
+    assert path in [issue.path for issue in err.issues], err
+    assert "\x1b" not in str(err)
+    assert "control characters" in str(err)
