@@ -22,7 +22,7 @@ from watchkeeper import service as service_module
 from watchkeeper.emulator import Emulator, Fault
 from watchkeeper.engine import Engine
 from watchkeeper.notify import Notifier
-from watchkeeper.service import Service, Timing
+from watchkeeper.service import ReloadGate, Service, Timing
 
 from tests.daemon_process import DaemonProcess
 from tests.statefiles import Chan, env, write_state
@@ -303,3 +303,35 @@ def test_run_exits_78_on_a_deeply_nested_file(tmp_path: Path) -> None:
         assert Service(state, notifier=Notifier({})).run() == 78
     (event,) = [e for e in logs if e["event"] == "config.invalid"]
     assert event["errors"] == [f"{state}: arrays or tables are nested too deeply to read"]
+
+
+A, B, C = (1, 1, 10), (1, 2, 20), (1, 3, 30)
+"""File fingerprints (inode, mtime, size): A as loaded, B and C two later writes."""
+
+
+@pytest.mark.parametrize(
+    ("steps", "expected"),
+    [
+        ([("poll", A, 0.5)], [None]),  # nothing asked, nothing changed
+        ([("hup", A, 0.5)], ["signal"]),  # an untouched file reloads at once
+        ([("poll", B, 0.5), ("poll", B, 1.5), ("poll", B, 2.5)], [None, None, "file"]),
+        # SIGHUP while the editor is halfway: wait until the last write is 2 s old
+        (
+            [("hup", B, 0.5), ("poll", B, 1.0), ("hup", C, 1.5), ("poll", C, 3.0), ("poll", C, 3.5)],
+            [None, None, None, None, "signal"],
+        ),
+        ([("poll", B, 0.5), ("poll", B, 2.5), ("poll", B, 5.0)], [None, "file", None]),  # once
+        ([("poll", B, 0.5), ("poll", A, 1.0), ("poll", A, 3.5)], [None, None, None]),  # undone
+    ],
+    ids=["idle", "hup", "file", "hup-while-writing", "once", "written-back"],
+)
+def test_reloads_wait_for_the_file_to_settle(
+    steps: list[tuple[str, tuple[int, int, int], float]], expected: list[str | None]
+) -> None:
+    gate = ReloadGate.start(A, 0.0, settle=2.0)
+    seen = []
+    for kind, fingerprint, now in steps:
+        if kind == "hup":
+            gate.signal()
+        seen.append(gate.observe(fingerprint, now))
+    assert seen == expected

@@ -160,6 +160,14 @@ class Service:
     # -- entry point ---------------------------------------------------------------------------
 
     def run(self) -> int:
+        try:
+            return self._run()
+        finally:
+            os.close(self._wake_r)
+            os.close(self._wake_w)
+            self.notifier.close()
+
+    def _run(self) -> int:
         fingerprint = _fingerprint(self.state_path)  # before reading: a later write is a change
         state = self._load()
         if state is None:
@@ -182,9 +190,6 @@ class Service:
                 return self._serve(engine, fingerprint)
         finally:
             lock.release()
-            os.close(self._wake_r)
-            os.close(self._wake_w)
-            self.notifier.close()
 
     def request_stop(self) -> None:
         """Stop as SIGTERM would (the demo's ``--duration``); safe from any thread."""
