@@ -267,3 +267,18 @@ def test_control_characters_print_escaped_and_forge_no_row() -> None:
     assert len(text.splitlines()) == 5  # header, one row, blank, header, one row
     assert "a\\x1b[2J\\nmain  9999" in text
     assert "Deals\\n\\x1b[31m" in text
+
+
+def test_every_command_uses_the_database_chosen_by_db_then_env_then_state(
+    run: Run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--db over $WATCHKEEPER_DB over [daemon].database, for apply and status alike."""
+    code, doc = run.json("--db", str(tmp_path / "flag.db"), "apply")
+    assert (code, doc["created"]) == (0, 2)
+    monkeypatch.setenv("WATCHKEEPER_DB", str(tmp_path / "env.db"))
+    assert run.json("status")[1]["channels"] == []
+    assert len(run.json("--db", str(tmp_path / "flag.db"), "status")[1]["channels"]) == 2
+    monkeypatch.delenv("WATCHKEEPER_DB")
+    assert run.json("status")[1]["channels"] == []
+    assert (tmp_path / "watchkeeper.db").exists()
+    assert sorted(p.name for p in tmp_path.glob("*.db")) == ["env.db", "flag.db", "watchkeeper.db"]

@@ -2,7 +2,8 @@
 
 Threads and who does what:
 - the main thread waits for signals (a self-pipe, so no work happens inside a signal handler) and
-  polls the state file; it never touches the engine, so it can always answer SIGTERM;
+  polls the state file; it touches the engine only through its thread-safe ``stopping`` flag and
+  ``request_listing()``, so it can always answer SIGTERM;
 - the scheduler's single ``default`` worker runs every engine pass and every reload, one at a
   time, so the engine is never used from two threads;
 - a separate ``watchdog`` worker pings systemd only while both the main loop and the pass are
