@@ -26,6 +26,7 @@ from typing import Any, TypeVar, cast, get_args
 from urllib.parse import urlsplit
 
 from watchkeeper import secrets
+from watchkeeper.logs import MIN_SECRET
 from watchkeeper.model import ChannelSpec, Event, Product, canonical_json, parse_event
 from watchkeeper.policy import Policy
 from watchkeeper.zoho.regions import (
@@ -104,13 +105,17 @@ class DesiredState:
     """Not in the repr: a ChannelSpec shows its token and notify_url."""
 
     def secrets(self) -> frozenset[str]:
-        """Every secret value, for the log redactor."""
+        """Every secret value, for the log redactor (which masks the short ones as whole tokens).
+
+        A notify_url's query values shorter than MIN_SECRET are left out: the redactor masks every
+        query value of every URL anyway, and outside a URL a short one is as often a word as a
+        secret (``?source=crm`` must not mask every "crm" of every line)."""
         found: set[str | None] = set()
         for account in self.accounts.values():
             found |= {account.client_secret, account.refresh_token, account.access_token}
         for channel in self.channels:
-            found.add(channel.token)
-            found |= secrets.url_secrets(channel.notify_url)
+            found |= {channel.token, urlsplit(channel.notify_url).password}
+            found |= {v for v in secrets.url_secrets(channel.notify_url) if len(v) >= MIN_SECRET}
         return frozenset(value for value in found if value)
 
 
