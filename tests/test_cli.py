@@ -280,5 +280,21 @@ def test_every_command_uses_the_database_chosen_by_db_then_env_then_state(
     assert len(run.json("--db", str(tmp_path / "flag.db"), "status")[1]["channels"]) == 2
     monkeypatch.delenv("WATCHKEEPER_DB")
     assert run.json("status")[1]["channels"] == []
-    assert (tmp_path / "watchkeeper.db").exists()
-    assert sorted(p.name for p in tmp_path.glob("*.db")) == ["env.db", "flag.db", "watchkeeper.db"]
+    assert run.json("apply")[1]["created"] == 0  # adopted: flag.db is not the one it reads
+    assert sorted(p.name for p in tmp_path.glob("*.db")) == ["flag.db", "watchkeeper.db"]
+
+
+def test_an_unusable_database_is_one_clear_error(run: Run, tmp_path: Path) -> None:
+    (tmp_path / "watchkeeper.db").write_bytes(b"not a database, just bytes " * 100)
+    for command in ("status", "gaps", "apply", "plan"):
+        code, out, err = run(command)
+        assert code == 1, command
+        assert out == ""
+        assert err.startswith(f"error: {tmp_path / 'watchkeeper.db'}"), err
+        assert "Traceback" not in err
+
+
+def test_status_and_gaps_create_no_database(run: Run, tmp_path: Path) -> None:
+    assert run("status")[:2] == (0, "no channels yet (run `watchkeeper apply`)\n")
+    assert run.json("gaps") == (0, {"gaps": []})
+    assert not (tmp_path / "watchkeeper.db").exists()

@@ -335,3 +335,14 @@ def test_reloads_wait_for_the_file_to_settle(
             gate.signal()
         seen.append(gate.observe(fingerprint, now))
     assert seen == expected
+
+
+def test_run_exits_1_with_one_clear_line_on_a_corrupt_database(
+    tmp_path: Path, live_emulator: Emulator
+) -> None:
+    state = write_state(tmp_path / "channels.toml", live_emulator.url, [Chan("1")])
+    (tmp_path / "watchkeeper.db").write_bytes(b"not a database, just bytes " * 100)
+    with structlog.testing.capture_logs() as logs:
+        assert Service(state, notifier=Notifier({})).run() == 1
+    (event,) = [e for e in logs if e["event"] == "store.unusable"]
+    assert event["error"].startswith(str(tmp_path / "watchkeeper.db"))

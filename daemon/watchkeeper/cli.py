@@ -11,8 +11,8 @@ import json
 import os
 import signal
 import sys
-from collections.abc import Sequence
-from contextlib import AbstractContextManager
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from watchkeeper import __version__, logs, report
 from watchkeeper.config import ConfigError, DesiredState, load, parse_duration
+from watchkeeper.store.errors import StoreError
 from watchkeeper.zoho.errors import ZohoError
 
 if TYPE_CHECKING:
@@ -50,6 +51,18 @@ class Session:
         from watchkeeper.runtime import open_store
 
         return open_store(self.state, self.db)
+
+    @contextmanager
+    def reader(self) -> Iterator[Store | None]:
+        """The store opened read-only (``status`` and ``gaps`` work on a file they cannot write);
+        None when no database exists yet, which reads as an empty one and creates nothing."""
+        from watchkeeper.runtime import open_store
+
+        if not self.db.exists():
+            yield None
+            return
+        with open_store(self.state, self.db, readonly=True) as store:
+            yield store
 
     def engine(self) -> AbstractContextManager[Engine]:
         from watchkeeper.runtime import open_engine
@@ -138,8 +151,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     session = _session(args)
     if session is None:
         return EX_ERROR
-    with session.store() as store:
-        rows, foreign = store.status_rows(), store.foreign()
+    with session.reader() as store:
+        rows, foreign = (store.status_rows(), store.foreign()) if store else ([], [])
     _emit(args, report.status_json(rows, foreign), report.status_text(rows, foreign, datetime.now(UTC)))
     return EX_OK
 
@@ -152,8 +165,8 @@ def cmd_gaps(args: argparse.Namespace) -> int:
     if args.since:
         since = datetime.fromisoformat(args.since)
         since = since.replace(tzinfo=UTC) if since.tzinfo is None else since.astimezone(UTC)
-    with session.store() as store:
-        gaps = store.gaps(since=since, channel_id=args.channel)
+    with session.reader() as store:
+        gaps = store.gaps(since=since, channel_id=args.channel) if store else []
     _emit(args, report.gaps_json(gaps), report.gaps_text(gaps, datetime.now(UTC)))
     return EX_OK
 
@@ -262,6 +275,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         code: int = args.func(args)
         sys.stdout.flush()
+    except StoreError as exc:  # corrupt, newer, read-only or missing: the message says which
+        print(f"error: {exc}", file=sys.stderr)
+        return EX_ERROR
     except BrokenPipeError:
         # `watchkeeper status --json | head`: the reader has gone, so there is nobody to tell.
         # Point stdout at /dev/null so that the flush at exit does not fail a second time.

@@ -64,10 +64,12 @@ def database_path(state: DesiredState, override: Path | None = None) -> Path:
 
 
 @contextmanager
-def open_store(state: DesiredState, db: Path | None = None) -> Iterator[Store]:
+def open_store(
+    state: DesiredState, db: Path | None = None, *, readonly: bool = False
+) -> Iterator[Store]:
     """The state's store (or ``db``'s), redactor fed with the state's secrets first."""
     logs.REDACTOR.add(state.secrets())
-    store = Store(database_path(state, db))
+    store = Store(database_path(state, db), readonly=readonly)
     try:
         yield store
     finally:

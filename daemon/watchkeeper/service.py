@@ -52,6 +52,7 @@ from watchkeeper.lock import InstanceLock, LockHeld
 from watchkeeper.notify import Notifier
 from watchkeeper.report import human_delta
 from watchkeeper.runtime import database_path, open_engine
+from watchkeeper.store.errors import StoreError
 
 EX_OK, EX_FAILURE, EX_CONFIG = 0, 1, 78
 STOP = 0
@@ -189,6 +190,9 @@ class Service:
                     channels=len(state.channels),
                 )
                 return self._serve(engine, fingerprint)
+        except StoreError as exc:  # corrupt, newer or read-only: the message names file and cure
+            self.log.error("store.unusable", error=str(exc))
+            return EX_FAILURE
         finally:
             lock.release()
 
