@@ -19,7 +19,7 @@ from watchkeeper.config import AccountSpec, DesiredState
 from watchkeeper.engine import Engine
 from watchkeeper.model import AccessToken
 from watchkeeper.store import Store
-from watchkeeper.zoho.auth import OAuth, StaticToken, TokenCache
+from watchkeeper.zoho.auth import Credentials, OAuth, StaticToken, TokenCache
 from watchkeeper.zoho.client import DEFAULT_TIMEOUT, WatchClient
 
 
@@ -45,10 +45,12 @@ def make_client(
         auth = StaticToken(account.access_token)
     else:
         auth = OAuth(
-            account.endpoint.accounts_url,
-            account.client_id or "",
-            account.client_secret or "",
-            account.refresh_token or "",
+            Credentials(
+                account.endpoint.accounts_url,
+                account.client_id or "",
+                account.client_secret or "",
+                account.refresh_token or "",
+            ),
             http=http,
             clock=clock,
             cache=cache,
