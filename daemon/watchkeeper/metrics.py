@@ -291,7 +291,10 @@ class Scraper:
 
 def health_app(health: Health, scraper: Scraper) -> WSGIApplication:
     """/metrics (always the text format 0.0.4, gzipped when asked), /livez and /readyz."""
-    checks: dict[str, Callable[[], bool]] = {"/livez": health.alive, "/readyz": lambda: health.ready}
+    checks: dict[str, Callable[[], bool]] = {
+        "/livez": lambda: health.alive(),
+        "/readyz": lambda: health.ready,
+    }
 
     def app(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "")
