@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import random
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -71,6 +71,8 @@ class Engine:
         """Builds the client of an account that a reload adds or changes."""
         self.stopping = False
         """Set from another thread on SIGTERM: the pass makes no further call."""
+        self.on_commit: Callable[[Transition, Sequence[Action]], None] | None = None
+        """Told of every recorded change and the requests it answers (the metrics counters)."""
         self.state = state
         self.memory = Memory.build(store.registry(), clients, clock())
         self.memory.adopt(state)
@@ -289,7 +291,7 @@ class Engine:
             last_seen = {cid: self.store.last_seen(unit.name, cid) for cid in gone}
             at = self._at(unit, now, last_seen)
             change = outcome.written(at, request, answer, client.server_now())
-        self._commit(unit, change, report, done=ids)
+        self._commit(unit, change, report, done=ids, actions=actions)
         return change.recreate
 
     def _commit(
@@ -300,8 +302,9 @@ class Engine:
         *,
         begin: Intent | None = None,
         done: list[str] | None = None,
+        actions: Sequence[Action] = (),
     ) -> None:
-        """Record in one transaction, then let the memory and the logs follow."""
+        """Record in one transaction, then let the memory, the logs and the metrics follow."""
         record(self.store, change, begin=begin, done=done or ())
         unit.entries.update(change.entries)
         for channel_id in change.removed:
@@ -315,6 +318,8 @@ class Engine:
         report.failed += change.failed
         for event in change.events:
             getattr(self.log, event.level)(event.event, **event.fields)
+        if self.on_commit is not None:
+            self.on_commit(change, actions)
 
     def _report_foreign(self, unit: Unit, listing: Listing, report: PassReport) -> None:
         foreign = [

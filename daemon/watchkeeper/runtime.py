@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 
@@ -21,6 +22,9 @@ from watchkeeper.model import AccessToken
 from watchkeeper.store import Store
 from watchkeeper.zoho.auth import Credentials, OAuth, StaticToken, TokenCache
 from watchkeeper.zoho.client import DEFAULT_TIMEOUT, WatchClient
+
+if TYPE_CHECKING:
+    from watchkeeper.metrics import Meter
 
 
 def utcnow() -> datetime:
@@ -85,15 +89,24 @@ def open_engine(
     *,
     clock: Callable[[], datetime] = utcnow,
     rng: random.Random | None = None,
+    meter: Meter | None = None,
 ) -> Iterator[Engine]:
-    """An engine over the state's database (or ``db``), closed with everything it opened."""
-    with open_store(state, db) as store, httpx.Client(timeout=DEFAULT_TIMEOUT) as http:
+    """An engine over the state's database (or ``db``), closed with everything it opened;
+    ``meter`` counts its writes and each account's requests."""
+    transport = httpx.HTTPTransport()
+    with (
+        open_store(state, db) as store,
+        httpx.Client(timeout=DEFAULT_TIMEOUT, transport=transport) as http,
+    ):
 
         def connect(account: AccountSpec) -> WatchClient:
-            return make_client(account, http, clock, store.token_cache(account.name))
+            client = http if meter is None else meter.http(transport, account.name)
+            return make_client(account, client, clock, store.token_cache(account.name))
 
         clients = {name: connect(account) for name, account in state.accounts.items()}
-        yield Engine(state, store, clients, clock=clock, rng=rng, connect=connect)
+        engine = Engine(state, store, clients, clock=clock, rng=rng, connect=connect)
+        engine.on_commit = meter.committed if meter is not None else None
+        yield engine
 
 
 def confirm_deletes(state: DesiredState, store: Store, now: datetime) -> list[tuple[str, str]]:
