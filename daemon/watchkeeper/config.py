@@ -53,7 +53,10 @@ DAEMON_KEYS = (
     "max_delete_fraction",
     "allow_empty",
     "metrics",
+    "concurrency",
 )
+DEFAULT_CONCURRENCY = 8
+MAX_CONCURRENCY = 64
 REFRESH_KEYS = ("client_id", "client_secret", "refresh_token")
 CREDENTIAL_KEYS = (*REFRESH_KEYS, "access_token")
 ACCOUNT_KEYS = ("product", "api_version", "region", "api_domain", "accounts_url", *CREDENTIAL_KEYS)
@@ -114,6 +117,8 @@ class DesiredState:
     """Not in the repr: a ChannelSpec shows its token and notify_url."""
     metrics: Address | None = None
     """``[daemon].metrics``: where /metrics, /livez and /readyz listen; None, nowhere."""
+    concurrency: int = DEFAULT_CONCURRENCY
+    """``[daemon].concurrency``: how many accounts are served at once (each in order)."""
 
     def secrets(self) -> frozenset[str]:
         """Every secret value, for the log redactor (which masks the short ones as whole tokens).
@@ -311,6 +316,14 @@ def _fraction(value: object) -> float:
     return number
 
 
+def _concurrency(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"must be a whole number, not {_type_name(value)}")
+    if not 1 <= value <= MAX_CONCURRENCY:
+        raise ValueError(f"{value} is not between 1 and {MAX_CONCURRENCY}")
+    return value
+
+
 def _address(value: object) -> Address:
     wanted = 'a "host:port" string like "127.0.0.1:9464" or "[::1]:9464", port 1 to 65535'
     if not isinstance(value, str):
@@ -470,12 +483,15 @@ def _build(
     daemon = scope.table(document.get("daemon", {}), "daemon", "a table ([daemon])")
     policy, database = _daemon(scope.at("daemon"), daemon)
     metrics = scope.at("daemon").get(daemon, "metrics", _address, None)
+    concurrency = scope.at("daemon").get(daemon, "concurrency", _concurrency, DEFAULT_CONCURRENCY)
     accounts, versions = _accounts(scope, document.get("accounts", {}), resolve)
     channels = _channels(scope, document.get("channels", []), versions, resolve)
     if scope.found:
         return scope.found, None
     base = Path(state_directory.split(":")[0]) if state_directory else path.absolute().parent
-    return [], DesiredState(path, base / database, policy, MappingProxyType(accounts), channels, metrics)
+    return [], DesiredState(
+        path, base / database, policy, MappingProxyType(accounts), channels, metrics, concurrency
+    )
 
 
 def _daemon(scope: _Scope, table: Mapping[str, Any]) -> tuple[Policy, str]:

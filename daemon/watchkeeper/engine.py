@@ -12,6 +12,7 @@ from __future__ import annotations
 import random
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -50,6 +51,14 @@ class PassReport:
     @property
     def ok(self) -> bool:
         return not self.failed and not self.refused and not self.list_failed
+
+    def merge(self, part: PassReport) -> None:
+        """Add one account's share of the pass."""
+        self.listed |= part.listed
+        self.counts.update(part.counts)
+        self.failed += part.failed
+        self.foreign += part.foreign
+        self.list_failed += part.list_failed
 
 
 class Engine:
@@ -191,17 +200,14 @@ class Engine:
                 message=refusal.message,
             )
         report.refused.extend(refused)
-        for unit in units:
-            lists = unit.next_listing <= now if listing is None else listing
-            report.listed |= lists
-            unit.touch()
-            try:
-                self._serve(unit, now, lists, report)
-            except Exception as exc:  # one account's failure, of any kind, never stops the others
-                self.log.exception("engine.account_failed", account=unit.name, error=repr(exc))
-                report.failed += 1
-                unit.failed_listing(now, tuning, self.rng)
-                unit.paused_until = unit.next_listing
+        workers = min(self.state.concurrency, len(units))
+        if workers == 1:
+            parts = [self._serve_unit(unit, now, listing) for unit in units]
+        else:
+            with ThreadPoolExecutor(workers, thread_name_prefix="account") as pool:
+                parts = list(pool.map(lambda unit: self._serve_unit(unit, now, listing), units))
+        for part in parts:
+            report.merge(part)
         report.active = sum(
             e.state == "active" and c in u.desired
             for u in self.memory.units.values()
@@ -220,6 +226,22 @@ class Engine:
             failed=report.failed,
             foreign=report.foreign,
         )
+        return report
+
+    def _serve_unit(self, unit: Unit, now: datetime, listing: bool | None) -> PassReport:
+        """One account's share of the pass, on its own report: accounts run concurrently (each
+        account's calls in order), and a failure of any kind stays with its account."""
+        report = PassReport()
+        lists = unit.next_listing <= now if listing is None else listing
+        report.listed = lists
+        unit.touch()
+        try:
+            self._serve(unit, now, lists, report)
+        except Exception as exc:
+            self.log.exception("engine.account_failed", account=unit.name, error=repr(exc))
+            report.failed += 1
+            unit.failed_listing(now, self.state.policy, self.rng)
+            unit.paused_until = unit.next_listing
         return report
 
     def _serve(self, unit: Unit, now: datetime, lists: bool, report: PassReport) -> None:
