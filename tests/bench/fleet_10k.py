@@ -42,6 +42,8 @@ from tests.statefiles import Chan, org_of, write_state
 FIRST_ID = 3_000_000_000_000
 POLL = 0.5
 """Seconds between two looks at the emulator's calls and the daemon's /proc figures."""
+PROGRESS = 30.0
+"""Seconds between two progress lines (stderr) while the first pass creates the channels."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,10 +161,19 @@ def _step(tracker: Tracker, proc: Proc) -> None:
 def _wait_created(tracker: Tracker, proc: Proc, total: int, started: float) -> tuple[float, float]:
     """Until every channel is live (the first pass); the monotonic instant and the RSS then."""
     deadline = started + 600 + total * 0.05
+    said = started
     while time.monotonic() < deadline:
         _step(tracker, proc)
         if len(tracker.expiry) >= total:
             return time.monotonic(), proc.rss_mb()
+        if time.monotonic() - said >= PROGRESS:
+            said = time.monotonic()
+            print(
+                f"{said - started:.0f} s: {len(tracker.expiry)} of {total} channels created, "
+                f"daemon RSS {proc.rss_mb():.0f} MB, CPU {proc.cpu_s():.0f} s",
+                file=sys.stderr,
+                flush=True,
+            )
     raise RuntimeError(f"only {len(tracker.expiry)} of {total} channels created in time")
 
 
