@@ -11,7 +11,7 @@ pure, combines them with each file's last good version:
 - while a file has never validated, no managed channel is deleted: what it declares is unknown
   (``Policy.deletions_held``).
 
-``Directory`` keeps the last good versions for the daemon, in memory only: they hold resolved
+``Loader`` keeps the last good versions for the daemon, in memory only: they hold resolved
 secrets, which never go to the database.
 """
 
@@ -278,7 +278,7 @@ def load(path: Path, *, environ: Mapping[str, str] | None = None) -> DesiredStat
     return merged.state
 
 
-class Directory:
+class Loader:
     """What the daemon loads: the state file, or the directory with each file's last good version
     kept from one load to the next."""
 
