@@ -135,15 +135,8 @@ class Engine:
         is new or changed gets a new client; one that is gone keeps its client, so that its
         channels can still be deleted."""
         now = self.clock()
-        units = self.memory.units
-        for name, account in state.accounts.items():
-            if self._connect is None or self.state.accounts.get(name) == account:
-                continue
-            client = self._connect(account)
-            if name in units:
-                units[name].client = client
-            else:
-                units[name] = Unit(name, client, {}, now)
+        if self._connect is not None:
+            self.memory.connect(self.state, state, self._connect, now)
         self.state = state
         self.memory.adopt(state)
         self.store.clear_retries()
