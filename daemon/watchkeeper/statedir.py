@@ -169,7 +169,8 @@ def _orphans(
     return [
         ConfigIssue(
             "channels",
-            f"account {c.account!r} is not declared by any file in force: not applied",
+            f"account {c.account!r} is not in force (no file that validates declares it, or "
+            "two do): not applied",
             c.channel_id,
             file=file,
         )
