@@ -427,3 +427,15 @@ def test_validate_a_directory(
     assert "account 'nobody' is unknown" in lines[1]
     for secret in SECRETS:
         assert secret not in err
+
+
+def test_the_example_directory_validates() -> None:
+    example = Path(__file__).resolve().parent.parent / "state" / "channels.d"
+    names = ("ZOHO_CLIENT_ID", "ZOHO_CLIENT_SECRET", "ACME_REFRESH_TOKEN", "GLOBEX_REFRESH_TOKEN")
+    state = load(example, environ={name: f"{name.lower()}-value" for name in names})
+    assert list(state.accounts) == ["acme", "globex"]
+    assert [(c.account, c.name) for c in state.channels] == [
+        ("acme", "acme-deals"),
+        ("globex", "globex-contacts"),
+    ]
+    assert state.database == example / "watchkeeper.db"
