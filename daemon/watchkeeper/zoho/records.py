@@ -17,7 +17,7 @@ row without a readable id or instant makes the page a TransientError naming the 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import quote
 
@@ -115,9 +115,12 @@ class RecordsClient:
                 if listed.next_token:
                     token = listed.next_token
                     continue
-                if last.modified_time <= start:
-                    raise TerminalError(f"{where}: over 2,000 records modified in one second")
-                start, page, token = last.modified_time, 1, None  # start again from there
+                # start again a second before the last one read: If-Modified-Since may exclude
+                # its own second, and the records it repeats are dropped by id
+                restart = last.modified_time - timedelta(seconds=1)
+                if restart <= start:
+                    raise TerminalError(f"{where}: over 2,000 records modified in two seconds")
+                start, page, token = restart, 1, None
             else:
                 page += 1
         raise TransientError(f"GET {path}: still more_records after {MAX_CALLS} calls")
