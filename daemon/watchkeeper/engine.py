@@ -99,6 +99,7 @@ class Engine:
     def next_reconcile(self, at: datetime) -> None:
         for unit in self.memory.units.values():
             unit.next_listing = at
+            unit.touch()
 
     def undesired(self) -> frozenset[Key]:
         """Owned channels the state file no longer wants: what ``--allow-mass-delete`` confirms."""
@@ -164,10 +165,19 @@ class Engine:
     def run_pass(
         self, now: datetime, *, listing: bool | None, confirmed: frozenset[Key] = frozenset()
     ) -> PassReport:
-        """Every account in turn; ``listing`` None lists the accounts whose listing is due."""
+        """Every account in turn; ``listing`` None serves only the accounts with something due (and
+        lists those whose listing is due), so an idle tick does nothing at all."""
         report = PassReport(desired=len(self.state.channels))
+        tuning = self.state.policy
+        units = [
+            u
+            for u in self.memory.active(self.state)
+            if listing is not None or u.next_due(now, tuning) <= now
+        ]
+        if not units:
+            return report
         refused = planner.guard(
-            self.memory.desired, self.registry, self.state.policy, confirmed | self._confirmations()
+            self.memory.desired, self.registry, tuning, confirmed | self._confirmations()
         )
         self.memory.hold_back(refused)
         for refusal in refused:
@@ -179,15 +189,16 @@ class Engine:
                 message=refusal.message,
             )
         report.refused.extend(refused)
-        for unit in self.memory.active(self.state):
+        for unit in units:
             lists = unit.next_listing <= now if listing is None else listing
             report.listed |= lists
+            unit.touch()
             try:
                 self._serve(unit, now, lists, report)
             except Exception as exc:  # one account's failure, of any kind, never stops the others
                 self.log.exception("engine.account_failed", account=unit.name, error=repr(exc))
                 report.failed += 1
-                unit.failed_listing(now, self.state.policy, self.rng)
+                unit.failed_listing(now, tuning, self.rng)
                 unit.paused_until = unit.next_listing
         report.active = sum(
             e.state == "active" and c in u.desired
@@ -237,6 +248,7 @@ class Engine:
             return None
         unit.list_failures = 0
         unit.next_listing = policy.next_reconcile(now, self.state.policy, self.rng)
+        unit.touch()
         # Zoho's time is taken after the listing: a freshly started engine learns the skew from
         # its Date header, and a channel that expired less than the skew ago is expired, not gone.
         live = _live(listed, now + unit.client.skew)
@@ -293,6 +305,7 @@ class Engine:
         unit.entries.update(change.entries)
         for channel_id in change.removed:
             unit.entries.pop(channel_id, None)
+        unit.touch()
         if change.pause_until is not None:
             unit.paused_until = change.pause_until
         if change.list_soon:

@@ -43,6 +43,9 @@ class Unit:
     """Owned channels whose deletion a guard holds back: watched for lapses."""
     retained: dict[str, ChannelSpec] = field(default_factory=dict)
     """The refused ones there is a spec for, renewed like desired ones."""
+    due_at: datetime | None = None
+    """``next_due`` as last computed, None once anything it depends on changed: an idle tick
+    costs O(accounts), not O(channels)."""
 
     def paused(self, now: datetime) -> bool:
         return self.paused_until is not None and self.paused_until > now
@@ -69,16 +72,27 @@ class Unit:
     def next_due(self, now: datetime, tuning: Policy) -> datetime:
         """Our-clock instant of the account's next work: its listing or its earliest channel, not
         before its pause ends. A channel refused deletion without a spec is left out: its past
-        renew_at would make every instant due."""
-        skew = self.client.skew
-        kept = self.kept()
-        at = policy.next_due((e for c, e in self.entries.items() if c in kept), now + skew, tuning)
-        due = self.next_listing if at is None else min(self.next_listing, at - skew)
-        return max(due, self.paused_until) if self.paused_until is not None else due
+        renew_at would make every instant due.
+
+        Cached until ``touch``: every term is an absolute instant, except "now" for what is due
+        already, which stays due as time moves on."""
+        if self.due_at is None:
+            skew = self.client.skew
+            kept = self.kept()
+            entries = (e for c, e in self.entries.items() if c in kept)
+            at = policy.next_due(entries, now + skew, tuning)
+            due = self.next_listing if at is None else min(self.next_listing, at - skew)
+            self.due_at = due if self.paused_until is None else max(due, self.paused_until)
+        return self.due_at
+
+    def touch(self) -> None:
+        """Something ``next_due`` depends on changed."""
+        self.due_at = None
 
     def failed_listing(self, now: datetime, tuning: Policy, rng: random.Random) -> None:
         self.list_failures += 1
         self.next_listing = policy.listing_retry(now, self.list_failures, tuning, rng)
+        self.touch()
 
 
 @dataclass
@@ -112,6 +126,7 @@ class Memory:
         self.desired = frozenset((c.account, c.channel_id) for c in state.channels)
         for unit in self.units.values():
             unit.desired = {}
+            unit.touch()
         for spec in state.channels:
             if spec.account in self.units:
                 self.units[spec.account].desired[spec.channel_id] = spec
@@ -127,6 +142,7 @@ class Memory:
             unit.paused_until = None
             unit.next_listing = now
             unit.client.clear_block()
+            unit.touch()
 
     def hold_back(self, refused: Iterable[Refusal]) -> None:
         """What the guards refuse to delete stays owned, kept alive with the last spec known."""
@@ -139,6 +155,7 @@ class Memory:
                 spec = outcome.spec_for_retained(unit.entries[channel_id], known)
                 if spec is not None:
                     unit.retained[channel_id] = spec
+            unit.touch()
 
     def active(self, state: DesiredState) -> Iterator[Unit]:
         """Units of the state's accounts, plus gone accounts that still own channels to delete."""
