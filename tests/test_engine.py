@@ -603,16 +603,17 @@ def test_a_gap_closes_when_the_channel_is_live_again_whatever_failed_in_between(
 def test_channels_whose_deletion_is_refused_stay_alive_across_a_restart(
     emulator: Emulator, engine_for: OpenEngine, sim_clock: SimClock
 ) -> None:
-    """Without a token the stored spec is complete: renewed. With one, it cannot be renewed
-    faithfully, but its lapse is recorded, not silent."""
+    """Without a token or a notify_url secret the stored spec is complete: renewed. With one (the
+    store keeps neither), it cannot be renewed faithfully, but its lapse is recorded, not silent."""
     chans = [
-        Chan("9910", ttl="1h", token=False),
+        Chan("9910", ttl="1h", token=False, notify_url="https://hooks.example.com/zoho"),
         Chan("9911", ttl="1h"),
+        Chan("9913", ttl="1h", token=False),  # its notify_url holds a secret
         Chan("9912", ttl="1h", token=False),
     ]
     with engine_for(chans) as engine:
         engine.run_due()
-    with engine_for(chans[2:]) as engine:  # restarted on a file that drops two of three: refused
+    with engine_for(chans[3:]) as engine:  # restarted on a file that drops three of four: refused
         stop = sim_clock() + timedelta(hours=3)
         while sim_clock() < stop:
             sim_clock.set(min(engine.next_due(), stop))
@@ -620,8 +621,9 @@ def test_channels_whose_deletion_is_refused_stay_alive_across_a_restart(
         gaps = {g.channel_id: g for g in engine.store.gaps()}
     assert len(emulator.live_intervals("9910")) == 1
     assert emulator.live_intervals("9910")[0][1] is None
-    assert set(gaps) == {"9911"}
-    assert gaps["9911"].cause == "expired"
+    assert set(gaps) == {"9911", "9913"}
+    assert gaps["9911"].cause == gaps["9913"].cause == "expired"
+    assert len(emulator.live_intervals("9913")) == 1  # never renewed with the masked URL
     assert "DELETE" not in methods(emulator)
 
 
@@ -842,3 +844,30 @@ def test_a_reload_lifts_the_token_servers_hold(
         report = engine.run_due()
     assert report.counts["create"] == 1
     assert [c.method for c in emulator.calls].count("TOKEN") == 2
+
+
+def test_an_interrupted_request_is_reported_once_then_cleared_by_a_listing(
+    emulator: Emulator, engine_for: OpenEngine, sim_clock: SimClock
+) -> None:
+    """A kill after the answer's registry write but before the journal was cleared left the
+    intents behind for good: ``engine.interrupted`` on every start, even after clean passes."""
+    chans = [Chan("9998")]
+    with engine_for(chans) as engine:
+        engine.run_due()
+        renew_at = engine.registry[("main", "9998")].renew_at
+        assert renew_at is not None
+        sim_clock.set(renew_at)
+
+        def crash(*args: object, **kwargs: object) -> None:
+            raise KeyboardInterrupt  # the process dies right there
+
+        engine.store.done = crash  # type: ignore[method-assign]
+        with pytest.raises(KeyboardInterrupt):
+            engine.run_due()
+    starts = []
+    for _ in range(2):
+        sim_clock.advance(timedelta(seconds=10))
+        with structlog.testing.capture_logs() as logged, engine_for(chans) as engine:
+            engine.run_due()
+        starts.append([e["event"] for e in logged].count("engine.interrupted"))
+    assert starts == [1, 0]

@@ -114,6 +114,9 @@ class Transition:
     closed: list[ledger.GapClosed] = field(default_factory=list)
     seen: list[str] = field(default_factory=list)
     seen_at: datetime | None = None
+    listed: bool = False
+    """Zoho answered a listing: the account's registry now agrees with Zoho, so the journal of
+    requests a crash interrupted has nothing left to tell."""
     pause_until: datetime | None = None
     """Our-clock instant before which no further request of the account goes out."""
     list_soon: bool = False
@@ -178,6 +181,7 @@ def observed(
     if listing is not None:
         out.seen = sorted(cid for cid in at.entries if cid in listing)
         out.seen_at = at.zoho_now
+        out.listed = True
     return out
 
 

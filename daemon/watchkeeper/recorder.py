@@ -46,6 +46,8 @@ def record(
             store.clear_confirmations([(account, cid) for cid in change.removed])
         if change.seen and change.seen_at is not None:
             store.mark_seen(account, change.seen, change.seen_at)
+        if change.listed:
+            store.clear_intents(account)
         if begin is not None:
             store.begin(account, begin.channel_ids, begin.method, begin.at)
         if done:

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from urllib.parse import unquote_plus, urlsplit
+from urllib.parse import unquote_plus, urlsplit, urlunsplit
 
 KINDS = ("env", "credential", "file")
+MASK = "***"
 
 
 class SecretRefError(ValueError):
@@ -80,3 +81,27 @@ def url_secrets(url: str) -> frozenset[str]:
         raw = value if sep else name
         found |= {raw, unquote_plus(raw)}
     return frozenset(v for v in found if v)
+
+
+def mask_url(url: str) -> str:
+    """The notify_url with what ``url_secrets`` finds replaced by ``***`` (each query value, a bare
+    ``?key``, a password), the rest as written so that an operator still recognises the URL. This is
+    the form the store keeps: a URL that does not parse is masked whole."""
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError:
+        return MASK
+    netloc = parts.netloc
+    if password:
+        userinfo, _, host = netloc.rpartition("@")
+        netloc = f"{userinfo.partition(':')[0]}:{MASK}@{host}"
+    query = "&".join(_mask_pair(pair) for pair in parts.query.split("&")) if parts.query else ""
+    return urlunsplit(parts._replace(netloc=netloc, query=query))
+
+
+def _mask_pair(pair: str) -> str:
+    name, sep, value = pair.partition("=")
+    if sep:
+        return f"{name}={MASK if value else ''}"
+    return MASK if name else ""

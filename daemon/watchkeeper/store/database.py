@@ -1,0 +1,264 @@
+"""Store: one database, its transactions, and the queries of registry.py, gaps.py and journal.py
+behind one object, which is all the rest of watchkeeper sees of it."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import Self
+
+from sqlalchemy import Connection, Engine
+from sqlalchemy.exc import DBAPIError
+
+from watchkeeper.model import AccessToken, ObservedChannel, RegistryEntry
+from watchkeeper.store import gaps, journal, migrate, registry, sqlite
+from watchkeeper.store.errors import StoreError
+from watchkeeper.store.values import Gap, Intent, StatusRow
+
+
+class Store:
+    """The SQLite store, synchronous. Each method is its own transaction unless called inside
+    ``transaction()``; a transaction belongs to the thread that began it.
+
+    ``readonly=True`` opens the file as it is (``mode=ro``: no file created, no mode, WAL or schema
+    change), for the commands that only read (``status``, ``gaps``): they work on a file or folder
+    the reader may not write. Such a store refuses every write.
+    """
+
+    def __init__(self, path: Path, *, readonly: bool = False) -> None:
+        """Open, creating the file if missing and upgrading its schema to the head revision (unless
+        ``readonly``, which requires it there). A database that cannot be used raises StoreError
+        naming the file; SchemaTooNewError leaves a newer database untouched."""
+        self.path = path
+        self.readonly = readonly
+        self._local = threading.local()
+        try:
+            self._engine = self._open()
+        except (DBAPIError, OSError) as exc:
+            raise sqlite.open_error(path, exc) from exc
+
+    def _open(self) -> Engine:
+        if self.readonly and not self.path.exists():
+            raise StoreError(f"{self.path} does not exist: nothing has run against it (check --db)")
+        if not self.readonly:
+            sqlite.create_private(self.path)
+        engine = sqlite.open_engine(self.path, readonly=self.readonly)
+        try:
+            with engine.connect() as conn:
+                self._prepare(conn)
+        except BaseException:
+            engine.dispose()
+            raise
+        return engine
+
+    def _prepare(self, conn: Connection) -> None:
+        where = str(self.path)
+        if self.readonly:
+            migrate.check(conn, where)
+            conn.rollback()
+            return
+        migrate.steps(conn, where)  # refuses a newer database before WAL mode would change it
+        conn.rollback()
+        sqlite.enable_wal(conn, self.path)
+        conn.exec_driver_sql("BEGIN IMMEDIATE")  # again under the write lock: another may have won
+        todo = migrate.upgrade(conn, where)
+        conn.commit()
+        if todo.upgrade:
+            sqlite.checkpoint(conn)
+            conn.commit()
+
+    def close(self) -> None:
+        self._engine.dispose()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    # --- transactions ---------------------------------------------------------------------------
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """Every write inside goes to the database in one transaction, committed when the outermost
+        block exits and rolled back if an exception leaves it. A nested block is a savepoint: an
+        exception leaving it undoes that block's writes only. It holds the write lock (the other
+        process waits up to BUSY_TIMEOUT_MS), so keep network calls outside it."""
+        with self._tx():
+            yield
+
+    @contextmanager
+    def _tx(self, *, write: bool = True) -> Iterator[Connection]:
+        """The thread's open transaction (a write in it is a savepoint), or a new one; writers take
+        the write lock up front (BEGIN IMMEDIATE) so that a concurrent writer waits on the busy
+        timeout instead of failing a lock upgrade."""
+        outer: Connection | None = getattr(self._local, "conn", None)
+        if outer is not None:
+            if not write:
+                yield outer
+                return
+            with outer.begin_nested():
+                yield outer
+            return
+        if write and self.readonly:
+            raise StoreError(f"{self.path} was opened read-only: this command cannot change it")
+        with self._engine.connect() as conn:
+            conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+            self._local.conn = conn
+            try:
+                yield conn
+                conn.commit()
+            except BaseException:
+                conn.rollback()
+                raise
+            finally:
+                self._local.conn = None
+
+    # --- registry -------------------------------------------------------------------------------
+
+    def registry(self) -> dict[tuple[str, str], RegistryEntry]:
+        """Every owned channel; ``lapsed_since`` and the lapsed state come from the open gaps."""
+        with self._tx(write=False) as conn:
+            return registry.all_entries(conn)
+
+    def get(self, account: str, channel_id: str) -> RegistryEntry | None:
+        with self._tx(write=False) as conn:
+            return registry.one_entry(conn, account, channel_id)
+
+    def put(self, entry: RegistryEntry, *, last_renewed_at: datetime | None = None) -> None:
+        """Upsert. The applied spec is kept without its token and with its notify_url masked (their
+        digests kept, computed if missing); ``lapsed_since`` is not written (only open_gap and
+        close_gap change it); ``last_renewed_at`` None keeps the stored value."""
+        self.put_many((entry,), last_renewed_at=last_renewed_at)
+
+    def put_many(
+        self, entries: Iterable[RegistryEntry], *, last_renewed_at: datetime | None = None
+    ) -> None:
+        """``put`` for a whole batch in one statement (a pass renews thousands)."""
+        with self._tx() as conn:
+            registry.put(conn, entries, last_renewed_at)
+
+    def remove(self, account: str, channel_id: str) -> None:
+        with self._tx() as conn:
+            registry.remove(conn, account, channel_id)
+
+    def mark_seen(self, account: str, channel_ids: Iterable[str], at: datetime) -> None:
+        """Record that Zoho showed these channels live at ``at``."""
+        with self._tx() as conn:
+            registry.mark_seen(conn, account, channel_ids, at)
+
+    def last_seen(self, account: str, channel_id: str) -> datetime | None:
+        with self._tx(write=False) as conn:
+            return registry.last_seen(conn, account, channel_id)
+
+    def status_rows(self) -> list[StatusRow]:
+        with self._tx(write=False) as conn:
+            return registry.status_rows(conn)
+
+    def clear_retries(self) -> None:
+        """On reload: channels held back by a terminal failure are retried on the next pass (their
+        failure count and last error stay for ``status``)."""
+        with self._tx() as conn:
+            registry.clear_retries(conn)
+
+    # --- intents --------------------------------------------------------------------------------
+
+    def begin(self, account: str, channel_ids: Iterable[str], action: str, at: datetime) -> None:
+        """Journal a write call before it is made. ``done`` clears it in the transaction that
+        records its answer; ``clear_intents`` once a listing has shown what became of it."""
+        with self._tx() as conn:
+            journal.begin(conn, account, channel_ids, action, at)
+
+    def done(self, account: str, channel_ids: Iterable[str]) -> None:
+        with self._tx() as conn:
+            journal.done(conn, account, channel_ids)
+
+    def clear_intents(self, account: str) -> None:
+        """After a successful listing of ``account``: what its interrupted calls did is known, so
+        their intents no longer warn of anything."""
+        with self._tx() as conn:
+            journal.clear_intents(conn, account)
+
+    def pending_intents(self) -> list[Intent]:
+        with self._tx(write=False) as conn:
+            return journal.pending_intents(conn)
+
+    # --- foreign channels (for ``status``, which runs in another process) -----------------------
+
+    def set_foreign(self, account: str, channels: Iterable[ObservedChannel]) -> None:
+        """Replace the account's foreign channels with those of its latest listing."""
+        with self._tx() as conn:
+            journal.set_foreign(conn, account, channels)
+
+    def foreign(self) -> list[tuple[str, str, list[str]]]:
+        """(account, channel_id, modules) of every foreign channel, as ``status --json`` shows them."""
+        with self._tx(write=False) as conn:
+            return journal.foreign(conn)
+
+    # --- gaps -----------------------------------------------------------------------------------
+
+    def open_gap(self, account: str, channel_id: str, start: datetime, cause: str) -> Gap:
+        """Open a gap, or return the one already open for this channel (its start and cause win)."""
+        with self._tx() as conn:
+            return gaps.open_gap(conn, account, channel_id, start, cause)
+
+    def close_gap(self, account: str, channel_id: str, end: datetime) -> Gap | None:
+        """Close the channel's open gap, if any (an end before its start is clamped to the start)."""
+        with self._tx() as conn:
+            return gaps.close_gap(conn, account, channel_id, end)
+
+    def open_gaps(self) -> list[Gap]:
+        with self._tx(write=False) as conn:
+            return gaps.open_gaps(conn)
+
+    def gaps(self, *, since: datetime | None = None, channel_id: str | None = None) -> list[Gap]:
+        """Gaps oldest first; ``since`` keeps those still open or ended after it."""
+        with self._tx(write=False) as conn:
+            return gaps.gaps(conn, since, channel_id)
+
+    # --- access-token cache ---------------------------------------------------------------------
+
+    def token_cache(self, account: str) -> StoreTokenCache:
+        return StoreTokenCache(self, account)
+
+    def _load_token(self, account: str) -> AccessToken | None:
+        with self._tx(write=False) as conn:
+            return journal.load_token(conn, account)
+
+    def _save_token(self, account: str, token: AccessToken) -> None:
+        with self._tx() as conn:
+            journal.save_token(conn, account, token)
+
+    # --- mass-delete confirmations --------------------------------------------------------------
+
+    def confirm_deletes(self, ids: Iterable[tuple[str, str]], at: datetime) -> None:
+        """Record ``apply --allow-mass-delete`` for exactly these (account, channel_id)."""
+        with self._tx() as conn:
+            journal.confirm_deletes(conn, ids, at)
+
+    def confirmed_deletes(self) -> frozenset[tuple[str, str]]:
+        with self._tx(write=False) as conn:
+            return journal.confirmed_deletes(conn)
+
+    def clear_confirmations(self, ids: Iterable[tuple[str, str]] | None = None) -> None:
+        """Forget these confirmations, or all of them when ``ids`` is None."""
+        with self._tx() as conn:
+            journal.clear_confirmations(conn, ids)
+
+
+class StoreTokenCache:
+    """``auth.TokenCache`` for one account, kept in the store so that a restart reuses a live
+    access token instead of spending one of Zoho's 10 refreshes per 10 minutes."""
+
+    def __init__(self, store: Store, account: str) -> None:
+        self._store = store
+        self._account = account
+
+    def load(self) -> AccessToken | None:
+        return self._store._load_token(self._account)
+
+    def save(self, token: AccessToken) -> None:
+        self._store._save_token(self._account, token)

@@ -1,0 +1,144 @@
+"""Bringing a database to the schema this code declares, with Alembic run in code (no alembic.ini:
+the scripts ship inside the package), and refusing a database that a newer watchkeeper wrote.
+
+An empty database is created from the metadata and recorded at the head revision; an older one is
+upgraded by the scripts in ``migrations/versions``. watchkeeper 0.1.0 predates Alembic: it kept
+its schema version in SQLite's ``PRAGMA user_version`` (1 or 2), which maps to the revision its
+schema is. Every step runs on the caller's connection, inside the caller's transaction, so a
+failing upgrade changes nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from alembic.script import ScriptDirectory
+from sqlalchemy import Connection, inspect, text
+
+from watchkeeper.store import sqlite
+from watchkeeper.store.errors import SchemaTooNewError, StoreError
+from watchkeeper.store.schema import METADATA
+
+SCRIPTS = Path(__file__).with_name("migrations")
+
+ALEMBIC_MARK = 3
+"""SQLite ``user_version`` of every database Alembic manages. watchkeeper 0.1.0 refuses anything
+above its own 2, so it never writes into a database upgraded past it."""
+
+LEGACY_REVISIONS: dict[int, str | None] = {1: None, 2: "0002"}
+"""0.1.0's ``user_version`` -> the revision its schema is (None: the base, before every script)."""
+
+VERSION_TABLE = "alembic_version"
+
+
+@dataclass(frozen=True, slots=True)
+class Found:
+    """What an open database says about its schema."""
+
+    user_version: int | None
+    """SQLite's ``PRAGMA user_version``; None on other databases."""
+    revisions: frozenset[str]
+    """The rows of alembic_version (empty when it has none)."""
+    has_tables: bool
+    """Whether it holds any table (one of another program's too: it is not ours to add to)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Steps:
+    """What it takes to bring a database to the head revision; all False/None: nothing."""
+
+    create: bool = False
+    """Empty: create every table from the metadata and record the head revision."""
+    stamp: str | None = None
+    """A 0.1.0 database: record the revision its schema is before upgrading."""
+    upgrade: bool = False
+
+
+def plan(found: Found, known: frozenset[str], head: str, where: str) -> Steps:
+    """The steps for ``found``, or the error that refuses it (SchemaTooNewError for a schema newer
+    than this code knows, which is what an unknown revision means)."""
+    version = found.user_version or 0
+    if version > ALEMBIC_MARK:
+        raise _too_new(where, f"schema version {version}", f"at most {ALEMBIC_MARK}")
+    unknown = sorted(found.revisions - known)
+    if unknown:
+        raise _too_new(where, f"schema revision {', '.join(unknown)}", f"revision {head}")
+    if found.revisions:
+        return Steps() if found.revisions == {head} else Steps(upgrade=True)
+    if version in LEGACY_REVISIONS:
+        return Steps(stamp=LEGACY_REVISIONS[version], upgrade=True)
+    if not found.has_tables and version == 0:
+        return Steps(create=True)
+    raise StoreError(
+        f"{where} holds tables but no watchkeeper schema revision: it is not a watchkeeper "
+        "database, or it is damaged; restore it from a backup, or point --db at another file"
+    )
+
+
+def steps(conn: Connection, where: str) -> Steps:
+    """What the database behind ``conn`` needs; raises what ``plan`` raises."""
+    script = ScriptDirectory.from_config(_config(conn))
+    head = script.get_current_head()
+    if head is None:
+        raise StoreError(f"no migration scripts in {SCRIPTS}: the installation is incomplete")
+    known = frozenset(rev.revision for rev in script.walk_revisions())
+    return plan(_found(conn), known, head, where)
+
+
+def upgrade(conn: Connection, where: str) -> Steps:
+    """Bring the database to the head revision, inside the transaction ``conn`` is in; the steps
+    it took."""
+    todo = steps(conn, where)
+    config = _config(conn)
+    if todo.create:
+        METADATA.create_all(conn)
+        command.stamp(config, "head")
+    if todo.stamp is not None:
+        command.stamp(config, todo.stamp)
+    if todo.upgrade:
+        command.upgrade(config, "head")
+    if conn.dialect.name == "sqlite" and sqlite.user_version(conn) != ALEMBIC_MARK:
+        sqlite.set_user_version(conn, ALEMBIC_MARK)
+    return todo
+
+
+def check(conn: Connection, where: str) -> None:
+    """Refuse a database that is not at the head revision, for an open that may not upgrade it."""
+    todo = steps(conn, where)
+    if todo.create:
+        raise StoreError(f"{where} holds no watchkeeper data yet: nothing has run against it")
+    if todo != Steps():
+        raise StoreError(
+            f"{where} was written by an older watchkeeper: open it once with write access "
+            "(watchkeeper run, or apply) to upgrade it, then read it"
+        )
+
+
+def _config(conn: Connection) -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(SCRIPTS))
+    config.attributes["connection"] = conn
+    return config
+
+
+def _found(conn: Connection) -> Found:
+    inspector = inspect(conn)
+    revisions: frozenset[str] = frozenset()
+    if inspector.has_table(VERSION_TABLE):
+        rows = conn.execute(text(f"SELECT version_num FROM {VERSION_TABLE}"))  # noqa: S608
+        revisions = frozenset(row[0] for row in rows)
+    return Found(
+        user_version=sqlite.user_version(conn) if conn.dialect.name == "sqlite" else None,
+        revisions=revisions,
+        has_tables=bool(inspector.get_table_names()),
+    )
+
+
+def _too_new(where: str, found: str, known: str) -> SchemaTooNewError:
+    return SchemaTooNewError(
+        f"{where} has {found}, newer than this watchkeeper knows ({known}): run the newer "
+        "watchkeeper, or point --db at another file"
+    )

@@ -1,0 +1,41 @@
+"""Insert-or-update, for the two dialects the store runs on. SQLite and PostgreSQL spell it the same
+way (``ON CONFLICT (key) DO UPDATE SET col = excluded.col``), but SQLAlchemy builds it from each
+dialect's own ``insert``, so the choice is made here, once."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from sqlalchemy import Table, func
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Dialect
+from sqlalchemy.sql.dml import Insert
+
+_INSERTS: dict[str, Callable[[Table], Any]] = {
+    "sqlite": sqlite.insert,
+    "postgresql": postgresql.insert,
+}
+
+
+def upsert(
+    dialect: Dialect,
+    table: Table,
+    key: Sequence[str],
+    update: Sequence[str],
+    *,
+    keep_when_null: Sequence[str] = (),
+) -> Insert:
+    """An insert of ``table`` that, when a row with the same ``key`` exists, sets ``update`` from
+    the new row instead; a column in ``keep_when_null`` keeps its stored value when the new row
+    leaves it NULL. Execute it with one dict of values, or a list of them."""
+    make = _INSERTS.get(dialect.name)
+    if make is None:
+        raise NotImplementedError(f"no upsert for the {dialect.name} dialect")
+    insert = make(table)
+    excluded = insert.excluded
+    changed: dict[str, Any] = {name: excluded[name] for name in update}
+    for name in keep_when_null:
+        changed[name] = func.coalesce(excluded[name], table.c[name])
+    statement: Insert = insert.on_conflict_do_update(index_elements=list(key), set_=changed)
+    return statement

@@ -1,0 +1,48 @@
+"""The frozen value types the store hands to callers (besides model.RegistryEntry and AccessToken):
+callers never see ORM rows."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from watchkeeper.model import ChannelState
+
+
+@dataclass(frozen=True, slots=True)
+class Gap:
+    """A window in which a desired channel was not active: its events must be backfilled."""
+
+    id: int
+    account: str
+    channel_id: str
+    start: datetime
+    end: datetime | None
+    """None while the gap is still open."""
+    cause: str
+
+
+@dataclass(frozen=True, slots=True)
+class StatusRow:
+    """One line of ``watchkeeper status``."""
+
+    account: str
+    channel_id: str
+    name: str | None
+    state: ChannelState
+    expires_at: datetime | None
+    next_renewal_at: datetime | None
+    """The held-back retry time while a failure backs off, else the drawn renewal time."""
+    last_renewed_at: datetime | None
+    failures: int
+    last_error: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Intent:
+    """A write call that was about to be made: still here on start-up means it may have happened."""
+
+    account: str
+    channel_id: str
+    action: str
+    at: datetime
