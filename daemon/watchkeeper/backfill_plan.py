@@ -73,6 +73,14 @@ class Notification:
     ids: tuple[str, ...]
 
 
+def stored(module: str, operation: str, ids: Sequence[str]) -> Notification:
+    """A notification read back from the store (which keeps the operation as text)."""
+    for op in OPERATIONS:
+        if op == operation:
+            return Notification(module, op, tuple(ids))
+    raise ValueError(f"stored backfill operation {operation!r} is not one of {', '.join(OPERATIONS)}")
+
+
 def queries(events: Iterable[Event]) -> list[Query]:
     """One query per subscribed module, in module order."""
     ops: dict[str, set[str]] = {}

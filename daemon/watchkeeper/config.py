@@ -66,6 +66,7 @@ CHANNEL_KEYS = (
     "notify_on_related_action",
     "return_affected_field_values",
     "notification_condition",
+    "backfill",
 )
 TOP_KEYS = ("daemon", "accounts", "channels")
 
@@ -557,6 +558,7 @@ def _channel(
     label = scope.get(table, "name", _text, None)
     related = scope.get(table, "notify_on_related_action", _flag, False)
     affected = scope.get(table, "return_affected_field_values", _flag, False)
+    backfill = scope.get(table, "backfill", _flag, False)
     condition = scope.get(
         table, "notification_condition", lambda value: _condition(value, version), None
     )
@@ -574,6 +576,7 @@ def _channel(
         notify_on_related_action=related,
         return_affected_field_values=affected,
         notification_condition=condition,
+        backfill=backfill,
     )
 
 

@@ -15,7 +15,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from watchkeeper import logs, outcome, planner, policy
+from watchkeeper import backfill_plan, logs, outcome, planner, policy
+from watchkeeper.backfill import Backfiller
 from watchkeeper.config import AccountSpec, DesiredState
 from watchkeeper.model import ObservedChannel, RegistryEntry, WatchItem
 from watchkeeper.outcome import Transition
@@ -28,6 +29,9 @@ from watchkeeper.zoho.errors import ZohoError
 from watchkeeper.zoho.results import CallResult
 
 Listing = dict[str, ObservedChannel]
+BACKFILL_SLICE = timedelta(seconds=5)
+"""Real time a backfill step may take while some renewal is overdue already (it would otherwise
+never run while the account retries something that stays due)."""
 
 
 def utcnow() -> datetime:
@@ -69,11 +73,13 @@ class Engine:
         self.log = logs.get_logger()
         self._connect = connect
         """Builds the client of an account that a reload adds or changes."""
+        self._backfiller: Backfiller | None = None
         self.stopping = False
         """Set from another thread on SIGTERM: the pass makes no further call."""
         self.state = state
         self.memory = Memory.build(store.registry(), clients, clock())
         self.memory.adopt(state)
+        self._arm_backfills(clock())
         intents = store.pending_intents()
         if intents:
             self.log.warning("engine.interrupted", calls=len(intents), note="listing before any change")
@@ -109,7 +115,7 @@ class Engine:
         """Our-clock instant at which something next needs doing."""
         now = self.clock()
         units = self.memory.active(self.state)
-        return min((u.next_due(now, self.state.policy) for u in units), default=now + timedelta(1))
+        return min((_next_work(u, now, self.state.policy) for u in units), default=now + timedelta(1))
 
     def run_due(self, now: datetime | None = None) -> PassReport:
         return self.run_pass(now or self.clock(), listing=None)
@@ -137,6 +143,7 @@ class Engine:
         self.memory.adopt(state)
         self.store.clear_retries()
         self.memory.reset(self.store.registry(), now)
+        self._arm_backfills(now)  # a reload may carry a backfill someone requested
 
     def preview(self, now: datetime) -> Plan:
         """What a pass would do now (``watchkeeper plan``): every account listed, the ledger and the
@@ -169,12 +176,9 @@ class Engine:
         lists those whose listing is due), so an idle tick does nothing at all."""
         report = PassReport(desired=len(self.state.channels))
         tuning = self.state.policy
-        units = [
-            u
-            for u in self.memory.active(self.state)
-            if listing is not None or u.next_due(now, tuning) <= now
-        ]
-        if not units:
+        active = list(self.memory.active(self.state))
+        units = [u for u in active if listing is not None or u.next_due(now, tuning) <= now]
+        if not units and not any(_backfill_due(u, now) for u in active):
             return report
         refused = planner.guard(
             self.memory.desired, self.registry, tuning, confirmed | self._confirmations()
@@ -200,6 +204,9 @@ class Engine:
                 report.failed += 1
                 unit.failed_listing(now, tuning, self.rng)
                 unit.paused_until = unit.next_listing
+        for unit in active:  # after every account's renewals: a backfill never delays one
+            if _backfill_due(unit, now) and not self.stopping:
+                self._backfill(unit, now, report)
         report.active = sum(
             e.state == "active" and c in u.desired
             for u in self.memory.units.values()
@@ -301,7 +308,11 @@ class Engine:
         done: list[str] | None = None,
     ) -> None:
         """Record in one transaction, then let the memory and the logs follow."""
-        record(self.store, change, begin=begin, done=done or ())
+        record(self.store, change, begin=begin, done=done or (), backfilled=unit.backfilled)
+        for closed in change.closed:
+            if closed.channel_id in unit.backfilled:
+                ready = backfill_plan.Window(closed.start, closed.end).end - unit.client.skew
+                unit.backfill_at = ready if unit.backfill_at is None else min(unit.backfill_at, ready)
         unit.entries.update(change.entries)
         for channel_id in change.removed:
             unit.entries.pop(channel_id, None)
@@ -314,6 +325,35 @@ class Engine:
         report.failed += change.failed
         for event in change.events:
             getattr(self.log, event.level)(event.event, **event.fields)
+
+    def _arm_backfills(self, now: datetime) -> None:
+        """Accounts with a backfill pending in the store look at it in their next pass."""
+        accounts = {job.gap.account for job in self.store.pending_backfills()}
+        for name in accounts & self.memory.units.keys():
+            self.memory.units[name].backfill_at = now
+
+    def _backfill(self, unit: Unit, now: datetime, report: PassReport) -> None:
+        """The account's backfill step: as far as it gets before a renewal or listing falls due
+        (or, when one is overdue already, for BACKFILL_SLICE), then the engine moves on."""
+        tuning = self.state.policy
+        horizon = min(u.next_due(now, tuning) for u in self.memory.active(self.state))
+        deadline = horizon if horizon > now else now + BACKFILL_SLICE
+
+        def interrupted() -> bool:
+            return self.stopping or self.clock() >= deadline
+
+        if self._backfiller is None:
+            self._backfiller = Backfiller(self.store, rng=self.rng)
+        specs = {c: s for (a, c), s in self.memory.known.items() if a == unit.name}
+        specs.update(unit.retained)
+        specs.update(unit.desired)
+        unit.backfill_at = None
+        progress = self._backfiller.run(unit, self._at(unit, now), specs, interrupted)
+        for change in progress.transitions:
+            self._commit(unit, change, report)
+        if progress.next_at is not None:
+            at = progress.next_at
+            unit.backfill_at = at if unit.backfill_at is None else min(unit.backfill_at, at)
 
     def _report_foreign(self, unit: Unit, listing: Listing, report: PassReport) -> None:
         foreign = [
@@ -352,6 +392,15 @@ class Engine:
 
     def _stop_requested(self) -> bool:
         return self.stopping
+
+
+def _backfill_due(unit: Unit, now: datetime) -> bool:
+    return unit.backfill_at is not None and unit.backfill_at <= now
+
+
+def _next_work(unit: Unit, now: datetime, tuning: policy.Policy) -> datetime:
+    due = unit.next_due(now, tuning)
+    return due if unit.backfill_at is None else min(due, unit.backfill_at)
 
 
 def _live(listing: Listing, zoho_now: datetime) -> Listing:

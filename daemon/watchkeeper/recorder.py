@@ -28,13 +28,18 @@ def record(
     *,
     begin: Intent | None = None,
     done: Sequence[str] = (),
+    backfilled: frozenset[str] = frozenset(),
 ) -> None:
+    """``backfilled``: the channels whose closing gaps are backfilled, requested in the same
+    transaction that closes them so a crash cannot lose one."""
     account = change.account
     with store.transaction():
         for opened in change.opened:
             store.open_gap(account, opened.channel_id, opened.start, opened.cause)
         for closed in change.closed:
-            store.close_gap(account, closed.channel_id, closed.end)
+            gap = store.close_gap(account, closed.channel_id, closed.end)
+            if gap is not None and closed.channel_id in backfilled:
+                store.request_backfill([gap.id], closed.end)
         by_renewal: dict[datetime | None, list[RegistryEntry]] = {}
         for channel_id, entry in change.entries.items():
             by_renewal.setdefault(change.renewed_at.get(channel_id), []).append(entry)
