@@ -84,6 +84,11 @@ class Engine:
         if intents:
             self.log.warning("engine.interrupted", calls=len(intents), note="listing before any change")
 
+    def close(self) -> None:
+        """Close what the engine opened itself (the backfill's receiver connections)."""
+        if self._backfiller is not None:
+            self._backfiller.close()
+
     @property
     def registry(self) -> dict[Key, RegistryEntry]:
         return self.memory.registry()

@@ -75,7 +75,11 @@ def open_engine(
             return make_client(account, http, clock, store.token_cache(account.name))
 
         clients = {name: connect(account) for name, account in state.accounts.items()}
-        yield Engine(state, store, clients, clock=clock, rng=rng, connect=connect)
+        engine = Engine(state, store, clients, clock=clock, rng=rng, connect=connect)
+        try:
+            yield engine
+        finally:
+            engine.close()
     finally:
         http.close()
         store.close()
