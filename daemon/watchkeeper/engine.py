@@ -297,7 +297,8 @@ class Engine:
             items = [WatchItem(a.spec, requested_at + a.spec.ttl) for a in actions if a.spec]
             request = outcome.Request(method, actions, items)
             answer = _call(lambda: client.write(method, items, should_stop=stop))
-            last_seen = {cid: self.store.last_seen(unit.name, cid) for cid in ids}
+            gone = [r.channel_id for r in answer.results if r.not_found]  # where their gaps start
+            last_seen = {cid: self.store.last_seen(unit.name, cid) for cid in gone}
             at = self._at(unit, now, last_seen)
             change = outcome.written(at, request, answer, client.server_now())
         self._commit(unit, change, report, done=ids)

@@ -57,6 +57,25 @@ def make_client(
     return WatchClient(account.endpoint, auth, http=http, clock=clock)
 
 
+def database_path(state: DesiredState, override: Path | None = None) -> Path:
+    """The database every command and the daemon use: ``--db`` (or ``$WATCHKEEPER_DB``, which the
+    command line reads) over the state file's ``[daemon].database``. The one place this is decided."""
+    return override or state.database
+
+
+@contextmanager
+def open_store(
+    state: DesiredState, db: Path | None = None, *, readonly: bool = False
+) -> Iterator[Store]:
+    """The state's store (or ``db``'s), redactor fed with the state's secrets first."""
+    logs.REDACTOR.add(state.secrets())
+    store = Store(database_path(state, db), readonly=readonly)
+    try:
+        yield store
+    finally:
+        store.close()
+
+
 @contextmanager
 def open_engine(
     state: DesiredState,
@@ -66,10 +85,7 @@ def open_engine(
     rng: random.Random | None = None,
 ) -> Iterator[Engine]:
     """An engine over the state's database (or ``db``), closed with everything it opened."""
-    logs.REDACTOR.add(state.secrets())
-    store = Store(db or state.database)
-    http = httpx.Client(timeout=DEFAULT_TIMEOUT)
-    try:
+    with open_store(state, db) as store, httpx.Client(timeout=DEFAULT_TIMEOUT) as http:
 
         def connect(account: AccountSpec) -> WatchClient:
             return make_client(account, http, clock, store.token_cache(account.name))
@@ -80,16 +96,12 @@ def open_engine(
             yield engine
         finally:
             engine.close()
-    finally:
-        http.close()
-        store.close()
 
 
-def confirm_deletes(state: DesiredState, db: Path, now: datetime) -> list[tuple[str, str]]:
+def confirm_deletes(state: DesiredState, store: Store, now: datetime) -> list[tuple[str, str]]:
     """Record in the store that every owned channel the state file no longer wants may go: the
     ``apply --allow-mass-delete`` of an operator whose daemon is running (it applies them)."""
     wanted = {(c.account, c.channel_id) for c in state.channels}
-    with Store(db) as store:
-        keys = sorted(key for key in store.registry() if key not in wanted)
-        store.confirm_deletes(keys, now)
+    keys = sorted(key for key in store.registry() if key not in wanted)
+    store.confirm_deletes(keys, now)
     return keys
