@@ -11,21 +11,22 @@ from __future__ import annotations
 
 import random
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from watchkeeper import backfill_plan, logs, outcome, planner, policy
-from watchkeeper.backfill import Backfiller
+from watchkeeper.backfill import Backfiller, collect
 from watchkeeper.config import AccountSpec, DesiredState
-from watchkeeper.model import ObservedChannel, RegistryEntry, WatchItem
+from watchkeeper.model import ChannelSpec, ObservedChannel, RegistryEntry, WatchItem
 from watchkeeper.outcome import Transition
 from watchkeeper.planner import Action, Method, Plan, Refusal
 from watchkeeper.recorder import Intent, record
-from watchkeeper.store import Store
+from watchkeeper.store import Gap, Store
 from watchkeeper.units import Key, Memory, Unit
 from watchkeeper.zoho.client import WatchClient
 from watchkeeper.zoho.errors import ZohoError
+from watchkeeper.zoho.records import RecordsClient
 from watchkeeper.zoho.results import CallResult
 
 Listing = dict[str, ObservedChannel]
@@ -209,9 +210,10 @@ class Engine:
                 report.failed += 1
                 unit.failed_listing(now, tuning, self.rng)
                 unit.paused_until = unit.next_listing
+        deadline = self._backfill_deadline()
         for unit in active:  # after every account's renewals: a backfill never delays one
             if _backfill_due(unit, now) and not self.stopping:
-                self._backfill(unit, now, report)
+                self._backfill(unit, now, report, deadline)
         report.active = sum(
             e.state == "active" and c in u.desired
             for u in self.memory.units.values()
@@ -332,29 +334,68 @@ class Engine:
         for event in change.events:
             getattr(self.log, event.level)(event.event, **event.fields)
 
+    def run_backfills(self, now: datetime) -> PassReport:
+        """One step of every pending backfill (``watchkeeper backfill``): what a receiver refuses
+        stays pending, for the daemon's next passes."""
+        report = PassReport(desired=len(self.state.channels))
+        self._arm_backfills(now)
+        for unit in self.memory.active(self.state):
+            if _backfill_due(unit, now):
+                self._backfill(unit, now, report, None)
+        return report
+
+    def preview_backfill(
+        self, gaps: Iterable[Gap]
+    ) -> Iterator[tuple[Gap, backfill_plan.Notification | None]]:
+        """What backfilling these closed gaps would send (``--dry-run``): Zoho is asked, nothing is
+        sent or written. A gap whose channel has no spec here yields None."""
+        for gap in gaps:
+            unit = self.memory.units.get(gap.account)
+            spec = self._specs(unit).get(gap.channel_id) if unit is not None else None
+            if unit is None or spec is None or gap.end is None:
+                yield gap, None
+                continue
+            window = backfill_plan.Window(gap.start, gap.end)
+            for note in collect(RecordsClient(unit.client.session), spec, window):
+                yield gap, note
+
+    def _specs(self, unit: Unit) -> dict[str, ChannelSpec]:
+        """Every spec this process knows for the account's channels, the state file's first: a
+        backfill needs the channel's notify_url and token, which the store never keeps whole."""
+        specs = {c: s for (a, c), s in self.memory.known.items() if a == unit.name}
+        specs.update(unit.retained)
+        specs.update(unit.desired)
+        return specs
+
+    def _backfill_deadline(self) -> datetime:
+        """Backfill runs until a renewal or listing falls due, or, when one is overdue already,
+        for BACKFILL_SLICE (it would otherwise never run while an account retries something that
+        stays due)."""
+        current = self.clock()
+        tuning = self.state.policy
+        horizon = min(
+            (u.next_due(current, tuning) for u in self.memory.active(self.state)), default=current
+        )
+        return horizon if horizon > current else current + BACKFILL_SLICE
+
     def _arm_backfills(self, now: datetime) -> None:
         """Accounts with a backfill pending in the store look at it in their next pass."""
         accounts = {job.gap.account for job in self.store.pending_backfills()}
         for name in accounts & self.memory.units.keys():
             self.memory.units[name].backfill_at = now
 
-    def _backfill(self, unit: Unit, now: datetime, report: PassReport) -> None:
-        """The account's backfill step: as far as it gets before a renewal or listing falls due
-        (or, when one is overdue already, for BACKFILL_SLICE), then the engine moves on."""
-        tuning = self.state.policy
-        horizon = min(u.next_due(now, tuning) for u in self.memory.active(self.state))
-        deadline = horizon if horizon > now else now + BACKFILL_SLICE
+    def _backfill(
+        self, unit: Unit, now: datetime, report: PassReport, deadline: datetime | None
+    ) -> None:
+        """The account's backfill step, until ``deadline`` (our clock; None: until done)."""
 
         def interrupted() -> bool:
-            return self.stopping or self.clock() >= deadline
+            return self.stopping or (deadline is not None and self.clock() >= deadline)
 
         if self._backfiller is None:
             self._backfiller = Backfiller(self.store, rng=self.rng)
-        specs = {c: s for (a, c), s in self.memory.known.items() if a == unit.name}
-        specs.update(unit.retained)
-        specs.update(unit.desired)
         unit.backfill_at = None
-        progress = self._backfiller.run(unit, self._at(unit, now), specs, interrupted)
+        progress = self._backfiller.run(unit, self._at(unit, now), self._specs(unit), interrupted)
         for change in progress.transitions:
             self._commit(unit, change, report)
         if progress.next_at is not None:
