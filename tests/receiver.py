@@ -49,9 +49,9 @@ class Receiver:
                 self.accepted.append(body)
             return status
 
-    def url(self, query: str = "") -> str:
+    def url(self, query: str = "", path: str = "hook") -> str:
         port = self._server.server_address[1]
-        return f"http://127.0.0.1:{port}/hook" + (f"?{query}" if query else "")
+        return f"http://127.0.0.1:{port}/{path}" + (f"?{query}" if query else "")
 
     def __enter__(self) -> Receiver:
         self._thread.start()
