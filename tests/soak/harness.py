@@ -60,8 +60,8 @@ class Params:
     """The state file's ``[daemon] reconcile_every``; None keeps the default (30m)."""
     backfill: bool = True
     """``backfill = true`` on every channel."""
-    change_every: str = "15m"
-    """One record change per watched module this often (watchkeeper's run only)."""
+    change_every: str | None = "15m"
+    """One record change per watched module this often (watchkeeper's run only); None: none."""
 
     def __post_init__(self) -> None:
         if self.channels < 1 or self.accounts < 1 or self.accounts > self.channels:
@@ -73,7 +73,8 @@ class Params:
         if self.profile not in PROFILES:
             raise ValueError(f"profile must be one of {sorted(PROFILES)}")
         config.parse_duration(self.ttl)  # ValueError, worded for the command line
-        config.parse_duration(self.change_every)
+        if self.change_every is not None:
+            config.parse_duration(self.change_every)
 
     @property
     def duration(self) -> timedelta:
@@ -418,21 +419,27 @@ def run_watchkeeper(params: Params, workdir: Path, progress: Progress | None = N
         ExitStack() as stack,
     ):
         policy = Watchkeeper(sim, stack)
-        stream = Stream(
-            sim.emu,
-            {name: org_of(name) for name in params.account_names},
-            sorted({m for c in sim.state.channels for m, _ in c.events}),
-            config.parse_duration(params.change_every),
-            sim.start + config.parse_duration(params.change_every),
-            sim.receiver.url(),
-            random.Random(params.seed),
+        every = params.change_every
+        stream = (
+            None
+            if every is None
+            else Stream(
+                sim.emu,
+                {name: org_of(name) for name in params.account_names},
+                sorted({m for c in sim.state.channels for m, _ in c.events}),
+                config.parse_duration(every),
+                sim.start + config.parse_duration(every),
+                sim.receiver.url(),
+                random.Random(params.seed),
+            )
         )
         sim.drive("watchkeeper", policy, progress, stream)
         gaps = policy.engine.store.gaps()
         stack.close()
         result = sim.result("watchkeeper", policy.cpu, time.perf_counter() - wall)
-        subscriptions = {(c.account, c.channel_id): c.events for c in sim.state.channels}
-        result.lost = tally(stream, subscriptions, result.intervals, sim.receiver.backfilled())
+        if stream is not None:
+            subscriptions = {(c.account, c.channel_id): c.events for c in sim.state.channels}
+            result.lost = tally(stream, subscriptions, result.intervals, sim.receiver.backfilled())
     result.ledger = {key: [] for key in result.channels}
     for gap in gaps:
         result.ledger.setdefault((gap.account, gap.channel_id), []).append(
