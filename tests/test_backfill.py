@@ -89,7 +89,11 @@ def events(logs: list[dict[str, Any]], name: str) -> list[dict[str, Any]]:
 
 
 def test_a_closed_gap_is_redelivered_in_zohos_shape_once_its_window_has_passed(
-    emulator: Emulator, engine_for: OpenEngine, sim_clock: SimClock, receiver: Receiver
+    emulator: Emulator,
+    engine_for: OpenEngine,
+    sim_clock: SimClock,
+    receiver: Receiver,
+    tmp_path: Path,
 ) -> None:
     with engine_for([chan(receiver)]) as engine, structlog.testing.capture_logs() as logs:
         outage(engine, emulator, sim_clock)
@@ -132,6 +136,9 @@ def test_a_closed_gap_is_redelivered_in_zohos_shape_once_its_window_has_passed(
     text = repr(logs)
     for secret in (*SECRETS, *emulator.access_tokens()):
         assert secret not in text
+    stored = b"".join(p.read_bytes() for p in tmp_path.glob("watchkeeper.db*"))
+    for secret in (HOOK_TOKEN, URL_SECRET):  # the store never keeps what the body carried
+        assert secret.encode() not in stored
 
 
 def test_a_channel_without_backfill_records_its_gap_and_sends_nothing(
