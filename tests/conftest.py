@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from watchkeeper.emulator import Emulator
 
+from tests.daemon_process import DaemonProcess
 from tests.helpers import SimClock
 
 
@@ -49,3 +50,12 @@ def _reset_logging() -> Iterator[None]:
     for handler in list(root.handlers):
         if type(handler).__name__ == "_StdlibBridge":
             root.removeHandler(handler)
+
+
+@pytest.fixture
+def daemons() -> Iterator[list[DaemonProcess]]:
+    """Daemon processes a test started (``tests.daemon_process.start``), stopped when it ends."""
+    started: list[DaemonProcess] = []
+    yield started
+    for daemon in started:
+        daemon.stop()

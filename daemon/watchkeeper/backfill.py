@@ -63,6 +63,16 @@ class Progress:
         self.next_at = at if self.next_at is None else min(self.next_at, at)
 
 
+@dataclass(frozen=True, slots=True)
+class _Step:
+    """One account's backfill step: what every job of it is advanced with."""
+
+    unit: Unit
+    at: outcome.Situation
+    interrupted: Callable[[], bool]
+    progress: Progress
+
+
 class Backfiller:
     def __init__(
         self,
@@ -91,7 +101,8 @@ class Backfiller:
         interrupted: Callable[[], bool],
     ) -> Progress:
         """Advance every pending job of the account as far as it can go now."""
-        progress = Progress()
+        step = _Step(unit, at, interrupted, Progress())
+        progress = step.progress
         for job in self._store.pending_backfills(unit.name):
             window = Window(job.gap.start, _end(job))
             ready = max(window.end, job.retry_at or window.end)
@@ -101,54 +112,60 @@ class Backfiller:
             if interrupted() or unit.paused(at.now):
                 progress.later(at.now if unit.paused_until is None else max(at.now, unit.paused_until))
                 return progress
-            self._advance(unit, job, window, at, specs.get(job.gap.channel_id), interrupted, progress)
+            spec = specs.get(job.gap.channel_id)
+            if spec is None:
+                self._fail(
+                    job, "receiver", "the channel is not in the state file: no notify_url or token"
+                )
+                continue
+            count = job.notifications if job.collected else self._collect(step, job, spec, window)
+            if count is not None:
+                self._deliver(step, job, spec, window, count)
             if progress.transitions:  # the account is paused: nothing more of it now
                 progress.later(at.now)
                 return progress
         return progress
 
-    def _advance(
-        self,
-        unit: Unit,
-        job: Backfill,
-        window: Window,
-        at: outcome.Situation,
-        spec: ChannelSpec | None,
-        interrupted: Callable[[], bool],
-        progress: Progress,
-    ) -> None:
+    def _collect(self, step: _Step, job: Backfill, spec: ChannelSpec, window: Window) -> int | None:
+        """Ask Zoho and store every notification to send; how many, or None when it failed."""
         gap = job.gap
-        fields = {"account": gap.account, "channel_id": gap.channel_id, "gap_id": gap.id}
-        if spec is None:
-            self._fail(job, "receiver", "the channel is not in the state file: no notify_url or token")
-            return
-        count = job.notifications
-        if not job.collected:
-            modules = [q.module for q in backfill_plan.queries(spec.events)]
-            self.log.info(
-                "backfill.started", **fields, start=window.start, end=window.end, modules=modules
-            )
-            try:
-                notes = collect(RecordsClient(unit.client.session), spec, window)
-            except MissingScope as exc:
-                self._fail(job, "scope", str(exc))
-                return
-            except (AuthError, RateLimited) as exc:
-                progress.transitions.append(outcome.records_failed(at, exc))
-                return
-            except TransientError as exc:
-                self._retry(job, at, "zoho", str(exc), progress)
-                return
-            except ZohoError as exc:
-                self._fail(job, "zoho", str(exc))
-                return
-            self._store.backfill_collected(gap.id, [(n.module, n.operation, n.ids) for n in notes])
-            count = len(notes)
-        resource = RecordsClient(unit.client.session)
+        modules = [q.module for q in backfill_plan.queries(spec.events)]
+        self.log.info(
+            "backfill.started",
+            account=gap.account,
+            channel_id=gap.channel_id,
+            gap_id=gap.id,
+            start=window.start,
+            end=window.end,
+            modules=modules,
+        )
+        try:
+            notes = collect(RecordsClient(step.unit.client.session), spec, window)
+        except MissingScope as exc:
+            self._fail(job, "scope", str(exc))
+            return None
+        except (AuthError, RateLimited) as exc:
+            step.progress.transitions.append(outcome.records_failed(step.at, exc))
+            return None
+        except TransientError as exc:
+            self._retry(job, step.at, "zoho", str(exc), step.progress)
+            return None
+        except ZohoError as exc:
+            self._fail(job, "zoho", str(exc))
+            return None
+        self._store.backfill_collected(gap.id, [(n.module, n.operation, n.ids) for n in notes])
+        return len(notes)
+
+    def _deliver(
+        self, step: _Step, job: Backfill, spec: ChannelSpec, window: Window, count: int
+    ) -> None:
+        """POST the undelivered notifications in order, each marked once its receiver took it."""
+        gap, at = job.gap, step.at
+        resource = RecordsClient(step.unit.client.session)
         records = job.records if job.collected else 0
         for note in self._store.backfill_undelivered(gap.id):
-            if interrupted():
-                progress.later(at.now)
+            if step.interrupted():
+                step.progress.later(at.now)
                 return
             sent = backfill_plan.stored(note.module, note.operation, note.ids)
             body = backfill_plan.body(
@@ -156,14 +173,16 @@ class Backfiller:
             )
             refused = self._post(spec.notify_url, body)
             if refused is not None:
-                self._retry(job, at, "receiver", refused, progress)
+                self._retry(job, at, "receiver", refused, step.progress)
                 return
             self._store.backfill_delivered(gap.id, note.seq, len(note.ids), at.zoho_now)
             records += len(note.ids)
         self._store.finish_backfill(gap.id, "done")
         self.log.info(
             "backfill.finished",
-            **fields,
+            account=gap.account,
+            channel_id=gap.channel_id,
+            gap_id=gap.id,
             start=window.start,
             end=window.end,
             records=records,

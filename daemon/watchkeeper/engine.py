@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import random
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -56,6 +57,14 @@ class PassReport:
     def ok(self) -> bool:
         return not self.failed and not self.refused and not self.list_failed
 
+    def merge(self, part: PassReport) -> None:
+        """Add one account's share of the pass."""
+        self.listed |= part.listed
+        self.counts.update(part.counts)
+        self.failed += part.failed
+        self.foreign += part.foreign
+        self.list_failed += part.list_failed
+
 
 class Engine:
     def __init__(
@@ -77,6 +86,8 @@ class Engine:
         self._backfiller: Backfiller | None = None
         self.stopping = False
         """Set from another thread on SIGTERM: the pass makes no further call."""
+        self.on_commit: Callable[[Transition, Sequence[Action]], None] | None = None
+        """Told of every recorded change and the requests it answers (the metrics counters)."""
         self.state = state
         self.memory = Memory.build(store.registry(), clients, clock())
         self.memory.adopt(state)
@@ -136,15 +147,8 @@ class Engine:
         is new or changed gets a new client; one that is gone keeps its client, so that its
         channels can still be deleted."""
         now = self.clock()
-        units = self.memory.units
-        for name, account in state.accounts.items():
-            if self._connect is None or self.state.accounts.get(name) == account:
-                continue
-            client = self._connect(account)
-            if name in units:
-                units[name].client = client
-            else:
-                units[name] = Unit(name, client, {}, now)
+        if self._connect is not None:
+            self.memory.connect(self.state, state, self._connect, now)
         self.state = state
         self.memory.adopt(state)
         self.store.clear_retries()
@@ -199,17 +203,14 @@ class Engine:
                 message=refusal.message,
             )
         report.refused.extend(refused)
-        for unit in units:
-            lists = unit.next_listing <= now if listing is None else listing
-            report.listed |= lists
-            unit.touch()
-            try:
-                self._serve(unit, now, lists, report)
-            except Exception as exc:  # one account's failure, of any kind, never stops the others
-                self.log.exception("engine.account_failed", account=unit.name, error=repr(exc))
-                report.failed += 1
-                unit.failed_listing(now, tuning, self.rng)
-                unit.paused_until = unit.next_listing
+        workers = min(self.state.concurrency, len(units))
+        if workers <= 1:  # none: only a backfill is due
+            parts = [self._serve_unit(unit, now, listing) for unit in units]
+        else:
+            with ThreadPoolExecutor(workers, thread_name_prefix="account") as pool:
+                parts = list(pool.map(lambda unit: self._serve_unit(unit, now, listing), units))
+        for part in parts:
+            report.merge(part)
         deadline = self._backfill_deadline()
         for unit in active:  # after every account's renewals: a backfill never delays one
             if _backfill_due(unit, now) and not self.stopping:
@@ -232,6 +233,22 @@ class Engine:
             failed=report.failed,
             foreign=report.foreign,
         )
+        return report
+
+    def _serve_unit(self, unit: Unit, now: datetime, listing: bool | None) -> PassReport:
+        """One account's share of the pass, on its own report: accounts run concurrently (each
+        account's calls in order), and a failure of any kind stays with its account."""
+        report = PassReport()
+        lists = unit.next_listing <= now if listing is None else listing
+        report.listed = lists
+        unit.touch()
+        try:
+            self._serve(unit, now, lists, report)
+        except Exception as exc:
+            self.log.exception("engine.account_failed", account=unit.name, error=repr(exc))
+            report.failed += 1
+            unit.failed_listing(now, self.state.policy, self.rng)
+            unit.paused_until = unit.next_listing
         return report
 
     def _serve(self, unit: Unit, now: datetime, lists: bool, report: PassReport) -> None:
@@ -303,7 +320,7 @@ class Engine:
             last_seen = {cid: self.store.last_seen(unit.name, cid) for cid in gone}
             at = self._at(unit, now, last_seen)
             change = outcome.written(at, request, answer, client.server_now())
-        self._commit(unit, change, report, done=ids)
+        self._commit(unit, change, report, done=ids, actions=actions)
         return change.recreate
 
     def _commit(
@@ -314,8 +331,9 @@ class Engine:
         *,
         begin: Intent | None = None,
         done: list[str] | None = None,
+        actions: Sequence[Action] = (),
     ) -> None:
-        """Record in one transaction, then let the memory and the logs follow."""
+        """Record in one transaction, then let the memory, the logs and the metrics follow."""
         record(self.store, change, begin=begin, done=done or (), backfilled=unit.backfilled)
         for closed in change.closed:
             if closed.channel_id in unit.backfilled:
@@ -333,6 +351,8 @@ class Engine:
         report.failed += change.failed
         for event in change.events:
             getattr(self.log, event.level)(event.event, **event.fields)
+        if self.on_commit is not None:
+            self.on_commit(change, actions)
 
     def run_backfills(self, now: datetime) -> PassReport:
         """One step of every pending backfill (``watchkeeper backfill``): what a receiver refuses

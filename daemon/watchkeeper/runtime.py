@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 
@@ -19,8 +20,11 @@ from watchkeeper.config import AccountSpec, DesiredState
 from watchkeeper.engine import Engine
 from watchkeeper.model import AccessToken
 from watchkeeper.store import Store
-from watchkeeper.zoho.auth import OAuth, StaticToken, TokenCache
+from watchkeeper.zoho.auth import Credentials, OAuth, StaticToken, TokenCache
 from watchkeeper.zoho.client import DEFAULT_TIMEOUT, WatchClient
+
+if TYPE_CHECKING:
+    from watchkeeper.metrics import Meter
 
 
 def utcnow() -> datetime:
@@ -45,10 +49,12 @@ def make_client(
         auth = StaticToken(account.access_token)
     else:
         auth = OAuth(
-            account.endpoint.accounts_url,
-            account.client_id or "",
-            account.client_secret or "",
-            account.refresh_token or "",
+            Credentials(
+                account.endpoint.accounts_url,
+                account.client_id or "",
+                account.client_secret or "",
+                account.refresh_token or "",
+            ),
             http=http,
             clock=clock,
             cache=cache,
@@ -83,15 +89,23 @@ def open_engine(
     *,
     clock: Callable[[], datetime] = utcnow,
     rng: random.Random | None = None,
+    meter: Meter | None = None,
 ) -> Iterator[Engine]:
-    """An engine over the state's database (or ``db``), closed with everything it opened."""
-    with open_store(state, db) as store, httpx.Client(timeout=DEFAULT_TIMEOUT) as http:
+    """An engine over the state's database (or ``db``), closed with everything it opened;
+    ``meter`` counts its writes and each account's requests."""
+    transport = httpx.HTTPTransport()
+    with (
+        open_store(state, db) as store,
+        httpx.Client(timeout=DEFAULT_TIMEOUT, transport=transport) as http,
+    ):
 
         def connect(account: AccountSpec) -> WatchClient:
-            return make_client(account, http, clock, store.token_cache(account.name))
+            client = http if meter is None else meter.http(transport, account.name)
+            return make_client(account, client, clock, store.token_cache(account.name))
 
         clients = {name: connect(account) for name, account in state.accounts.items()}
         engine = Engine(state, store, clients, clock=clock, rng=rng, connect=connect)
+        engine.on_commit = meter.committed if meter is not None else None
         try:
             yield engine
         finally:

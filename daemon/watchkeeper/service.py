@@ -48,6 +48,8 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from watchkeeper import logs
 from watchkeeper.config import ConfigError, DesiredState, load
 from watchkeeper.engine import Engine
+from watchkeeper.health import Health, ListenError
+from watchkeeper.health import serve as serve_metrics
 from watchkeeper.lock import InstanceLock, LockHeld
 from watchkeeper.notify import Notifier
 from watchkeeper.report import human_delta
@@ -155,6 +157,7 @@ class Service:
         self._pass_started: float | None = None
         self._pass_ended = time.monotonic()
         self._failed_passes = 0
+        self.health = Health(alive=self.alive, state=None)
         self._wake_r, self._wake_w = os.pipe()
         for fd in (self._wake_r, self._wake_w):
             os.set_blocking(fd, False)
@@ -180,8 +183,12 @@ class Service:
         except LockHeld as exc:
             self.log.error("daemon.locked", error=str(exc))
             return EX_FAILURE
+        self.health.state = state
         try:
-            with open_engine(state, db) as engine:
+            with (
+                serve_metrics(state, db, self.health) as meter,
+                open_engine(state, db, meter=meter) as engine,
+            ):
                 self._engine = engine
                 self.log.info(
                     "config.loaded",
@@ -193,6 +200,9 @@ class Service:
         except StoreError as exc:  # corrupt, newer or read-only: the message names file and cure
             self.log.error("store.unusable", error=str(exc))
             return EX_FAILURE
+        except ListenError as exc:
+            self.log.error("metrics.listen_failed", address=str(state.metrics), error=str(exc))
+            return EX_CONFIG
         finally:
             lock.release()
 
@@ -346,6 +356,7 @@ class Service:
             self.notifier.ready()
         try:
             engine.run_due(utcnow())
+            self.health.last_pass = time.time()
             self._failed_passes = 0
         except Exception:
             # A bug must not end the keeping of every other channel: log it and try again.
@@ -357,15 +368,23 @@ class Service:
         self.notifier.status(summary(engine, utcnow()))
 
     def _feed_watchdog(self) -> None:
+        if self.alive():
+            self.notifier.watchdog()
+
+    def alive(self) -> bool:
+        """The watchdog's rule, and /livez's: the main loop ticks and the passes come. Safe from
+        any thread."""
         now = time.monotonic()
         if now - self._heartbeat > max(10.0, 4 * self.timing.poll):
-            return  # the main loop is stuck
+            return False  # the main loop is stuck
         started = self._pass_started
         if started is not None and now - started > self.timing.stuck_after:
-            return  # a pass is hung
-        if started is None and now - self._pass_ended > 2 * self.timing.max_sleep.total_seconds() + 30:
-            return  # no pass for far longer than the loop ever sleeps: the schedule is lost
-        self.notifier.watchdog()
+            return False  # a pass is hung
+        # No pass for far longer than the loop ever sleeps: the schedule is lost.
+        return (
+            started is not None
+            or now - self._pass_ended <= 2 * self.timing.max_sleep.total_seconds() + 30
+        )
 
     # -- reload --------------------------------------------------------------------------------
 
@@ -386,6 +405,7 @@ class Service:
         assert engine is not None
         self.notifier.reloading()
         try:
+            self.health.reload_ok = False
             state = self._load()
             if state is not None:
                 if database_path(state, self.db) != database_path(engine.state, self.db):
@@ -393,6 +413,7 @@ class Service:
                         "config.database_unchanged", note="a new database path needs a restart"
                     )
                 engine.reload(state)
+                self.health.state, self.health.reload_ok = state, True
                 self.log.info(
                     "config.loaded",
                     path=str(self.state_path),
