@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from watchkeeper import __version__, logs, report
-from watchkeeper.config import ConfigError, DesiredState, load, parse_duration
+from watchkeeper.config import ConfigError, DesiredState, parse_duration
+from watchkeeper.statedir import load, state_files
 from watchkeeper.store.errors import StoreError
 from watchkeeper.zoho.errors import ZohoError
 
@@ -71,7 +72,8 @@ class Session:
 
 
 def _session(args: argparse.Namespace) -> Session | None:
-    """The state file loaded (its problems printed, one a line) and the database resolved."""
+    """The state loaded (its problems printed, one a line, every file's for a directory) and the
+    database resolved."""
     from watchkeeper.runtime import database_path
 
     try:
@@ -91,9 +93,11 @@ def cmd_validate(args: argparse.Namespace) -> int:
     session = _session(args)
     if session is None:
         return EX_CONFIG
-    state = session.state
+    state, path = session.state, _state_path(args)
     counts = f"{len(state.accounts)} account(s), {len(state.channels)} channel(s)"
-    print(f"{_state_path(args)}: valid ({counts})")
+    if path.is_dir():
+        counts = f"{len(state_files(path))} file(s), {counts}"
+    print(f"{path}: valid ({counts})")
     return EX_OK
 
 
@@ -270,7 +274,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="watchkeeper", description=DESCRIPTION)
     parser.add_argument("--version", action="version", version=f"watchkeeper {__version__}")
     parser.add_argument(
-        "--state", help="state file (default $WATCHKEEPER_STATE, else state/channels.toml)"
+        "--state",
+        help="state file, or a directory of *.toml files "
+        "(default $WATCHKEEPER_STATE, else state/channels.toml)",
     )
     parser.add_argument("--db", help="SQLite database (default $WATCHKEEPER_DB, else [daemon].database)")
     parser.add_argument("--log-format", choices=["auto", "json", "console"], default="auto")
