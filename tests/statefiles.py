@@ -29,6 +29,7 @@ class Chan:
     notify_url: str = f"https://hooks.example.com/zoho?key={URL_SECRET}"
     account: str | None = None
     """Needed only when the state file has several accounts (see ``write_state(accounts=...)``)."""
+    backfill: bool = False
 
     def toml(self) -> str:
         lines = ["[[channels]]"]
@@ -44,6 +45,8 @@ class Chan:
             lines.append(f'name = "{self.name}"')
         if self.token:
             lines.append('token = "env:WK_TEST_HOOK_TOKEN"')
+        if self.backfill:
+            lines.append("backfill = true")
         return "\n".join(lines)
 
 

@@ -72,6 +72,7 @@ CHANNEL_KEYS = (
     "notify_on_related_action",
     "return_affected_field_values",
     "notification_condition",
+    "backfill",
 )
 TOP_KEYS = ("daemon", "accounts", "channels")
 
@@ -670,6 +671,7 @@ def _channel(
     label = scope.get(table, "name", _label, None)
     related = scope.get(table, "notify_on_related_action", _flag, False)
     affected = scope.get(table, "return_affected_field_values", _flag, False)
+    backfill = scope.get(table, "backfill", _flag, False)
     condition = scope.get(
         table, "notification_condition", lambda value: _condition(value, version), None
     )
@@ -687,6 +689,7 @@ def _channel(
         notify_on_related_action=related,
         return_affected_field_values=affected,
         notification_condition=condition,
+        backfill=backfill,
     )
 
 
