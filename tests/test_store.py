@@ -120,6 +120,8 @@ def file_bytes(db: Path) -> bytes:
 
 
 FIXTURES = Path(__file__).parent / "fixtures"
+HEAD = "0004"
+"""The newest migration revision: every database is upgraded to it."""
 
 
 def load_dump(db: Path, dump: Path) -> None:
@@ -401,7 +403,7 @@ def test_a_version_1_database_is_upgraded_with_its_history(db: Path) -> None:
         s.begin("main", ["1001"], "PATCH", T0)  # the tables version 2 added are there
         s.confirm_deletes([("main", "1001")], T0)
     assert raw(db).execute("PRAGMA user_version").fetchone() == (migrate.ALEMBIC_MARK,)
-    assert revisions(db) == ["0003"]
+    assert revisions(db) == [HEAD]
 
 
 def test_a_database_written_by_0_1_0_opens_with_all_it_held(db: Path) -> None:
@@ -462,7 +464,7 @@ def test_a_database_written_by_0_1_0_opens_with_all_it_held(db: Path) -> None:
         assert [r.state for r in s.status_rows()] == ["active", "active", "failed", "lapsed", "pending"]
         assert s.open_gap("main", "1002", T0, "expired").id == 4  # ids go on after the old ones
 
-    assert revisions(db) == ["0003"]
+    assert revisions(db) == [HEAD]
     assert raw(db).execute("PRAGMA user_version").fetchone() == (migrate.ALEMBIC_MARK,)
     assert migrate.ALEMBIC_MARK > 2  # what 0.1.0 refuses to open: it never writes here again
     content = file_bytes(db)
@@ -558,14 +560,14 @@ def test_a_failing_migration_changes_nothing(
         s.put(entry())
     scripts = tmp_path / "migrations"
     shutil.copytree(migrate.SCRIPTS, scripts, ignore=shutil.ignore_patterns("__pycache__"))
-    (scripts / "versions" / "0004_half_a_step.py").write_text(
+    (scripts / "versions" / "0099_half_a_step.py").write_text(
         textwrap.dedent(
             """
             import sqlalchemy as sa
             from alembic import op
 
-            revision = "0004"
-            down_revision = "0003"
+            revision = "0099"
+            down_revision = "0004"
 
             def upgrade():
                 op.create_table("added", sa.Column("x", sa.Integer()))
@@ -580,7 +582,7 @@ def test_a_failing_migration_changes_nothing(
         Store(db)
 
     conn = raw(db)
-    assert revisions(db) == ["0003"]
+    assert revisions(db) == [HEAD]
     assert conn.execute("SELECT count(*) FROM sqlite_master WHERE name = 'added'").fetchone() == (0,)
     assert conn.execute("SELECT count(*) FROM registry").fetchone() == (1,)
 

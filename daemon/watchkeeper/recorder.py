@@ -28,10 +28,13 @@ def record(
     *,
     begin: Intent | None = None,
     done: Sequence[str] = (),
+    backfilled: frozenset[str] = frozenset(),
 ) -> None:
+    """``backfilled``: the channels whose closing gaps are backfilled, requested in the same
+    transaction that closes them so a crash cannot lose one."""
     account = change.account
     with store.transaction():
-        _gaps(store, change)
+        _gaps(store, change, backfilled)
         _registry(store, change)
         if change.seen and change.seen_at is not None:
             store.mark_seen(account, change.seen, change.seen_at)
@@ -43,11 +46,13 @@ def record(
             store.done(account, done)
 
 
-def _gaps(store: Store, change: Transition) -> None:
+def _gaps(store: Store, change: Transition, backfilled: frozenset[str]) -> None:
     for opened in change.opened:
         store.open_gap(change.account, opened.channel_id, opened.start, opened.cause)
     for closed in change.closed:
-        store.close_gap(change.account, closed.channel_id, closed.end)
+        gap = store.close_gap(change.account, closed.channel_id, closed.end)
+        if gap is not None and closed.channel_id in backfilled:
+            store.request_backfill([gap.id], closed.end)
 
 
 def _registry(store: Store, change: Transition) -> None:

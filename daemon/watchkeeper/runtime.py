@@ -111,7 +111,10 @@ def open_engine(
         clients = {name: connect(account) for name, account in state.accounts.items()}
         engine = Engine(state, store, clients, clock=clock, rng=rng, connect=connect)
         engine.on_commit = meter.committed if meter is not None else None
-        yield engine
+        try:
+            yield engine
+        finally:
+            engine.close()
 
 
 def confirm_deletes(state: DesiredState, store: Store, now: datetime) -> list[tuple[str, str]]:

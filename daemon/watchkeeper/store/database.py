@@ -4,7 +4,7 @@ behind one object, which is all the rest of watchkeeper sees of it."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
@@ -14,9 +14,9 @@ from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 
 from watchkeeper.model import AccessToken, ObservedChannel, RegistryEntry
-from watchkeeper.store import gaps, journal, migrate, registry, sqlite
+from watchkeeper.store import backfills, gaps, journal, migrate, registry, sqlite
 from watchkeeper.store.errors import StoreError
-from watchkeeper.store.values import Gap, Intent, StatusRow
+from watchkeeper.store.values import Backfill, BackfillNote, Gap, Intent, StatusRow
 
 
 class Store:
@@ -218,6 +218,47 @@ class Store:
         """Gaps oldest first; ``since`` keeps those still open or ended after it."""
         with self._tx(write=False) as conn:
             return gaps.gaps(conn, since, channel_id)
+
+    # --- backfill progress ----------------------------------------------------------------------
+
+    def request_backfill(self, gap_ids: Iterable[int], at: datetime) -> int:
+        """(Re)start the backfill of these closed gaps; returns how many there were."""
+        with self._tx() as conn:
+            return backfills.request(conn, gap_ids, at)
+
+    def pending_backfills(self, account: str | None = None) -> list[Backfill]:
+        with self._tx(write=False) as conn:
+            return backfills.pending(conn, account)
+
+    def backfill_states(self) -> dict[int, tuple[str, int]]:
+        """gap id -> (backfill state, records redelivered), for ``gaps``."""
+        with self._tx(write=False) as conn:
+            return backfills.by_gap(conn)
+
+    def backfill_collected(self, gap_id: int, notes: Sequence[tuple[str, str, Sequence[str]]]) -> None:
+        """Every notification the backfill will send, stored before the first goes out."""
+        with self._tx() as conn:
+            backfills.collected(conn, gap_id, notes)
+
+    def backfill_undelivered(self, gap_id: int) -> list[BackfillNote]:
+        with self._tx(write=False) as conn:
+            return backfills.undelivered(conn, gap_id)
+
+    def backfill_delivered(self, gap_id: int, seq: int, records: int, at: datetime) -> None:
+        with self._tx() as conn:
+            backfills.delivered(conn, gap_id, seq, records, at)
+
+    def backfill_retry(
+        self, gap_id: int, failures: int, first_failure_at: datetime, retry_at: datetime, error: str
+    ) -> None:
+        with self._tx() as conn:
+            backfills.retry(conn, gap_id, failures, first_failure_at, retry_at, error)
+
+    def finish_backfill(
+        self, gap_id: int, state: str, reason: str | None = None, error: str | None = None
+    ) -> None:
+        with self._tx() as conn:
+            backfills.finish(conn, gap_id, state, reason, error)
 
     # --- access-token cache ---------------------------------------------------------------------
 

@@ -46,3 +46,30 @@ class Intent:
     channel_id: str
     action: str
     at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Backfill:
+    """The progress of one gap's backfill (DESIGN.md section 9)."""
+
+    gap: Gap
+    state: str
+    """pending, done or failed."""
+    collected: bool
+    records: int
+    notifications: int
+    failures: int
+    first_failure_at: datetime | None
+    retry_at: datetime | None
+    reason: str | None
+    error: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class BackfillNote:
+    """A collected notification not yet taken by its receiver."""
+
+    seq: int
+    module: str
+    operation: str
+    ids: tuple[str, ...]
