@@ -23,12 +23,11 @@ from pathlib import Path
 from typing import Protocol, TypeVar
 
 import structlog
-from watchkeeper import config, logs
+from watchkeeper import config, logs, service
 from watchkeeper.config import DesiredState
 from watchkeeper.emulator import DEFAULT_ORG, Emulator
 from watchkeeper.engine import Engine
 from watchkeeper.runtime import open_engine
-from watchkeeper.service import Timing
 
 from tests.helpers import SimClock
 from tests.receiver import Receiver
@@ -44,7 +43,7 @@ FIRST_ID = 1_000_000_000_000
 WRITES = frozenset({"POST", "PUT", "PATCH"})
 SPIN_LIMIT = 100
 """Passes in a row at one frozen instant before the harness calls it a hot loop."""
-MAX_SLEEP = Timing().max_sleep
+MAX_SLEEP = service.Timing().max_sleep
 """The service's longest sleep: watchkeeper ticks at least this often, due or not."""
 
 Progress = Callable[[str], None]
@@ -438,7 +437,13 @@ class Watchkeeper:
         return self._timed(self.engine.next_due)
 
     def run_due(self, now: datetime) -> None:
-        self._timed(lambda: self.engine.run_due(now))
+        """The service's pass: the engine's, then the ``STATUS=`` line it sends systemd."""
+
+        def tick() -> None:
+            self.engine.run_due(now)
+            service.summary(self.engine, now)
+
+        self._timed(tick)
 
     def restart(self, now: datetime) -> None:
         """As the daemon starts: a new engine on the database, and its first pass at once."""
