@@ -7,6 +7,7 @@ build their engines the same way.
 from __future__ import annotations
 
 import random
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -36,8 +37,10 @@ def make_client(
     http: httpx.Client,
     clock: Callable[[], datetime] = utcnow,
     cache: TokenCache | None = None,
+    sleep: Callable[[float], None] = time.sleep,
 ) -> WatchClient:
-    """The account's watch client; ``cache`` keeps its access token across restarts."""
+    """The account's watch client; ``cache`` keeps its access token across restarts, ``sleep``
+    waits between the retries of a listing page."""
     log = logs.get_logger()
 
     def refreshed(token: AccessToken) -> None:
@@ -60,7 +63,7 @@ def make_client(
             cache=cache,
             on_refresh=refreshed,
         )
-    return WatchClient(account.endpoint, auth, http=http, clock=clock)
+    return WatchClient(account.endpoint, auth, http=http, clock=clock, sleep=sleep)
 
 
 def database_path(state: DesiredState, override: Path | None = None) -> Path:
@@ -90,9 +93,11 @@ def open_engine(
     clock: Callable[[], datetime] = utcnow,
     rng: random.Random | None = None,
     meter: Meter | None = None,
+    sleep: Callable[[float], None] = time.sleep,
 ) -> Iterator[Engine]:
     """An engine over the state's database (or ``db``), closed with everything it opened;
-    ``meter`` counts its writes and each account's requests."""
+    ``meter`` counts its writes and each account's requests; ``sleep`` is the clients' (a
+    simulated clock's, under test)."""
     transport = httpx.HTTPTransport()
     with (
         open_store(state, db) as store,
@@ -101,7 +106,7 @@ def open_engine(
 
         def connect(account: AccountSpec) -> WatchClient:
             client = http if meter is None else meter.http(transport, account.name)
-            return make_client(account, client, clock, store.token_cache(account.name))
+            return make_client(account, client, clock, store.token_cache(account.name), sleep)
 
         clients = {name: connect(account) for name, account in state.accounts.items()}
         engine = Engine(state, store, clients, clock=clock, rng=rng, connect=connect)
