@@ -95,7 +95,9 @@ def test_a_closed_gap_is_redelivered_in_zohos_shape_once_its_window_has_passed(
     receiver: Receiver,
     tmp_path: Path,
 ) -> None:
+    delivered: list[tuple[str, str, int]] = []
     with engine_for([chan(receiver)]) as engine, structlog.testing.capture_logs() as logs:
+        engine.on_backfilled = lambda *counted: delivered.append(counted)
         outage(engine, emulator, sim_clock)
         emulator.clear_calls()
         engine.run_due()  # re-created: the gap closes, its window ends a minute later
@@ -123,6 +125,12 @@ def test_a_closed_gap_is_redelivered_in_zohos_shape_once_its_window_has_passed(
     assert parse_instant(first["backfill"]["gap_start"]) == gap.start.replace(microsecond=0)
     assert parse_instant(first["backfill"]["gap_end"]) == gap.end.replace(microsecond=0)
     assert states == {gap.id: ("done", 4)}
+    assert sorted(delivered) == [
+        ("main", "delete", 1),
+        ("main", "insert", 1),
+        ("main", "insert", 1),
+        ("main", "update", 1),
+    ]  # what the metrics count, one call a notification
     # the cost of this gap: one list per module with create/edit, one deleted list for Deals
     assert sorted(backfill_calls(emulator)) == [
         ("GET", "/crm/v8/Contacts"),

@@ -81,9 +81,12 @@ class Backfiller:
         rng: random.Random,
         http: httpx.Client | None = None,
         limits: Limits = RECEIVER_LIMITS,
+        on_delivered: Callable[[str, str, int], None] | None = None,
     ) -> None:
         self._store = store
         self._rng = rng
+        self._on_delivered = on_delivered
+        """Told (account, operation, records) of every notification a receiver took: the metrics."""
         self._owns_http = http is None
         self._http = httpx.Client(timeout=limits.timeout) if http is None else http
         self._limits = limits
@@ -177,6 +180,8 @@ class Backfiller:
                 return
             self._store.backfill_delivered(gap.id, note.seq, len(note.ids), at.zoho_now)
             records += len(note.ids)
+            if self._on_delivered is not None:
+                self._on_delivered(gap.account, note.operation, len(note.ids))
         self._store.finish_backfill(gap.id, "done")
         self.log.info(
             "backfill.finished",

@@ -88,6 +88,8 @@ class Engine:
         """Set from another thread on SIGTERM: the pass makes no further call."""
         self.on_commit: Callable[[Transition, Sequence[Action]], None] | None = None
         """Told of every recorded change and the requests it answers (the metrics counters)."""
+        self.on_backfilled: Callable[[str, str, int], None] | None = None
+        """Told (account, operation, records) of every backfill notification delivered."""
         self.state = state
         self.memory = Memory.build(store.registry(), clients, clock())
         self.memory.adopt(state)
@@ -415,7 +417,7 @@ class Engine:
             return self.stopping or (deadline is not None and self.clock() >= deadline)
 
         if self._backfiller is None:
-            self._backfiller = Backfiller(self.store, rng=self.rng)
+            self._backfiller = Backfiller(self.store, rng=self.rng, on_delivered=self.on_backfilled)
         unit.backfill_at = None
         progress = self._backfiller.run(unit, self._at(unit, now), self._specs(unit), interrupted)
         for change in progress.transitions:

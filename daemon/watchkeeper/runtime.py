@@ -110,7 +110,8 @@ def open_engine(
 
         clients = {name: connect(account) for name, account in state.accounts.items()}
         engine = Engine(state, store, clients, clock=clock, rng=rng, connect=connect)
-        engine.on_commit = meter.committed if meter is not None else None
+        if meter is not None:
+            engine.on_commit, engine.on_backfilled = meter.committed, meter.backfilled
         try:
             yield engine
         finally:

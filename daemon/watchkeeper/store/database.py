@@ -87,21 +87,23 @@ class Store:
         block exits and rolled back if an exception leaves it. A nested block is a savepoint: an
         exception leaving it undoes that block's writes only. It holds the write lock (the other
         process waits up to BUSY_TIMEOUT_MS), so keep network calls outside it."""
+        outer: Connection | None = getattr(self._local, "conn", None)
+        if outer is not None:
+            with outer.begin_nested():
+                yield
+            return
         with self._tx():
             yield
 
     @contextmanager
     def _tx(self, *, write: bool = True) -> Iterator[Connection]:
-        """The thread's open transaction (a write in it is a savepoint), or a new one; writers take
-        the write lock up front (BEGIN IMMEDIATE) so that a concurrent writer waits on the busy
-        timeout instead of failing a lock upgrade."""
+        """The thread's open transaction, which a single query or write simply joins (a savepoint
+        per statement would double the statements of a batch), or a new one; writers take the
+        write lock up front (BEGIN IMMEDIATE) so that a concurrent writer waits on the busy timeout
+        instead of failing a lock upgrade."""
         outer: Connection | None = getattr(self._local, "conn", None)
         if outer is not None:
-            if not write:
-                yield outer
-                return
-            with outer.begin_nested():
-                yield outer
+            yield outer
             return
         if write and self.readonly:
             raise StoreError(f"{self.path} was opened read-only: this command cannot change it")
