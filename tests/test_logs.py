@@ -177,3 +177,23 @@ def test_redactor_matches_the_longest_secret_first() -> None:
     redactor = logs.Redactor()
     redactor.add(["abcdef", "abcdefghij"])
     assert redactor.redact_text("xx abcdefghij yy abcdefzz") == "xx *** yy ***zz"
+
+
+def test_access_tokens_are_masked_without_recompiling_and_two_per_account_are_kept() -> None:
+    """Thousands of accounts refresh every hour: their tokens go in a set looked up per run of
+    token characters, not in the compiled pattern, and only an account's last two are kept."""
+    redactor = logs.Redactor()
+    redactor.add(["configured-secret"])
+    first = f"1000.{'a' * 32}.{'b' * 32}"
+    second, third = first.replace("a", "c"), first.replace("a", "d")
+    redactor.add_rotating("main", first)
+    redactor.add_rotating("other", second)
+    line = f"Zoho-oauthtoken {first}, other {second}, configured-secret"
+    assert redactor.redact_text(line) == "Zoho-oauthtoken ***, other ***, ***"
+    pattern = redactor._compiled()
+    redactor.add_rotating("main", second)
+    redactor.add_rotating("main", third)
+    assert redactor._compiled() is pattern  # no recompilation for a new token
+    assert redactor.redact_text(third) == "***"
+    assert redactor.redact_text(second) == "***"
+    assert redactor.redact_text(first) == first  # expired: the third token ago

@@ -27,6 +27,11 @@ MASK = "***"
 _QUERY_VALUE = re.compile(r"([?&][^=&\s#\"'?]+=)[^&\s#\"']+")
 _PRIORITY = {"debug": 7, "info": 6, "warning": 4, "error": 3, "critical": 2}
 _LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40, "critical": 50}
+_RUN = re.compile(r"[\w.~+/=-]{16,}")
+"""A run of token characters long enough to be an access token (Zoho's look like 1000.<hex>.<hex>)."""
+ROTATING_KEPT = 2
+"""Access tokens masked per account: the current one and the one before (a line logged during a
+refresh may still carry it); older ones have expired."""
 MIN_SECRET = 6
 """Secrets this long or longer are masked wherever they occur, even inside a longer word. Shorter
 ones are masked only as a whole token (neither preceded nor followed by a letter, digit or
@@ -48,6 +53,17 @@ class Redactor:
         self._secrets: set[str] = set()
         self._pattern: re.Pattern[str] | None = None
         self._stale = False
+        self._rotating: dict[str, tuple[str, ...]] = {}
+        self._rotating_set: frozenset[str] = frozenset()
+
+    def add_rotating(self, owner: str, secret: str) -> None:
+        """An access token of ``owner`` (an account): masked as a whole run of token characters,
+        looked up in a set rather than compiled into the pattern, so thousands of accounts
+        refreshing every hour cost no recompilation, and only the last ROTATING_KEPT are kept."""
+        with self._lock:
+            kept = (secret, *self._rotating.get(owner, ()))
+            self._rotating[owner] = tuple(dict.fromkeys(kept))[:ROTATING_KEPT]
+            self._rotating_set = frozenset(t for ts in self._rotating.values() for t in ts)
 
     def add(self, secrets: Iterable[str | None]) -> None:
         with self._lock:
@@ -60,6 +76,7 @@ class Redactor:
         with self._lock:
             self._secrets.clear()
             self._pattern, self._stale = None, False
+            self._rotating, self._rotating_set = {}, frozenset()
 
     def _compiled(self) -> re.Pattern[str] | None:
         if self._stale:
@@ -71,7 +88,12 @@ class Redactor:
     def redact_text(self, text: str) -> str:
         text = _QUERY_VALUE.sub(rf"\1{MASK}", text)
         pattern = self._compiled()
-        return text if pattern is None else pattern.sub(MASK, text)
+        if pattern is not None:
+            text = pattern.sub(MASK, text)
+        rotating = self._rotating_set
+        if rotating:
+            text = _RUN.sub(lambda run: MASK if run.group(0) in rotating else run.group(0), text)
+        return text
 
     def redact(self, value: Any) -> Any:
         if isinstance(value, str):

@@ -44,7 +44,7 @@ def make_client(
     log = logs.get_logger()
 
     def refreshed(token: AccessToken) -> None:
-        logs.REDACTOR.add([token.value])
+        logs.REDACTOR.add_rotating(account.name, token.value)
         log.info("auth.refreshed", account=account.name, expires_at=token.expires_at)
 
     auth: OAuth | StaticToken
