@@ -18,6 +18,8 @@ from typing import Any
 
 from watchkeeper import __version__, logs, report
 from watchkeeper.config import ConfigError, DesiredState, load, parse_duration
+from watchkeeper.secrets import SecretRefError
+from watchkeeper.store.target import PostgresTarget, Target
 from watchkeeper.zoho.errors import ZohoError
 
 EX_OK, EX_ERROR, EX_PENDING, EX_CONFIG = 0, 1, 2, 78
@@ -28,9 +30,22 @@ def _state_path(args: argparse.Namespace) -> Path:
     return Path(args.state or os.environ.get("WATCHKEEPER_STATE") or "state/channels.toml")
 
 
-def _db_path(args: argparse.Namespace, state: DesiredState) -> Path:
+def _db_override(args: argparse.Namespace) -> Target | None:
+    """``--db`` or ``$WATCHKEEPER_DB``: a SQLite path or a postgresql:// URL, given literally or as
+    a secret reference (env:, file:, credential:); its password goes to the log redactor."""
+    from watchkeeper.secrets import resolve
+    from watchkeeper.store import target
+
     explicit = args.db or os.environ.get("WATCHKEEPER_DB")
-    return Path(explicit) if explicit else state.database
+    if not explicit:
+        return None
+    found = target.parse(resolve(explicit, environ=os.environ, base_dir=Path()), Path())
+    logs.REDACTOR.add(target.secrets(found))
+    return found
+
+
+def _db_path(args: argparse.Namespace, state: DesiredState) -> Target:
+    return _db_override(args) or state.database
 
 
 def _load(args: argparse.Namespace) -> DesiredState | None:
@@ -84,6 +99,8 @@ def cmd_apply(args: argparse.Namespace) -> int:
     if state is None:
         return EX_ERROR
     db = _db_path(args, state)
+    if isinstance(db, PostgresTarget):
+        return _apply_shared(args, state, db)
     try:
         lock = InstanceLock(db).acquire("apply")
     except LockHeld as exc:
@@ -109,18 +126,50 @@ def cmd_apply(args: argparse.Namespace) -> int:
     return EX_OK if result.ok else EX_ERROR
 
 
+def _apply_shared(args: argparse.Namespace, state: DesiredState, db: PostgresTarget) -> int:
+    """``apply`` on a shared database: only while no daemon runs on it (they apply the state file
+    themselves), and as an instance of its own, under the leases like any other."""
+    from watchkeeper.runtime import instance_name, open_engine
+    from watchkeeper.store import Store
+
+    with Store(db, migrate="never") as store:
+        live = store.live_instances()
+    if live:
+        print(
+            f"error: instances {', '.join(live)} run on {db}: they apply the state file "
+            "themselves when it is saved (or on `systemctl reload watchkeeper`)",
+            file=sys.stderr,
+        )
+        return EX_ERROR
+    with open_engine(state, db, instance=f"apply:{instance_name(state)}") as engine:
+        try:
+            confirmed = engine.undesired() if args.allow_mass_delete else frozenset()
+            result = engine.run_pass(datetime.now(UTC), listing=True, confirmed=confirmed)
+        finally:
+            engine.release_leases()
+    doc = report.apply_json(result)
+    _emit(args, doc, report.apply_text(doc))
+    return EX_OK if result.ok else EX_ERROR
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     from watchkeeper.store import Store
 
     state = _load(args)
     if state is None:
         return EX_ERROR
-    store = Store(_db_path(args, state))
+    store = Store(_db_path(args, state), migrate="never")
     try:
-        rows, foreign = store.status_rows(), store.foreign()
+        rows, foreign, held = store.status_rows(), store.foreign(), store.leases()
     finally:
         store.close()
-    _emit(args, report.status_json(rows, foreign), report.status_text(rows, foreign, datetime.now(UTC)))
+    now = datetime.now(UTC)
+    accounts = report.accounts_rows(sorted(state.accounts), held, now) if store.shared else None
+    _emit(
+        args,
+        report.status_json(rows, foreign, accounts),
+        report.status_text(rows, foreign, now, accounts),
+    )
     return EX_OK
 
 
@@ -134,7 +183,7 @@ def cmd_gaps(args: argparse.Namespace) -> int:
     if args.since:
         since = datetime.fromisoformat(args.since)
         since = since.replace(tzinfo=UTC) if since.tzinfo is None else since.astimezone(UTC)
-    store = Store(_db_path(args, state))
+    store = Store(_db_path(args, state), migrate="never")
     try:
         gaps = store.gaps(since=since, channel_id=args.channel)
     finally:
@@ -146,8 +195,21 @@ def cmd_gaps(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from watchkeeper.service import Service
 
-    db = args.db or os.environ.get("WATCHKEEPER_DB")
-    return Service(_state_path(args), Path(db) if db else None).run()
+    return Service(_state_path(args), _db_override(args)).run()
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    """Bring the database's schema to this watchkeeper's head revision (SQLite or PostgreSQL)."""
+    from watchkeeper.store import Store, migrate
+
+    state = _load(args)
+    if state is None:
+        return EX_ERROR
+    db = _db_path(args, state)
+    with Store(db, migrate="always"):
+        pass
+    print(f"{db}: schema at revision {migrate.head()}")
+    return EX_OK
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -187,7 +249,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--state", help="state file (default $WATCHKEEPER_STATE, else state/channels.toml)"
     )
-    parser.add_argument("--db", help="SQLite database (default $WATCHKEEPER_DB, else [daemon].database)")
+    parser.add_argument(
+        "--db",
+        help="SQLite file or postgresql:// URL, or a secret reference to one "
+        "(default $WATCHKEEPER_DB, else [daemon].database)",
+    )
     parser.add_argument("--log-format", choices=["auto", "json", "console"], default="auto")
     parser.add_argument(
         "--log-level", type=str.lower, choices=["debug", "info", "warning", "error"], default="info"
@@ -214,6 +280,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--since", type=_iso, help="only gaps open or ended after this instant")
     p.add_argument("--channel", help="only this channel id")
     p.set_defaults(func=cmd_gaps)
+    p = sub.add_parser("migrate", help="bring the database's schema to this version (both backends)")
+    p.set_defaults(func=cmd_migrate)
     p = sub.add_parser("run", help="the daemon, in the foreground (systemd runs this)")
     p.set_defaults(func=cmd_run)
     p = sub.add_parser(
@@ -245,7 +313,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "demo" and fmt == "auto":
         fmt = "console"
     logs.configure(fmt, args.log_level, sys.stderr if one_shot else sys.stdout)
-    code: int = args.func(args)
+    from watchkeeper.store import StoreError
+
+    try:
+        code: int = args.func(args)
+    except (StoreError, SecretRefError) as exc:  # names the file, or host and database: no password
+        print(f"error: {logs.REDACTOR.redact_text(str(exc))}", file=sys.stderr)
+        return EX_ERROR
     return code
 
 

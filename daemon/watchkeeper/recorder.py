@@ -28,9 +28,12 @@ def record(
     *,
     begin: Intent | None = None,
     done: Sequence[str] = (),
+    fence: tuple[str, int] | None = None,
 ) -> None:
+    """``fence`` (account, epoch): the account's lease is checked in the same transaction, and a
+    lost one (LeaseLost) writes nothing."""
     account = change.account
-    with store.transaction():
+    with store.transaction(fence=fence):
         for opened in change.opened:
             store.open_gap(account, opened.channel_id, opened.start, opened.cause)
         for closed in change.closed:

@@ -6,19 +6,23 @@ build their engines the same way.
 
 from __future__ import annotations
 
+import os
 import random
+import socket
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from pathlib import Path
 
 import httpx
 
-from watchkeeper import logs
+from watchkeeper import leases, logs
+from watchkeeper.cluster import Cluster
 from watchkeeper.config import AccountSpec, DesiredState
 from watchkeeper.engine import Engine
 from watchkeeper.model import AccessToken
 from watchkeeper.store import Store
+from watchkeeper.store.database import Migrate
+from watchkeeper.store.target import Target
 from watchkeeper.zoho.auth import OAuth, StaticToken, TokenCache
 from watchkeeper.zoho.client import DEFAULT_TIMEOUT, WatchClient
 
@@ -57,31 +61,43 @@ def make_client(
     return WatchClient(account.endpoint, auth, http=http, clock=clock)
 
 
+def instance_name(state: DesiredState) -> str:
+    """``[daemon].instance``, else "<hostname>:<pid>" (unique while the process lives)."""
+    return state.instance or f"{socket.gethostname()}:{os.getpid()}"
+
+
 @contextmanager
 def open_engine(
     state: DesiredState,
-    db: Path | None = None,
+    db: Target | None = None,
     *,
     clock: Callable[[], datetime] = utcnow,
     rng: random.Random | None = None,
+    migrate: Migrate = "never",
+    instance: str | None = None,
 ) -> Iterator[Engine]:
-    """An engine over the state's database (or ``db``), closed with everything it opened."""
+    """An engine over the state's database (or ``db``), closed with everything it opened. On a
+    shared database (PostgreSQL) ``instance`` names this instance among the others, and the engine
+    serves the accounts under leases; ``migrate`` says whether opening may upgrade the schema."""
     logs.REDACTOR.add(state.secrets())
-    store = Store(db or state.database)
+    store = Store(db or state.database, migrate=migrate, instance=instance)
     http = httpx.Client(timeout=DEFAULT_TIMEOUT)
     try:
 
         def connect(account: AccountSpec) -> WatchClient:
             return make_client(account, http, clock, store.token_cache(account.name))
 
+        cluster = None
+        if store.shared and instance is not None:
+            cluster = Cluster(store, instance, leases.digest(state), state.lease, clock)
         clients = {name: connect(account) for name, account in state.accounts.items()}
-        yield Engine(state, store, clients, clock=clock, rng=rng, connect=connect)
+        yield Engine(state, store, clients, clock=clock, rng=rng, connect=connect, cluster=cluster)
     finally:
         http.close()
         store.close()
 
 
-def confirm_deletes(state: DesiredState, db: Path, now: datetime) -> list[tuple[str, str]]:
+def confirm_deletes(state: DesiredState, db: Target, now: datetime) -> list[tuple[str, str]]:
     """Record in the store that every owned channel the state file no longer wants may go: the
     ``apply --allow-mass-delete`` of an operator whose daemon is running (it applies them)."""
     wanted = {(c.account, c.channel_id) for c in state.channels}

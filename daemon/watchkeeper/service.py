@@ -35,7 +35,9 @@ from watchkeeper.engine import Engine
 from watchkeeper.lock import InstanceLock, LockHeld
 from watchkeeper.notify import Notifier
 from watchkeeper.report import human_delta
-from watchkeeper.runtime import open_engine
+from watchkeeper.runtime import instance_name, open_engine
+from watchkeeper.store import StoreError
+from watchkeeper.store.target import PostgresTarget, Target
 
 EX_OK, EX_FAILURE, EX_CONFIG = 0, 1, 78
 STOP = 0
@@ -43,6 +45,8 @@ STOP = 0
 CLOCK_JUMP = 5.0
 """Seconds the wall clock may move against the monotonic one before the schedule is redone."""
 FAILED_PASS_DELAY = timedelta(seconds=5)
+DATABASE_RETRY_MAX = 60.0
+"""Seconds between attempts to reach a PostgreSQL database that did not answer at start, at most."""
 
 
 def utcnow() -> datetime:
@@ -67,6 +71,8 @@ def summary(engine: Engine, now: datetime) -> str:
     owned = [e for k, e in engine.registry.items() if k in desired]
     states = [e.state for e in owned]
     parts = [f"{states.count('active')} active", f"{states.count('at_risk')} at risk"]
+    if engine.cluster is not None:
+        parts.insert(0, f"holding {engine.held()} of {len(engine.state.accounts)} accounts")
     parts += [f"{states.count(s)} {s}" for s in ("lapsed", "failed", "pending") if states.count(s)]
     renewals = [e.renew_at for e in owned if e.renew_at is not None]
     if renewals:
@@ -80,7 +86,7 @@ class Service:
     def __init__(
         self,
         state_path: Path,
-        db: Path | None = None,
+        db: Target | None = None,
         *,
         notifier: Notifier | None = None,
         timing: Timing = Timing(),
@@ -109,13 +115,18 @@ class Service:
         if state is None:
             return EX_CONFIG
         db = self.db or state.database
+        lock = None
+        if not isinstance(db, PostgresTarget):  # SQLite: one instance, by the lock file
+            try:
+                lock = InstanceLock(db).acquire()
+            except LockHeld as exc:
+                self.log.error("daemon.locked", error=str(exc))
+                return EX_FAILURE
         try:
-            lock = InstanceLock(db).acquire()
-        except LockHeld as exc:
-            self.log.error("daemon.locked", error=str(exc))
-            return EX_FAILURE
-        try:
-            with open_engine(state, db) as engine:
+            with contextlib.ExitStack() as stack:
+                engine = self._connect(stack, state, db)
+                if engine is None:
+                    return EX_OK
                 self._engine = engine
                 self.log.info(
                     "config.loaded",
@@ -125,10 +136,42 @@ class Service:
                 )
                 return self._serve(engine)
         finally:
-            lock.release()
+            if lock is not None:
+                lock.release()
             os.close(self._wake_r)
             os.close(self._wake_w)
             self.notifier.close()
+
+    def _connect(self, stack: contextlib.ExitStack, state: DesiredState, db: Target) -> Engine | None:
+        """The engine; on PostgreSQL, retried with backoff while the database cannot be used (not
+        reached, or refusing us): exiting would have systemd restart the daemon into the same wall.
+        Meanwhile systemd is told READY=1 with a STATUS= saying what is awaited (the daemon is up,
+        and will act as soon as it can; a start that blocked would be killed by TimeoutStartSec),
+        and the watchdog is fed. None: a stop was asked for while waiting."""
+        if not isinstance(db, PostgresTarget):
+            return stack.enter_context(open_engine(state, db))
+        instance = instance_name(state)
+        attempt = 0
+        while not self._stop:
+            try:
+                return stack.enter_context(open_engine(state, db, migrate="alone", instance=instance))
+            except StoreError as exc:
+                attempt += 1
+                delay = min(2.0 ** min(attempt - 1, 16), DATABASE_RETRY_MAX)
+                self.log.error("store.unavailable", error=str(exc), attempt=attempt, retry_in=delay)
+                if attempt == 1:
+                    self.notifier.ready()
+                self.notifier.status(f"waiting for the database {db} (attempt {attempt})")
+                self._sleep(delay)
+        return None
+
+    def _sleep(self, seconds: float) -> None:
+        """Wait, feeding the watchdog; SIGTERM (default action) still ends the process at once."""
+        end = time.monotonic() + seconds
+        step = self.notifier.watchdog_interval / 2 if self.notifier.watchdog_interval else 1.0
+        while not self._stop and (left := end - time.monotonic()) > 0:
+            self.notifier.watchdog()
+            select.select([self._wake_r], [], [], min(left, step))
 
     def request_stop(self) -> None:
         """Stop as SIGTERM would (the demo's ``--duration``); safe from any thread."""
@@ -174,6 +217,10 @@ class Service:
             self.log.info("daemon.stopping")
             engine.stopping = True
             scheduler.shutdown(wait=True)
+            try:
+                engine.release_leases()
+            except StoreError as exc:  # they expire by themselves within one lease
+                self.log.warning("lease.release_failed", error=str(exc))
         return EX_OK
 
     def _main_loop(self) -> None:
