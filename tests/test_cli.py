@@ -4,15 +4,19 @@ SQLite file), exit codes and output shapes as DESIGN.md section 4 specifies them
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
+from watchkeeper import report
 from watchkeeper.cli import main
 from watchkeeper.emulator import Emulator, Fault
-from watchkeeper.store import Store
+from watchkeeper.store import StatusRow, Store
 
 from tests.daemon_process import watchkeeper
 from tests.statefiles import SECRETS, Chan, env, write_state
@@ -226,3 +230,71 @@ def test_commands_as_a_process_keep_results_and_logs_apart(state: Path) -> None:
     assert "reconcile.finished" in events
     for secret in SECRETS:
         assert secret not in proc.stdout + proc.stderr
+
+
+def test_a_reader_that_goes_away_ends_the_command_quietly(state: Path) -> None:
+    """`watchkeeper status --json | head`: no traceback, no critical log line, exit 1."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "watchkeeper", "--state", str(state), "status", "--json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, **env()},
+    )
+    assert proc.stdout is not None
+    proc.stdout.close()  # the reader is gone before the first byte
+    _, err = proc.communicate(timeout=60)
+    assert err.decode() == ""
+    assert proc.returncode == 1
+
+
+def test_validate_exits_78_on_a_deeply_nested_file(run: Run, state: Path) -> None:
+    state.write_text("x = " + "[" * 100_000)
+    code, _, err = run("validate")
+    assert code == 78
+    assert str(state) in err
+    assert "nested too deeply" in err
+
+
+def test_control_characters_print_escaped_and_forge_no_row() -> None:
+    """Names and error texts come from the store, where an older state file or a hostile server
+    may have put anything."""
+    forged = "a\x1b[2J\nmain  9999  forged  active"
+    row = StatusRow("main", "1001", forged, "active", None, None, None, 1, "bad\rline\u202e")
+    text = report.status_text([row], [("main", "77", ["Deals\n\x1b[31m"])], datetime.now(UTC))
+    assert "\x1b" not in text
+    assert "\r" not in text
+    assert "\u202e" not in text
+    assert len(text.splitlines()) == 5  # header, one row, blank, header, one row
+    assert "a\\x1b[2J\\nmain  9999" in text
+    assert "Deals\\n\\x1b[31m" in text
+
+
+def test_every_command_uses_the_database_chosen_by_db_then_env_then_state(
+    run: Run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--db over $WATCHKEEPER_DB over [daemon].database, for apply and status alike."""
+    code, doc = run.json("--db", str(tmp_path / "flag.db"), "apply")
+    assert (code, doc["created"]) == (0, 2)
+    monkeypatch.setenv("WATCHKEEPER_DB", str(tmp_path / "env.db"))
+    assert run.json("status")[1]["channels"] == []
+    assert len(run.json("--db", str(tmp_path / "flag.db"), "status")[1]["channels"]) == 2
+    monkeypatch.delenv("WATCHKEEPER_DB")
+    assert run.json("status")[1]["channels"] == []
+    assert run.json("apply")[1]["created"] == 0  # adopted: flag.db is not the one it reads
+    assert sorted(p.name for p in tmp_path.glob("*.db")) == ["flag.db", "watchkeeper.db"]
+
+
+def test_an_unusable_database_is_one_clear_error(run: Run, tmp_path: Path) -> None:
+    (tmp_path / "watchkeeper.db").write_bytes(b"not a database, just bytes " * 100)
+    for command in ("status", "gaps", "apply", "plan"):
+        code, out, err = run(command)
+        assert code == 1, command
+        assert out == ""
+        assert err.startswith(f"error: {tmp_path / 'watchkeeper.db'}"), err
+        assert "Traceback" not in err
+
+
+def test_status_and_gaps_create_no_database(run: Run, tmp_path: Path) -> None:
+    assert run("status")[:2] == (0, "no channels yet (run `watchkeeper apply`)\n")
+    assert run.json("gaps") == (0, {"gaps": []})
+    assert not (tmp_path / "watchkeeper.db").exists()

@@ -41,3 +41,16 @@ def test_the_lock_dies_with_its_process(tmp_path: Path) -> None:
     assert InstanceLock(db).holder() == (None, None)
     InstanceLock(db).acquire().release()
     assert oct(db.with_name(db.name + ".lock").stat().st_mode & 0o777) == "0o600"
+
+
+def test_the_lock_is_the_real_files_whatever_the_name(tmp_path: Path) -> None:
+    """Two daemons must not run on one database reached through a symlink (or ``..``)."""
+    (tmp_path / "data").mkdir()
+    db = tmp_path / "data" / "watchkeeper.db"
+    db.touch()
+    (tmp_path / "link.db").symlink_to(db)
+    (tmp_path / "dir").symlink_to(tmp_path / "data")
+    with InstanceLock(db):
+        for alias in (tmp_path / "link.db", tmp_path / "dir" / "watchkeeper.db"):
+            with pytest.raises(LockHeld):
+                InstanceLock(alias).acquire()

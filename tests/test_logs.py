@@ -142,12 +142,35 @@ def test_uncaught_exceptions_go_through_redaction(out: io.StringIO) -> None:
     assert TOKEN not in out.getvalue()
 
 
-def test_values_too_short_to_be_secrets_are_left_alone(out: io.StringIO) -> None:
-    logs.REDACTOR.add(["crm", "1"])
+def test_short_secrets_are_masked_as_whole_tokens_only(out: io.StringIO) -> None:
+    """Zoho may echo a 3-character channel token back; a secret ``1`` must not turn every digit
+    of every line into asterisks."""
+    logs.REDACTOR.add(["crm", "1", "a.b"])
     logs.configure("json", "info", out, journal=False)
-    logs.get_logger().info("x", path="/crm/v8/actions/watch", count=1, text="1 crm")
+    logs.get_logger().info(
+        "x",
+        path="/crm/v8/actions/watch",
+        count=1,
+        text="1 crm crmx x1 10 2026-01-05T09:01:11Z",
+        echo="{'token': 'crm', 'value': \"a.b\"} a.bc",
+        value="1",
+    )
     doc = json.loads(lines(out)[0])
-    assert (doc["path"], doc["text"]) == ("/crm/v8/actions/watch", "1 crm")
+    assert doc["path"] == "/***/v8/actions/watch"
+    assert doc["count"] == 1
+    assert doc["text"] == "*** *** crmx x1 10 2026-01-05T09:01:11Z"
+    assert doc["echo"] == "{'token': '***', 'value': \"***\"} a.bc"
+    assert doc["value"] == "***"
+
+
+def test_many_secrets_and_prefixes_of_each_other() -> None:
+    redactor = logs.Redactor()
+    tokens = [f"tok{i:05d}-verification" for i in range(10_000)]
+    redactor.add(tokens)
+    assert redactor.redact_text(f"a {tokens[7]} b {tokens[9999]}x") == "a *** b ***x"
+    chain = ["p" * n for n in range(6, 1200)]  # nested too deep for a trie: a flat alternation
+    redactor.add(chain)
+    assert redactor.redact_text("[" + "p" * 1199 + "]") == "[***]"
 
 
 def test_redactor_matches_the_longest_secret_first() -> None:

@@ -79,3 +79,15 @@ def test_watchdog_interval_is_half_of_watchdog_usec_for_this_process(
     env: dict[str, str], interval: float | None
 ) -> None:
     assert Notifier(env).watchdog_interval == interval
+
+
+def test_nothing_is_sent_after_stopping(receiver: tuple[socket.socket, str]) -> None:
+    sock, address = receiver
+    notifier = Notifier({"NOTIFY_SOCKET": address})
+    assert notifier.stopping()
+    assert sock.recv(4096) == b"STOPPING=1"
+    assert not notifier.status("1 active")  # a pass that finished late
+    assert not notifier.watchdog()
+    sock.settimeout(0.3)
+    with pytest.raises(TimeoutError):
+        sock.recv(4096)

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import httpx
 import pytest
 from watchkeeper.model import AccessToken
-from watchkeeper.zoho.auth import MAX_TOKEN_LIFETIME, REFRESH_BLOCK, OAuth, StaticToken
+from watchkeeper.zoho.auth import MAX_TOKEN_LIFETIME, REFRESH_BLOCK, Credentials, OAuth, StaticToken
 from watchkeeper.zoho.errors import AuthError, RateLimited, TransientError
 from watchkeeper.zoho.exchange import Limits
 
@@ -55,10 +55,7 @@ def oauth_for(
     **kwargs: object,
 ) -> OAuth:
     return OAuth(
-        emu.url,
-        CLIENT_ID,
-        client_secret,
-        refresh_token,
+        Credentials(emu.url, CLIENT_ID, client_secret, refresh_token),
         http=http,
         clock=clock,
         **kwargs,  # type: ignore[arg-type]
@@ -279,7 +276,10 @@ def test_lifetime_forms(payload: dict[str, object], lifetime: timedelta, sim_clo
     cache = MemoryCache()
     with _answering(payload) as http:
         OAuth(
-            "https://accounts.zoho.com", "id", "s", "r", http=http, clock=sim_clock, cache=cache
+            Credentials("https://accounts.zoho.com", "id", "s", "r"),
+            http=http,
+            clock=sim_clock,
+            cache=cache,
         ).token()
     assert cache.saved[0].expires_at == sim_clock.now() + lifetime
 
@@ -287,7 +287,9 @@ def test_lifetime_forms(payload: dict[str, object], lifetime: timedelta, sim_clo
 def test_error_without_access_token_names_only_the_code(sim_clock: SimClock) -> None:
     with _answering({"error": "invalid_scope"}, status=400) as http:
         auth = OAuth(
-            "https://accounts.zoho.com", "id", "the-secret", "the-refresh", http=http, clock=sim_clock
+            Credentials("https://accounts.zoho.com", "id", "the-secret", "the-refresh"),
+            http=http,
+            clock=sim_clock,
         )
         with pytest.raises(AuthError, match="invalid_scope") as caught:
             auth.token()
@@ -296,7 +298,7 @@ def test_error_without_access_token_names_only_the_code(sim_clock: SimClock) -> 
 
 def test_plain_http_accounts_url_is_refused_off_loopback(http: httpx.Client) -> None:
     with pytest.raises(ValueError, match="https"):
-        OAuth("http://accounts.zoho.com", "id", "s", "r", http=http)
+        OAuth(Credentials("http://accounts.zoho.com", "id", "s", "r"), http=http)
 
 
 def test_static_token_dies_once_rejected() -> None:
@@ -346,7 +348,9 @@ def test_access_token_repr_hides_the_value() -> None:
 def test_an_unusable_expires_in_is_transient_and_named(expires_in: bytes, sim_clock: SimClock) -> None:
     body = b'{"access_token": "the-access", "expires_in": ' + expires_in + b"}"
     with _answering(body) as http:
-        auth = OAuth("https://accounts.zoho.com", "id", "s", "r", http=http, clock=sim_clock)
+        auth = OAuth(
+            Credentials("https://accounts.zoho.com", "id", "s", "r"), http=http, clock=sim_clock
+        )
         with pytest.raises(TransientError, match="expires_in is not a finite number") as caught:
             auth.token()
     assert type(caught.value) is TransientError
@@ -368,7 +372,10 @@ def test_an_absurd_lifetime_is_cut_to_the_cap(
     cache = MemoryCache()
     with _answering(payload) as http:
         OAuth(
-            "https://accounts.zoho.com", "id", "s", "r", http=http, clock=sim_clock, cache=cache
+            Credentials("https://accounts.zoho.com", "id", "s", "r"),
+            http=http,
+            clock=sim_clock,
+            cache=cache,
         ).token()
     assert cache.saved[0].expires_at == sim_clock.now() + lifetime
 
@@ -376,7 +383,9 @@ def test_an_absurd_lifetime_is_cut_to_the_cap(
 @pytest.mark.parametrize("value", [-5, 0, "-1"])
 def test_a_lifetime_that_is_not_positive_is_transient(value: object, sim_clock: SimClock) -> None:
     with _answering({"access_token": "t", "expires_in": value}) as http:
-        auth = OAuth("https://accounts.zoho.com", "id", "s", "r", http=http, clock=sim_clock)
+        auth = OAuth(
+            Credentials("https://accounts.zoho.com", "id", "s", "r"), http=http, clock=sim_clock
+        )
         with pytest.raises(TransientError, match="expires_in is not positive"):
             auth.token()
 
@@ -386,7 +395,9 @@ def test_a_huge_retry_after_blocks_refreshes_ten_minutes_at_most(
     retry_after: str, sim_clock: SimClock
 ) -> None:
     with _answering(b"", status=429, headers={"Retry-After": retry_after}) as http:
-        auth = OAuth("https://accounts.zoho.com", "id", "s", "r", http=http, clock=sim_clock)
+        auth = OAuth(
+            Credentials("https://accounts.zoho.com", "id", "s", "r"), http=http, clock=sim_clock
+        )
         with pytest.raises(RateLimited) as caught:
             auth.token()
         assert caught.value.retry_after == REFRESH_BLOCK

@@ -27,7 +27,7 @@ from watchkeeper.model import (
     canonical_json,
     parse_events,
 )
-from watchkeeper.zoho.auth import OAuth, StaticToken
+from watchkeeper.zoho.auth import Credentials, OAuth, StaticToken
 from watchkeeper.zoho.client import Limits, WatchClient
 from watchkeeper.zoho.errors import (
     AuthError,
@@ -172,7 +172,9 @@ def test_an_org_west_of_utc(emulator: Emulator, http: httpx.Client, sim_clock: S
         "west", client_id="west-id", client_secret="west-secret", tz_offset=-timedelta(hours=11)
     )
     auth = OAuth(
-        emulator.url, "west-id", "west-secret", "emu-refresh-token-west", http=http, clock=sim_clock
+        Credentials(emulator.url, "west-id", "west-secret", "emu-refresh-token-west"),
+        http=http,
+        clock=sim_clock,
     )
     west = WatchClient(endpoint_for(emulator), auth, clock=sim_clock)
     expiry = sim_clock.now() + timedelta(hours=3)  # 2026-01-04T23:00:00-11:00 on Zoho's side

@@ -11,16 +11,23 @@ import json
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from watchkeeper import __version__, logs, report
 from watchkeeper.config import ConfigError, DesiredState, load, parse_duration
 from watchkeeper.secrets import SecretRefError
+from watchkeeper.store.errors import StoreError
 from watchkeeper.store.target import PostgresTarget, Target
 from watchkeeper.zoho.errors import ZohoError
+
+if TYPE_CHECKING:
+    from watchkeeper.engine import Engine
+    from watchkeeper.store import Store
 
 EX_OK, EX_ERROR, EX_PENDING, EX_CONFIG = 0, 1, 2, 78
 DESCRIPTION = "Keeps Zoho CRM and Bigin instant-notification channels alive."
@@ -44,20 +51,47 @@ def _db_override(args: argparse.Namespace) -> Target | None:
     return found
 
 
-def _db_path(args: argparse.Namespace, state: DesiredState) -> Target:
-    return _db_override(args) or state.database
+@dataclass(frozen=True)
+class Session:
+    """What every command starts from: the validated state and the database it names."""
+
+    state: DesiredState
+    db: Target
+
+    def store(self) -> AbstractContextManager[Store]:
+        from watchkeeper.runtime import open_store
+
+        return open_store(self.state, self.db)
+
+    @contextmanager
+    def reader(self) -> Iterator[Store | None]:
+        """The store opened read-only (``status`` and ``gaps`` work on a file they cannot write);
+        None when no database exists yet, which reads as an empty one and creates nothing."""
+        from watchkeeper.runtime import open_store
+
+        if isinstance(self.db, Path) and not self.db.exists():
+            yield None
+            return
+        with open_store(self.state, self.db, readonly=True) as store:
+            yield store
+
+    def engine(self) -> AbstractContextManager[Engine]:
+        from watchkeeper.runtime import open_engine
+
+        return open_engine(self.state, self.db)
 
 
-def _load(args: argparse.Namespace) -> DesiredState | None:
+def _session(args: argparse.Namespace) -> Session | None:
+    """The state file loaded (its problems printed, one a line) and the database resolved."""
+    from watchkeeper.runtime import database_path
+
     try:
-        return load(_state_path(args))
+        state = load(_state_path(args))
     except ConfigError as exc:
         for issue in exc.issues:
             print(f"error: {issue}", file=sys.stderr)
         return None
-    except OSError as exc:
-        print(f"error: cannot read state file {_state_path(args)}: {exc.strerror}", file=sys.stderr)
-        return None
+    return Session(state, database_path(state, _db_override(args)))
 
 
 def _emit(args: argparse.Namespace, doc: dict[str, Any], text: str) -> None:
@@ -65,22 +99,22 @@ def _emit(args: argparse.Namespace, doc: dict[str, Any], text: str) -> None:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    state = _load(args)
-    if state is None:
+    session = _session(args)
+    if session is None:
         return EX_CONFIG
+    state = session.state
     counts = f"{len(state.accounts)} account(s), {len(state.channels)} channel(s)"
     print(f"{_state_path(args)}: valid ({counts})")
     return EX_OK
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from watchkeeper.runtime import open_engine
-
-    state = _load(args)
-    if state is None:
+    session = _session(args)
+    if session is None:
         return EX_ERROR
+    state = session.state
     try:
-        with open_engine(state, _db_path(args, state)) as engine:
+        with session.engine() as engine:
             result = engine.preview(datetime.now(UTC))
     except ZohoError as exc:
         print(f"error: listing failed: {exc}", file=sys.stderr)
@@ -93,16 +127,15 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 def cmd_apply(args: argparse.Namespace) -> int:
     from watchkeeper.lock import InstanceLock, LockHeld
-    from watchkeeper.runtime import confirm_deletes, open_engine
+    from watchkeeper.runtime import confirm_deletes
 
-    state = _load(args)
-    if state is None:
+    session = _session(args)
+    if session is None:
         return EX_ERROR
-    db = _db_path(args, state)
-    if isinstance(db, PostgresTarget):
-        return _apply_shared(args, state, db)
+    if isinstance(session.db, PostgresTarget):
+        return _apply_shared(args, session)
     try:
-        lock = InstanceLock(db).acquire("apply")
+        lock = InstanceLock(session.db).acquire("apply")
     except LockHeld as exc:
         if not (args.allow_mass_delete and exc.pid and exc.role == "run"):
             print(
@@ -111,12 +144,13 @@ def cmd_apply(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
             return EX_ERROR
-        keys = confirm_deletes(state, db, datetime.now(UTC))
+        with session.store() as store:
+            keys = confirm_deletes(session.state, store, datetime.now(UTC))
         os.kill(exc.pid, signal.SIGHUP)
         print(f"confirmed {len(keys)} deletion(s); the daemon (pid {exc.pid}) applies them next pass")
         return EX_OK
     try:
-        with open_engine(state, db) as engine:
+        with session.engine() as engine:
             confirmed = engine.undesired() if args.allow_mass_delete else frozenset()
             result = engine.run_pass(datetime.now(UTC), listing=True, confirmed=confirmed)
     finally:
@@ -126,22 +160,22 @@ def cmd_apply(args: argparse.Namespace) -> int:
     return EX_OK if result.ok else EX_ERROR
 
 
-def _apply_shared(args: argparse.Namespace, state: DesiredState, db: PostgresTarget) -> int:
+def _apply_shared(args: argparse.Namespace, session: Session) -> int:
     """``apply`` on a shared database: only while no daemon runs on it (they apply the state file
     themselves), and as an instance of its own, under the leases like any other."""
     from watchkeeper.runtime import instance_name, open_engine
-    from watchkeeper.store import Store
 
-    with Store(db, migrate="never") as store:
+    with session.store() as store:
         live = store.live_instances()
     if live:
         print(
-            f"error: instances {', '.join(live)} run on {db}: they apply the state file "
+            f"error: instances {', '.join(live)} run on {session.db}: they apply the state file "
             "themselves when it is saved (or on `systemctl reload watchkeeper`)",
             file=sys.stderr,
         )
         return EX_ERROR
-    with open_engine(state, db, instance=f"apply:{instance_name(state)}") as engine:
+    instance = f"apply:{instance_name(session.state)}"
+    with open_engine(session.state, session.db, instance=instance) as engine:
         try:
             confirmed = engine.undesired() if args.allow_mass_delete else frozenset()
             result = engine.run_pass(datetime.now(UTC), listing=True, confirmed=confirmed)
@@ -153,18 +187,15 @@ def _apply_shared(args: argparse.Namespace, state: DesiredState, db: PostgresTar
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from watchkeeper.store import Store
-
-    state = _load(args)
-    if state is None:
+    session = _session(args)
+    if session is None:
         return EX_ERROR
-    store = Store(_db_path(args, state), migrate="never")
-    try:
-        rows, foreign, held = store.status_rows(), store.foreign(), store.leases()
-    finally:
-        store.close()
-    now = datetime.now(UTC)
-    accounts = report.accounts_rows(sorted(state.accounts), held, now) if store.shared else None
+    accounts = None
+    with session.reader() as store:
+        rows, foreign = (store.status_rows(), store.foreign()) if store else ([], [])
+        now = datetime.now(UTC)
+        if store is not None and store.shared:  # several instances: who serves which account
+            accounts = report.accounts_rows(sorted(session.state.accounts), store.leases(), now)
     _emit(
         args,
         report.status_json(rows, foreign, accounts),
@@ -174,20 +205,15 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_gaps(args: argparse.Namespace) -> int:
-    from watchkeeper.store import Store
-
-    state = _load(args)
-    if state is None:
+    session = _session(args)
+    if session is None:
         return EX_ERROR
     since = None
     if args.since:
         since = datetime.fromisoformat(args.since)
         since = since.replace(tzinfo=UTC) if since.tzinfo is None else since.astimezone(UTC)
-    store = Store(_db_path(args, state), migrate="never")
-    try:
-        gaps = store.gaps(since=since, channel_id=args.channel)
-    finally:
-        store.close()
+    with session.reader() as store:
+        gaps = store.gaps(since=since, channel_id=args.channel) if store else []
     _emit(args, report.gaps_json(gaps), report.gaps_text(gaps, datetime.now(UTC)))
     return EX_OK
 
@@ -200,15 +226,15 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_migrate(args: argparse.Namespace) -> int:
     """Bring the database's schema to this watchkeeper's head revision (SQLite or PostgreSQL)."""
-    from watchkeeper.store import Store, migrate
+    from watchkeeper.runtime import open_store
+    from watchkeeper.store import migrate
 
-    state = _load(args)
-    if state is None:
+    session = _session(args)
+    if session is None:
         return EX_ERROR
-    db = _db_path(args, state)
-    with Store(db, migrate="always"):
+    with open_store(session.state, session.db, migrate="always"):
         pass
-    print(f"{db}: schema at revision {migrate.head()}")
+    print(f"{session.db}: schema at revision {migrate.head()}")
     return EX_OK
 
 
@@ -313,12 +339,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "demo" and fmt == "auto":
         fmt = "console"
     logs.configure(fmt, args.log_level, sys.stderr if one_shot else sys.stdout)
-    from watchkeeper.store import StoreError
-
     try:
         code: int = args.func(args)
-    except (StoreError, SecretRefError) as exc:  # names the file, or host and database: no password
+        sys.stdout.flush()
+    except (StoreError, SecretRefError) as exc:  # corrupt, newer, read-only, missing, unreachable:
+        # the message says which, naming the file or the host and database (never a password)
         print(f"error: {logs.REDACTOR.redact_text(str(exc))}", file=sys.stderr)
+        return EX_ERROR
+    except BrokenPipeError:
+        # `watchkeeper status --json | head`: the reader has gone, so there is nobody to tell.
+        # Point stdout at /dev/null so that the flush at exit does not fail a second time.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EX_ERROR
     return code
 

@@ -26,6 +26,7 @@ from typing import Any, TypeVar, cast, get_args
 from urllib.parse import urlsplit
 
 from watchkeeper import secrets
+from watchkeeper.logs import MIN_SECRET
 from watchkeeper.model import ChannelSpec, Event, Product, canonical_json, parse_event
 from watchkeeper.policy import Policy
 from watchkeeper.store import target
@@ -115,13 +116,18 @@ class DesiredState:
     """``[daemon].lease``: how long an account stays with an instance that went silent."""
 
     def secrets(self) -> frozenset[str]:
-        """Every secret value, for the log redactor."""
+        """Every secret value, for the log redactor (which masks the short ones as whole tokens).
+
+        A notify_url's query values shorter than MIN_SECRET are left out: the redactor masks every
+        query value of every URL anyway, and outside a URL a short one is as often a word as a
+        secret (``?source=crm`` must not mask every "crm" of every line). The database password
+        is one (several instances on PostgreSQL)."""
         found: set[str | None] = set(target.secrets(self.database))
         for account in self.accounts.values():
             found |= {account.client_secret, account.refresh_token, account.access_token}
         for channel in self.channels:
-            found.add(channel.token)
-            found |= secrets.url_secrets(channel.notify_url)
+            found |= {channel.token, urlsplit(channel.notify_url).password}
+            found |= {v for v in secrets.url_secrets(channel.notify_url) if len(v) >= MIN_SECRET}
         return frozenset(value for value in found if value)
 
 
@@ -163,7 +169,10 @@ def load(path: Path, *, environ: Mapping[str, str] | None = None) -> DesiredStat
         message = f"cannot read the state file ({exc.strerror})"
         raise ConfigError([ConfigIssue("", message, file=str(path))]) from None
     resolve = functools.partial(secrets.resolve, environ=env, base_dir=path.parent)
-    issues, state = _build(raw, path, resolve, env.get("STATE_DIRECTORY"))
+    try:
+        issues, state = _build(raw, path, resolve, env.get("STATE_DIRECTORY"))
+    except RecursionError:  # `x = [[[[...` 100,000 deep: tomllib (or a check below) recursed
+        issues, state = [ConfigIssue("", "arrays or tables are nested too deeply to read")], None
     if state is None:
         raise ConfigError(replace(issue, file=str(path)) for issue in issues)
     return state
@@ -239,6 +248,14 @@ def _text(value: object) -> str:
             f"must be a non-empty string, not {'empty' if value == '' else _type_name(value)}"
         )
     return value
+
+
+def _label(value: object) -> str:
+    """A name people read in tables and logs: an ESC or a newline in it would forge output."""
+    text = _text(value)
+    if not text.isprintable():
+        raise ValueError("must not contain control characters (escapes, newlines, tabs)")
+    return text
 
 
 def _flag(value: object) -> bool:
@@ -497,7 +514,9 @@ def _accounts(
     accounts: dict[str, AccountSpec] = {}
     versions: dict[str, Version | None] = {}
     for name, item in tables.items():
-        where = scope.at(f"accounts.{name}")
+        where = scope.at(f"accounts.{name if name.isprintable() else repr(name)}")
+        if not name.isprintable():
+            where.add("", "the account name must not contain control characters")
         table = where.table(item, "", "a table")
         versions[name] = _version_of(table)
         account = _account(where, name, table, versions[name], resolve)
@@ -586,7 +605,7 @@ def _channel(
     notify_url = scope.require(table, "notify_url", lambda value: _notify_url(secret(value)))
     token = scope.get(table, "token", lambda value: _token(secret(value)), None)
     ttl = scope.get(table, "ttl", lambda value: _ttl(value, version), None)
-    label = scope.get(table, "name", _text, None)
+    label = scope.get(table, "name", _label, None)
     related = scope.get(table, "notify_on_related_action", _flag, False)
     affected = scope.get(table, "return_affected_field_values", _flag, False)
     condition = scope.get(

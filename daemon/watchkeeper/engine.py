@@ -69,11 +69,11 @@ class Engine:
         clock: Callable[[], datetime] = utcnow,
         rng: random.Random | None = None,
         connect: Callable[[AccountSpec], WatchClient] | None = None,
-        cluster: Cluster | None = None,
     ) -> None:
         self.store = store
-        self.cluster = cluster
-        """Several instances share the database: accounts are served under their leases."""
+        self.cluster: Cluster | None = None
+        """Set by the wiring when several instances share the database: accounts are then served
+        under their leases."""
         self._cycled_at: datetime | None = None
         self._release: tuple[str, ...] = ()
         self._diverged: tuple[str, ...] = ()
@@ -338,7 +338,8 @@ class Engine:
             items = [WatchItem(a.spec, requested_at + a.spec.ttl) for a in actions if a.spec]
             request = outcome.Request(method, actions, items)
             answer = _call(lambda: client.write(method, items, should_stop=stop))
-            last_seen = {cid: self.store.last_seen(unit.name, cid) for cid in ids}
+            gone = [r.channel_id for r in answer.results if r.not_found]  # where their gaps start
+            last_seen = {cid: self.store.last_seen(unit.name, cid) for cid in gone}
             at = self._at(unit, now, last_seen)
             change = outcome.written(at, request, answer, client.server_now())
         self._commit(unit, change, report, done=ids)

@@ -3,6 +3,10 @@ role (``run`` or ``apply``).
 
 An ``flock`` dies with its process, so a crash never leaves a stale lock behind; the pid and role
 inside only tell ``apply --allow-mass-delete`` whether there is a daemon to send SIGHUP to.
+
+The lock belongs to the real file: the database path is resolved (symlinks, ``..``) first, so a
+second name for the same database (systemd's /var/lib/watchkeeper is a symlink under
+DynamicUser=yes) finds the same lock. A hard link is a second real name and is not recognised.
 """
 
 from __future__ import annotations
@@ -26,7 +30,8 @@ class LockHeld(Exception):
 
 class InstanceLock:
     def __init__(self, database: Path) -> None:
-        self.path = database.with_name(database.name + ".lock")
+        real = database.resolve()
+        self.path = real.with_name(real.name + ".lock")
         self._fd: int | None = None
 
     def acquire(self, role: str = "run") -> InstanceLock:

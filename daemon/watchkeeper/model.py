@@ -7,6 +7,7 @@ GET listing reports ``Deals.all`` as its three explicit operations.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
@@ -67,6 +68,8 @@ def modules_of(events: Iterable[Event]) -> list[str]:
 
 def utc(dt: datetime) -> datetime:
     """An aware datetime converted to UTC; naive datetimes are refused (they hide a timezone bug)."""
+    if dt.tzinfo is UTC:  # the common case, on every planner path: no conversion to make
+        return dt
     if dt.tzinfo is None or dt.utcoffset() is None:
         raise ValueError(f"naive datetime {dt!r}: every instant must carry its offset")
     return dt.astimezone(UTC)
@@ -160,15 +163,18 @@ class ItemResult:
         return self.code in NOT_FOUND_CODES
 
 
+@functools.lru_cache(maxsize=65536)
 def token_digest(account: str, channel_id: str, token: str | None) -> str | None:
     """A one-way fingerprint of a channel token, so the store can notice a changed token without
-    keeping it (DESIGN.md section 5: verification tokens are never stored)."""
+    keeping it (DESIGN.md section 5: verification tokens are never stored). Cached: the planner
+    compares digests on every pass, and a sha256 per channel per pass was a fifth of its time."""
     if token is None:
         return None
     material = "\0".join(("watchkeeper-token-v1", account, channel_id, token)).encode()
     return hashlib.sha256(material).hexdigest()
 
 
+@functools.lru_cache(maxsize=65536)
 def url_digest(account: str, channel_id: str, url: str) -> str:
     """A one-way fingerprint of a notify_url, whose query values and password are secrets: the store
     keeps the URL masked, and a changed URL is noticed by comparing digests."""

@@ -3,13 +3,15 @@
 One datagram per message on the AF_UNIX socket named by ``$NOTIFY_SOCKET`` (a path, or an abstract
 name written with a leading ``@``). Without that variable every call is a no-op, so the daemon
 behaves the same outside systemd. Sending never raises: a notification that cannot be delivered
-must not take the daemon down.
+must not take the daemon down. ``STOPPING=1`` is final: whatever thread tries to send after it
+(a pass finishing late, the watchdog) sends nothing, so systemd never sees a STATUS after the stop.
 """
 
 from __future__ import annotations
 
 import os
 import socket
+import threading
 import time
 from collections.abc import Mapping
 
@@ -21,12 +23,18 @@ class Notifier:
         self.address = "\0" + address[1:] if address.startswith("@") else address
         self.watchdog_interval = _watchdog_interval(env)
         self._socket: socket.socket | None = None
+        self._lock = threading.Lock()
+        self._stopped = False
 
     @property
     def enabled(self) -> bool:
         return bool(self.address)
 
     def send(self, *lines: str) -> bool:
+        with self._lock:
+            return not self._stopped and self._send(lines)
+
+    def _send(self, lines: tuple[str, ...]) -> bool:
         if not self.address:
             return False
         try:
@@ -52,12 +60,16 @@ class Notifier:
         return self.send("RELOADING=1", f"MONOTONIC_USEC={usec}")
 
     def stopping(self) -> bool:
-        return self.send("STOPPING=1")
+        """The last message: nothing is sent after it."""
+        with self._lock:
+            self._stopped = True
+            return self._send(("STOPPING=1",))
 
     def close(self) -> None:
-        if self._socket is not None:
-            self._socket.close()
-            self._socket = None
+        with self._lock:
+            if self._socket is not None:
+                self._socket.close()
+                self._socket = None
 
 
 def _watchdog_interval(env: Mapping[str, str]) -> float | None:

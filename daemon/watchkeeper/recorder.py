@@ -34,19 +34,8 @@ def record(
     lost one (LeaseLost) writes nothing."""
     account = change.account
     with store.transaction(fence=fence):
-        for opened in change.opened:
-            store.open_gap(account, opened.channel_id, opened.start, opened.cause)
-        for closed in change.closed:
-            store.close_gap(account, closed.channel_id, closed.end)
-        by_renewal: dict[datetime | None, list[RegistryEntry]] = {}
-        for channel_id, entry in change.entries.items():
-            by_renewal.setdefault(change.renewed_at.get(channel_id), []).append(entry)
-        for renewed_at, entries in by_renewal.items():
-            store.put_many(entries, last_renewed_at=renewed_at)
-        for channel_id in change.removed:
-            store.remove(account, channel_id)
-        if change.removed:
-            store.clear_confirmations([(account, cid) for cid in change.removed])
+        _gaps(store, change)
+        _registry(store, change)
         if change.seen and change.seen_at is not None:
             store.mark_seen(account, change.seen, change.seen_at)
         if change.listed:
@@ -55,3 +44,24 @@ def record(
             store.begin(account, begin.channel_ids, begin.method, begin.at)
         if done:
             store.done(account, done)
+
+
+def _gaps(store: Store, change: Transition) -> None:
+    for opened in change.opened:
+        store.open_gap(change.account, opened.channel_id, opened.start, opened.cause)
+    for closed in change.closed:
+        store.close_gap(change.account, closed.channel_id, closed.end)
+
+
+def _registry(store: Store, change: Transition) -> None:
+    """The changed entries, grouped by their renewal instant (one statement per group), and the
+    removed ones with their deletion confirmations."""
+    by_renewal: dict[datetime | None, list[RegistryEntry]] = {}
+    for channel_id, entry in change.entries.items():
+        by_renewal.setdefault(change.renewed_at.get(channel_id), []).append(entry)
+    for renewed_at, entries in by_renewal.items():
+        store.put_many(entries, last_renewed_at=renewed_at)
+    for channel_id in change.removed:
+        store.remove(change.account, channel_id)
+    if change.removed:
+        store.clear_confirmations([(change.account, cid) for cid in change.removed])

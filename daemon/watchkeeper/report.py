@@ -1,7 +1,9 @@
 """PURE: what the one-shot commands print — aligned tables for people, JSON shapes for machines.
 
 The JSON shapes are public interface (DESIGN.md section 4): ``channel_id`` always a string, times
-ISO 8601 in UTC, ``end`` null while a gap is open.
+ISO 8601 in UTC, ``end`` null while a gap is open. Text output shows every control character
+escaped (``\x1b``, ``\n``): a name, an account or a server's error message must not move the
+cursor, recolour the terminal or forge a table row.
 """
 
 from __future__ import annotations
@@ -35,7 +37,15 @@ def human_delta(delta: timedelta) -> str:
     return sign + "".join(parts)
 
 
+def printable(text: str) -> str:
+    """``text`` with each non-printable character written as Python writes it in a repr."""
+    if text.isprintable():
+        return text
+    return "".join(char if char.isprintable() else repr(char)[1:-1] for char in text)
+
+
 def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    rows = [[printable(cell) for cell in row] for row in rows]
     widths = [len(h) for h in headers]
     for row in rows:
         widths = [max(w, len(cell)) for w, cell in zip(widths, row, strict=True)]
@@ -90,7 +100,7 @@ def plan_text(doc: dict[str, Any]) -> str:
         for a in doc["actions"]
     ]
     out = [table(["ACCOUNT", "CHANNEL", "NAME", "ACTION", "REASON", "DRIFT"], rows)] if rows else []
-    out += [f"refused: {r['message']}" for r in doc["refused"]]
+    out += [f"refused: {printable(r['message'])}" for r in doc["refused"]]
     count = len(doc["actions"])
     summary = "in sync" if doc["in_sync"] else f"{count} change{'s' if count != 1 else ''} pending"
     if doc["foreign"]:
@@ -123,8 +133,8 @@ def apply_text(doc: dict[str, Any]) -> str:
     keys = ("created", "adopted", "renewed", "repaired", "deleted", "failed")
     line = ", ".join(f"{doc[k]} {k}" for k in keys)
     out = [f"{doc['active']}/{doc['desired']} active; {line}; {doc['foreign']} foreign"]
-    out += [f"refused: {r['message']}" for r in doc["refused"]]
-    out += [f"listing failed for account {a}" for a in doc["list_failed"]]
+    out += [f"refused: {printable(r['message'])}" for r in doc["refused"]]
+    out += [f"listing failed for account {printable(a)}" for a in doc["list_failed"]]
     return "\n".join(out)
 
 

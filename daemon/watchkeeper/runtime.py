@@ -23,7 +23,7 @@ from watchkeeper.model import AccessToken
 from watchkeeper.store import Store
 from watchkeeper.store.database import Migrate
 from watchkeeper.store.target import Target
-from watchkeeper.zoho.auth import OAuth, StaticToken, TokenCache
+from watchkeeper.zoho.auth import Credentials, OAuth, StaticToken, TokenCache
 from watchkeeper.zoho.client import DEFAULT_TIMEOUT, WatchClient
 
 
@@ -49,10 +49,12 @@ def make_client(
         auth = StaticToken(account.access_token)
     else:
         auth = OAuth(
-            account.endpoint.accounts_url,
-            account.client_id or "",
-            account.client_secret or "",
-            account.refresh_token or "",
+            Credentials(
+                account.endpoint.accounts_url,
+                account.client_id or "",
+                account.client_secret or "",
+                account.refresh_token or "",
+            ),
             http=http,
             clock=clock,
             cache=cache,
@@ -64,6 +66,32 @@ def make_client(
 def instance_name(state: DesiredState) -> str:
     """``[daemon].instance``, else "<hostname>:<pid>" (unique while the process lives)."""
     return state.instance or f"{socket.gethostname()}:{os.getpid()}"
+
+
+def database_path(state: DesiredState, override: Target | None = None) -> Target:
+    """The database every command and the daemon use: ``--db`` (or ``$WATCHKEEPER_DB``, which the
+    command line reads) over the state file's ``[daemon].database``. The one place this is decided."""
+    return override or state.database
+
+
+@contextmanager
+def open_store(
+    state: DesiredState,
+    db: Target | None = None,
+    *,
+    readonly: bool = False,
+    migrate: Migrate = "never",
+    instance: str | None = None,
+) -> Iterator[Store]:
+    """The state's store (or ``db``'s), redactor fed with the state's secrets first. On
+    PostgreSQL, ``migrate`` says whether opening may upgrade the schema (the one-shot commands
+    never do: ``watchkeeper migrate`` or a lone ``run`` does), ``instance`` being the opener's."""
+    logs.REDACTOR.add(state.secrets())
+    store = Store(database_path(state, db), readonly=readonly, migrate=migrate, instance=instance)
+    try:
+        yield store
+    finally:
+        store.close()
 
 
 @contextmanager
@@ -78,30 +106,24 @@ def open_engine(
 ) -> Iterator[Engine]:
     """An engine over the state's database (or ``db``), closed with everything it opened. On a
     shared database (PostgreSQL) ``instance`` names this instance among the others, and the engine
-    serves the accounts under leases; ``migrate`` says whether opening may upgrade the schema."""
-    logs.REDACTOR.add(state.secrets())
-    store = Store(db or state.database, migrate=migrate, instance=instance)
-    http = httpx.Client(timeout=DEFAULT_TIMEOUT)
-    try:
+    serves the accounts under leases; ``migrate`` as for ``open_store``."""
+    opened = open_store(state, db, migrate=migrate, instance=instance)
+    with opened as store, httpx.Client(timeout=DEFAULT_TIMEOUT) as http:
 
         def connect(account: AccountSpec) -> WatchClient:
             return make_client(account, http, clock, store.token_cache(account.name))
 
-        cluster = None
-        if store.shared and instance is not None:
-            cluster = Cluster(store, instance, leases.digest(state), state.lease, clock)
         clients = {name: connect(account) for name, account in state.accounts.items()}
-        yield Engine(state, store, clients, clock=clock, rng=rng, connect=connect, cluster=cluster)
-    finally:
-        http.close()
-        store.close()
+        engine = Engine(state, store, clients, clock=clock, rng=rng, connect=connect)
+        if store.shared and instance is not None:
+            engine.cluster = Cluster(store, instance, leases.digest(state), state.lease, clock)
+        yield engine
 
 
-def confirm_deletes(state: DesiredState, db: Target, now: datetime) -> list[tuple[str, str]]:
+def confirm_deletes(state: DesiredState, store: Store, now: datetime) -> list[tuple[str, str]]:
     """Record in the store that every owned channel the state file no longer wants may go: the
     ``apply --allow-mass-delete`` of an operator whose daemon is running (it applies them)."""
     wanted = {(c.account, c.channel_id) for c in state.channels}
-    with Store(db) as store:
-        keys = sorted(key for key in store.registry() if key not in wanted)
-        store.confirm_deletes(keys, now)
+    keys = sorted(key for key in store.registry() if key not in wanted)
+    store.confirm_deletes(keys, now)
     return keys

@@ -2,14 +2,27 @@
 
 Threads and who does what:
 - the main thread waits for signals (a self-pipe, so no work happens inside a signal handler) and
-  polls the state file; it never touches the engine, so it can always answer SIGTERM;
+  polls the state file; it touches the engine only through its thread-safe ``stopping`` flag and
+  ``request_listing()``, so it can always answer SIGTERM;
 - the scheduler's single ``default`` worker runs every engine pass and every reload, one at a
   time, so the engine is never used from two threads;
 - a separate ``watchdog`` worker pings systemd only while both the main loop and the pass are
   making progress, so a hung pass or a stopped process gets the daemon killed and restarted.
 
 Every pass re-arms a date job at the engine's next_due(), never more than ``max_sleep`` ahead: a
-clock jump or a suspend costs at most that long.
+clock jump or a suspend costs at most that long; a jump also makes the next pass list every account,
+so the skew against Zoho's clock is measured again.
+
+Stopping never waits on a lock the worker needs (APScheduler's ``shutdown(wait=True)`` joins the
+worker while holding the jobstore lock that ``add_job``/``modify_job`` in the worker want): once a
+stop is requested nothing re-arms, the scheduler is shut down without waiting, and the pass in
+flight gets ``grace`` seconds. A pass still stuck in a silent server after that is abandoned as a
+SIGKILL would leave it (each batch of answers is its own transaction) and the process exits 0.
+``daemon.stopping`` and ``STOPPING=1`` come last, after the worker has finished or been abandoned.
+
+Reloads, by SIGHUP or by the file watcher, apply only a file that has stayed unchanged for
+``settle`` seconds: an editor or script writing in steps never gets a half-written file applied. So
+a channel that disappears from the file is deleted only once the file has settled without it.
 """
 
 from __future__ import annotations
@@ -18,7 +31,10 @@ import contextlib
 import os
 import select
 import signal
+import sys
+import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -35,8 +51,8 @@ from watchkeeper.engine import Engine
 from watchkeeper.lock import InstanceLock, LockHeld
 from watchkeeper.notify import Notifier
 from watchkeeper.report import human_delta
-from watchkeeper.runtime import instance_name, open_engine
-from watchkeeper.store import StoreError
+from watchkeeper.runtime import database_path, instance_name, open_engine
+from watchkeeper.store.errors import StoreError
 from watchkeeper.store.target import PostgresTarget, Target
 
 EX_OK, EX_FAILURE, EX_CONFIG = 0, 1, 78
@@ -47,6 +63,7 @@ CLOCK_JUMP = 5.0
 FAILED_PASS_DELAY = timedelta(seconds=5)
 DATABASE_RETRY_MAX = 60.0
 """Seconds between attempts to reach a PostgreSQL database that did not answer at start, at most."""
+Fingerprint = tuple[int, int, int]
 
 
 def utcnow() -> datetime:
@@ -63,6 +80,42 @@ class Timing:
     """A pass running longer than this is hung: stop feeding the watchdog (seconds)."""
     settle: float = 2.0
     """A changed state file is applied once it has stayed the same this long (seconds)."""
+    grace: float = 5.0
+    """After SIGTERM, how long the pass in flight may take before it is abandoned (seconds)."""
+
+
+@dataclass
+class ReloadGate:
+    """When to reload: after SIGHUP or a change on disk, once the file has settled.
+
+    No I/O: the main loop feeds it the file's fingerprint and the monotonic time.
+    """
+
+    settle: float
+    applied: Fingerprint
+    """The file as last applied (or found at start)."""
+    seen: Fingerprint
+    seen_at: float
+    """When ``seen`` was first observed; the file has not changed since."""
+    asked: bool = False
+    """A SIGHUP is waiting for the file to settle."""
+
+    @classmethod
+    def start(cls, fingerprint: Fingerprint, now: float, settle: float) -> ReloadGate:
+        return cls(settle, fingerprint, fingerprint, now - settle)
+
+    def signal(self) -> None:
+        self.asked = True
+
+    def observe(self, current: Fingerprint, now: float) -> str | None:
+        """The trigger of a reload due now (``signal`` or ``file``), or None."""
+        if current != self.seen:
+            self.seen, self.seen_at = current, now
+        trigger = "signal" if self.asked else "file" if current != self.applied else None
+        if trigger is None or now - self.seen_at < self.settle:
+            return None
+        self.applied, self.asked = current, False
+        return trigger
 
 
 def summary(engine: Engine, now: datetime) -> str:
@@ -100,6 +153,9 @@ class Service:
         self._scheduler: BackgroundScheduler | None = None
         self._ready = False
         self._stop = False
+        self._busy = False
+        self._worker = threading.Condition()
+        """Guards ``_stop`` and ``_busy``: a job starts and a tick is armed only while not stopping."""
         self._heartbeat = time.monotonic()
         self._pass_started: float | None = None
         self._pass_ended = time.monotonic()
@@ -111,10 +167,19 @@ class Service:
     # -- entry point ---------------------------------------------------------------------------
 
     def run(self) -> int:
+        try:
+            return self._run()
+        finally:
+            os.close(self._wake_r)
+            os.close(self._wake_w)
+            self.notifier.close()
+
+    def _run(self) -> int:
+        fingerprint = _fingerprint(self.state_path)  # before reading: a later write is a change
         state = self._load()
         if state is None:
             return EX_CONFIG
-        db = self.db or state.database
+        db = database_path(state, self.db)
         lock = None
         if not isinstance(db, PostgresTarget):  # SQLite: one instance, by the lock file
             try:
@@ -134,20 +199,20 @@ class Service:
                     accounts=len(state.accounts),
                     channels=len(state.channels),
                 )
-                return self._serve(engine)
+                return self._serve(engine, fingerprint)
+        except StoreError as exc:  # corrupt, newer or read-only: the message names file and cure
+            self.log.error("store.unusable", error=str(exc))
+            return EX_FAILURE
         finally:
             if lock is not None:
                 lock.release()
-            os.close(self._wake_r)
-            os.close(self._wake_w)
-            self.notifier.close()
 
     def _connect(self, stack: contextlib.ExitStack, state: DesiredState, db: Target) -> Engine | None:
         """The engine; on PostgreSQL, retried with backoff while the database cannot be used (not
         reached, or refusing us): exiting would have systemd restart the daemon into the same wall.
         Meanwhile systemd is told READY=1 with a STATUS= saying what is awaited (the daemon is up,
-        and will act as soon as it can; a start that blocked would be killed by TimeoutStartSec),
-        and the watchdog is fed. None: a stop was asked for while waiting."""
+        and acts as soon as it can; a start that blocked would be killed by TimeoutStartSec), and
+        the watchdog is fed. None: a stop was asked for while waiting."""
         if not isinstance(db, PostgresTarget):
             return stack.enter_context(open_engine(state, db))
         instance = instance_name(state)
@@ -166,7 +231,7 @@ class Service:
         return None
 
     def _sleep(self, seconds: float) -> None:
-        """Wait, feeding the watchdog; SIGTERM (default action) still ends the process at once."""
+        """Wait, feeding the watchdog; SIGTERM (its default action) still ends the process."""
         end = time.monotonic() + seconds
         step = self.notifier.watchdog_interval / 2 if self.notifier.watchdog_interval else 1.0
         while not self._stop and (left := end - time.monotonic()) > 0:
@@ -175,13 +240,17 @@ class Service:
 
     def request_stop(self) -> None:
         """Stop as SIGTERM would (the demo's ``--duration``); safe from any thread."""
-        self._stop = True
+        self._stop_requested()
         with contextlib.suppress(BlockingIOError):
             os.write(self._wake_w, bytes([STOP]))
 
     # -- the loop ------------------------------------------------------------------------------
 
-    def _serve(self, engine: Engine) -> int:
+    def _stop_requested(self) -> None:
+        with self._worker:
+            self._stop = True
+
+    def _serve(self, engine: Engine, fingerprint: Fingerprint) -> int:
         scheduler = BackgroundScheduler(
             timezone=UTC,
             executors={"default": ThreadPoolExecutor(1), "watchdog": ThreadPoolExecutor(1)},
@@ -208,24 +277,37 @@ class Service:
                 id="watchdog",
             )
         try:
-            self._main_loop()
+            self._main_loop(fingerprint)
         finally:
+            finished = self._stop_worker(engine, scheduler)
+            self._release_leases(engine)
             signal.set_wakeup_fd(old_fd)
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+            self.log.info("daemon.stopping", **({} if finished else {"abandoned": True}))
             self.notifier.stopping()
-            self.log.info("daemon.stopping")
-            engine.stopping = True
-            scheduler.shutdown(wait=True)
-            try:
-                engine.release_leases()
-            except StoreError as exc:  # they expire by themselves within one lease
-                self.log.warning("lease.release_failed", error=str(exc))
+        if not finished:
+            _exit_now(EX_OK)  # the worker still uses the store and the HTTP client: leave them be
         return EX_OK
 
-    def _main_loop(self) -> None:
-        fingerprint = _fingerprint(self.state_path)
-        pending: tuple[tuple[int, int, int], float] | None = None
+    def _release_leases(self, engine: Engine) -> None:
+        """Several instances: hand every account back at once (a pass still in flight past the
+        grace is fenced out of writing, and makes no call without its lease)."""
+        try:
+            engine.release_leases()
+        except StoreError as exc:  # they expire by themselves within one lease
+            self.log.warning("lease.release_failed", error=str(exc))
+
+    def _stop_worker(self, engine: Engine, scheduler: BackgroundScheduler) -> bool:
+        """Whether the job in flight finished within the grace."""
+        self._stop_requested()
+        engine.stopping = True
+        scheduler.shutdown(wait=False)
+        with self._worker:
+            return self._worker.wait_for(lambda: not self._busy, self.timing.grace)
+
+    def _main_loop(self, fingerprint: Fingerprint) -> None:
+        gate = ReloadGate.start(fingerprint, time.monotonic(), self.timing.settle)
         clock_offset = time.time() - time.monotonic()
         while not self._stop:
             self._heartbeat = time.monotonic()
@@ -233,24 +315,22 @@ class Service:
             if readable:
                 for signum in _drain(self._wake_r):
                     if signum in (signal.SIGTERM, signal.SIGINT, STOP):
-                        self._stop = True
+                        self._stop_requested()
                     elif signum == signal.SIGHUP:
-                        self._request_reload("signal")
-            current = _fingerprint(self.state_path)
-            if current == fingerprint:
-                pending = None
-            elif pending is None or pending[0] != current:
-                pending = (current, time.monotonic())
-            elif time.monotonic() - pending[1] >= self.timing.settle:
-                # Applied only once the file has stopped changing for a while: an editor or a
-                # script that writes in steps must not get a half-written file applied.
-                fingerprint, pending = current, None
-                self._request_reload("file")
+                        gate.signal()
+            if self._stop:
+                return
+            trigger = gate.observe(_fingerprint(self.state_path), time.monotonic())
+            if trigger is not None:
+                self._request_reload(trigger)
             offset = time.time() - time.monotonic()
             if abs(offset - clock_offset) > CLOCK_JUMP:
                 # The scheduler waits on wall-clock time: after a jump (NTP step, suspend) its
-                # next run may be hours off. Look again now.
+                # next run may be hours off, and the skew measured against Zoho is stale. Look
+                # again now, listing.
                 self.log.warning("clock.jumped", seconds=round(offset - clock_offset, 1))
+                assert self._engine is not None
+                self._engine.request_listing()
                 self._wake_tick()
             clock_offset = offset
 
@@ -261,12 +341,18 @@ class Service:
         assert self._scheduler is not None
         due = now + delay if delay is not None else self._engine.next_due()
         when = max(now, min(due, now + self.timing.max_sleep))
-        self._scheduler.add_job(self._tick, "date", run_date=when, id="tick", replace_existing=True)
+        with self._worker:
+            if not self._stop:
+                self._scheduler.add_job(
+                    self._tick, "date", run_date=when, id="tick", replace_existing=True
+                )
 
     def _wake_tick(self) -> None:
         assert self._scheduler is not None
-        with contextlib.suppress(JobLookupError):  # no job: a pass is running and re-arms after
-            self._scheduler.modify_job("tick", next_run_time=utcnow())
+        with self._worker, contextlib.suppress(JobLookupError):
+            # No job: a pass is running and re-arms after.
+            if not self._stop:
+                self._scheduler.modify_job("tick", next_run_time=utcnow())
 
     def _after_job(self, event: JobExecutionEvent) -> None:
         if event.job_id != "tick" or self._stop:
@@ -280,7 +366,27 @@ class Service:
                 now, min(FAILED_PASS_DELAY * 2 ** min(self._failed_passes, 8), self.timing.max_sleep)
             )
 
+    @contextlib.contextmanager
+    def _job(self) -> Iterator[bool]:
+        """Whether the job may run (not once a stop was requested); marks the worker busy."""
+        with self._worker:
+            self._busy = not self._stop
+        if not self._busy:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            with self._worker:
+                self._busy = False
+                self._worker.notify_all()
+
     def _tick(self) -> None:
+        with self._job() as allowed:
+            if allowed:
+                self._pass()
+
+    def _pass(self) -> None:
         engine = self._engine
         assert engine is not None
         self._pass_started = time.monotonic()
@@ -317,16 +423,23 @@ class Service:
     def _request_reload(self, trigger: str) -> None:
         """Reloads run on the pass worker, after the pass in flight: never two engine users."""
         assert self._scheduler is not None
-        self._scheduler.add_job(self._reload, args=[trigger], id="reload", replace_existing=True)
+        with self._worker:
+            if not self._stop:
+                self._scheduler.add_job(self._reload, args=[trigger], id="reload", replace_existing=True)
 
     def _reload(self, trigger: str) -> None:
+        with self._job() as allowed:
+            if allowed:
+                self._apply(trigger)
+
+    def _apply(self, trigger: str) -> None:
         engine = self._engine
         assert engine is not None
         self.notifier.reloading()
         try:
             state = self._load()
             if state is not None:
-                if state.database != engine.state.database and self.db is None:
+                if database_path(state, self.db) != database_path(engine.state, self.db):
                     self.log.warning(
                         "config.database_unchanged", note="a new database path needs a restart"
                     )
@@ -370,7 +483,15 @@ def _drain(fd: int) -> list[int]:
     return list(data)
 
 
-def _fingerprint(path: Path) -> tuple[int, int, int]:
+def _exit_now(code: int) -> None:
+    """Exit without joining the worker, which is stuck in a call (its logs are flushed first)."""
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(code)
+
+
+def _fingerprint(path: Path) -> Fingerprint:
     """Identity and content stamp of the state file; an atomic replace changes the inode."""
     try:
         st = path.stat()

@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
@@ -49,15 +50,22 @@ class TokenCache(Protocol):
     def save(self, token: AccessToken) -> None: ...
 
 
+@dataclass(frozen=True, slots=True)
+class Credentials:
+    """Where and as whom an account refreshes its tokens; the secrets stay out of the repr."""
+
+    accounts_url: str
+    client_id: str
+    client_secret: str = field(repr=False)
+    refresh_token: str = field(repr=False)
+
+
 class OAuth:
     """The refresh-token flow, single-flight: one refresh at a time, the result shared by all."""
 
     def __init__(
         self,
-        accounts_url: str,
-        client_id: str,
-        client_secret: str,
-        refresh_token: str,
+        credentials: Credentials,
         *,
         http: httpx.Client,
         clock: Callable[[], datetime] = _utc_now,
@@ -65,12 +73,12 @@ class OAuth:
         on_refresh: Callable[[AccessToken], None] | None = None,
         limits: Limits = DEFAULT_LIMITS,
     ) -> None:
-        self._url = check_base_url(accounts_url, "accounts_url") + "/oauth/v2/token"
+        self._url = check_base_url(credentials.accounts_url, "accounts_url") + "/oauth/v2/token"
         self._form = {
             "grant_type": "refresh_token",
-            "refresh_token": refresh_token,
-            "client_id": client_id,
-            "client_secret": client_secret,
+            "refresh_token": credentials.refresh_token,
+            "client_id": credentials.client_id,
+            "client_secret": credentials.client_secret,
         }
         self._http = http
         self._limits = limits
