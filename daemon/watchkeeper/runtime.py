@@ -24,7 +24,7 @@ from watchkeeper.store import Store
 from watchkeeper.store.database import Migrate
 from watchkeeper.store.target import Target
 from watchkeeper.zoho.auth import Credentials, OAuth, StaticToken, TokenCache
-from watchkeeper.zoho.client import DEFAULT_TIMEOUT, WatchClient
+from watchkeeper.zoho.client import DEFAULT_TIMEOUT, USER_AGENT, WatchClient
 
 
 def utcnow() -> datetime:
@@ -36,6 +36,7 @@ def make_client(
     http: httpx.Client,
     clock: Callable[[], datetime] = utcnow,
     cache: TokenCache | None = None,
+    instance: str | None = None,
 ) -> WatchClient:
     """The account's watch client; ``cache`` keeps its access token across restarts."""
     log = logs.get_logger()
@@ -60,7 +61,8 @@ def make_client(
             cache=cache,
             on_refresh=refreshed,
         )
-    return WatchClient(account.endpoint, auth, http=http, clock=clock)
+    agent = USER_AGENT if instance is None else f"{USER_AGENT} ({instance})"
+    return WatchClient(account.endpoint, auth, http=http, clock=clock, user_agent=agent)
 
 
 def instance_name(state: DesiredState) -> str:
@@ -111,7 +113,8 @@ def open_engine(
     with opened as store, httpx.Client(timeout=DEFAULT_TIMEOUT) as http:
 
         def connect(account: AccountSpec) -> WatchClient:
-            return make_client(account, http, clock, store.token_cache(account.name))
+            cache = store.token_cache(account.name)
+            return make_client(account, http, clock, cache, instance if store.shared else None)
 
         clients = {name: connect(account) for name, account in state.accounts.items()}
         engine = Engine(state, store, clients, clock=clock, rng=rng, connect=connect)

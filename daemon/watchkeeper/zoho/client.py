@@ -63,7 +63,7 @@ from watchkeeper.zoho.wire import (
     whole_request_code,
 )
 
-__all__ = ["DEFAULT_TIMEOUT", "MAX_ITEMS", "Limits", "WatchClient"]
+__all__ = ["DEFAULT_TIMEOUT", "MAX_ITEMS", "USER_AGENT", "Limits", "WatchClient"]
 
 MAX_CHANNEL_IDS_CHARS = 512
 """Longest ``channel_ids`` query value (the v8 OAS limit, UNCONFIRMED)."""
@@ -99,8 +99,12 @@ class WatchClient:
         http: httpx.Client | None = None,
         clock: Callable[[], datetime] = _utc_now,
         limits: Limits = DEFAULT_LIMITS,
+        user_agent: str = USER_AGENT,
     ) -> None:
+        """``user_agent``: several instances name themselves in it, so Zoho's (or the emulator's)
+        record of calls tells them apart."""
         self._path = endpoint.watch_path
+        self._agent = user_agent
         self._url = check_base_url(endpoint.api_domain, "api_domain") + self._path
         self._auth = auth
         self._owns_http = http is None
@@ -244,7 +248,7 @@ class WatchClient:
     def _send(
         self, method: str, token: str, params: dict[str, Any] | None, json_body: dict[str, Any] | None
     ) -> Answer:
-        headers = {"Authorization": f"Zoho-oauthtoken {token}", "User-Agent": USER_AGENT}
+        headers = {"Authorization": f"Zoho-oauthtoken {token}", "User-Agent": self._agent}
         request = Request(method, self._url, f"{method} {self._path}", headers, params, json_body)
         sent = self._clock()
         answer = exchange(self._http, request, self._limits)
