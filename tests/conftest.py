@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from watchkeeper.emulator import Emulator
 
+from tests.daemon_process import DaemonProcess
 from tests.helpers import SimClock
 from tests.pg_server import PgServer, binaries
 
@@ -77,3 +78,12 @@ def pg_url(pg_server: PgServer) -> Iterator[str]:
         yield pg_server.url(name)
     finally:
         pg_server.drop_database(name)
+
+
+@pytest.fixture
+def daemons() -> Iterator[list[DaemonProcess]]:
+    """Daemon processes a test started (``tests.daemon_process.start``), stopped when it ends."""
+    started: list[DaemonProcess] = []
+    yield started
+    for daemon in started:
+        daemon.stop()

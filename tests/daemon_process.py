@@ -158,3 +158,10 @@ def watchkeeper(state: Path, *args: str, check: bool = False) -> subprocess.Comp
         env={**os.environ, **secrets_env()},
         check=check,
     )
+
+
+def start(daemons: list[DaemonProcess], state: Path, **kwargs: Any) -> DaemonProcess:
+    """A daemon on ``state``, stopped by the ``daemons`` fixture when the test ends."""
+    daemon = DaemonProcess(state, **kwargs)
+    daemons.append(daemon)
+    return daemon

@@ -188,6 +188,10 @@ DAEMON_ERRORS = [
     ("delete-type", "max_delete_fraction = true", "max_delete_fraction", "must be a number"),
     ("allow-empty", 'allow_empty = "yes"', "allow_empty", "true or false"),
     ("database-type", "database = 1", "database", "non-empty string"),
+    ("concurrency-zero", "concurrency = 0", "concurrency", "between 1 and 64"),
+    ("concurrency-huge", "concurrency = 100000", "concurrency", "between 1 and 64"),
+    ("concurrency-type", "concurrency = 2.5", "concurrency", "whole number"),
+    ("concurrency-bool", "concurrency = true", "concurrency", "whole number"),
 ]
 
 Overrides = dict[str, str | None]
@@ -504,6 +508,12 @@ def test_daemon_section_fills_the_policy(tmp_path: Path) -> None:
     assert (policy.reconcile_every, policy.renew_window) == (timedelta(minutes=10), (0.5, 0.5))
     assert (policy.retry_initial, policy.retry_max) == (timedelta(minutes=15), timedelta(minutes=15))
     assert (policy.max_delete_fraction, policy.allow_empty) == (1.0, True)
+
+
+def test_concurrency_defaults_to_eight(tmp_path: Path) -> None:
+    assert load(write(tmp_path, account()), environ=ENV).concurrency == 8
+    state = load(write(tmp_path, "[daemon]\nconcurrency = 3\n" + account()), environ=ENV)
+    assert state.concurrency == 3
 
 
 def test_loopback_http_and_explicit_hosts_are_accepted(tmp_path: Path) -> None:

@@ -18,7 +18,7 @@ import pytest
 from watchkeeper.emulator import Emulator, Fault
 from watchkeeper.model import parse_instant
 
-from tests.daemon_process import DaemonProcess, watchkeeper
+from tests.daemon_process import DaemonProcess, start, watchkeeper
 from tests.statefiles import SECRETS, Chan, write_state
 
 pytestmark = pytest.mark.slow
@@ -31,20 +31,6 @@ FAST = 'reconcile_every = "10s"\nretry_initial = "1s"\nretry_max = "4s"'
 def live_emulator(request: pytest.FixtureRequest) -> Iterator[Emulator]:
     with Emulator(**getattr(request, "param", {})) as emu:
         yield emu
-
-
-@pytest.fixture
-def daemons() -> Iterator[list[DaemonProcess]]:
-    started: list[DaemonProcess] = []
-    yield started
-    for daemon in started:
-        daemon.stop()
-
-
-def start(daemons: list[DaemonProcess], state: Path, **kwargs: object) -> DaemonProcess:
-    daemon = DaemonProcess(state, **kwargs)  # type: ignore[arg-type]
-    daemons.append(daemon)
-    return daemon
 
 
 def assert_no_secrets(daemon: DaemonProcess, emu: Emulator, stderr: str = "") -> None:

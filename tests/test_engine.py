@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import random
+import threading
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from datetime import datetime, timedelta
@@ -14,6 +15,7 @@ import structlog.testing
 from watchkeeper import config
 from watchkeeper.emulator import Emulator, Fault
 from watchkeeper.engine import Engine
+from watchkeeper.model import ObservedChannel
 from watchkeeper.runtime import open_engine
 from watchkeeper.store import Store
 
@@ -21,6 +23,7 @@ from tests.helpers import SimClock
 from tests.statefiles import HOOK_TOKEN, Chan, env, org_of, write_state
 
 OpenEngine = Callable[..., AbstractContextManager[Engine]]
+Listed = dict[str, ObservedChannel]
 
 
 @pytest.fixture(autouse=True)
@@ -871,3 +874,42 @@ def test_an_interrupted_request_is_reported_once_then_cleared_by_a_listing(
             engine.run_due()
         starts.append([e["event"] for e in logged].count("engine.interrupted"))
     assert starts == [1, 0]
+
+
+def test_accounts_are_served_concurrently_each_in_order(
+    emulator: Emulator, tmp_path: Path, sim_clock: SimClock
+) -> None:
+    """Four accounts whose listings each take a while: with ``concurrency = 4`` they overlap; each
+    account's own calls still come one after another (GET, then POST)."""
+    names = ["main", "a1", "a2", "a3"]
+    for name in names[1:]:
+        emulator.add_org(org_of(name))
+    chans = [Chan(str(9900 + i), account=name) for i, name in enumerate(names)]
+    path = write_state(
+        tmp_path / "channels.toml", emulator.url, chans, accounts=names, daemon="concurrency = 4"
+    )
+    lock, active, most = threading.Lock(), [0], [0]
+    with open_engine(config.load(path), clock=sim_clock, rng=random.Random(7)) as engine:
+        for client in engine.clients.values():
+            real = client.list
+
+            def listing(
+                real: Callable[[], dict[str, ObservedChannel]] = real,
+            ) -> dict[str, ObservedChannel]:
+                with lock:
+                    active[0] += 1
+                    most[0] = max(most[0], active[0])
+                try:
+                    return real()
+                finally:
+                    with lock:
+                        active[0] -= 1
+
+            client.list = listing  # type: ignore[method-assign]
+        emulator.add_fault(Fault(status=None, latency=0.3, methods=frozenset({"GET"})))
+        report = engine.run_due()
+    assert report.counts["create"] == 4
+    assert most[0] > 1
+    for name in names:
+        calls = [c for c in emulator.calls if c.org == org_of(name) and c.method in ("GET", "POST")]
+        assert [c.method for c in calls] == ["GET", "POST"]

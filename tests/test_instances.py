@@ -46,14 +46,6 @@ def live_emulator() -> Iterator[Emulator]:
         yield emu
 
 
-@pytest.fixture
-def daemons() -> Iterator[list[DaemonProcess]]:
-    started: list[DaemonProcess] = []
-    yield started
-    for daemon in started:
-        daemon.stop()
-
-
 class Fleet:
     """Instances of one state file's accounts, each with its own state file naming it."""
 

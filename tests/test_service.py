@@ -24,7 +24,7 @@ from watchkeeper.engine import Engine
 from watchkeeper.notify import Notifier
 from watchkeeper.service import ReloadGate, Service, Timing
 
-from tests.daemon_process import DaemonProcess
+from tests.daemon_process import DaemonProcess, start
 from tests.statefiles import Chan, env, write_state
 
 
@@ -187,20 +187,6 @@ def test_sigterm_just_after_a_pass_exits_at_once(tmp_path: Path, live_emulator: 
         child.join()
     assert not hung, "the daemon deadlocked stopping while the worker re-armed"
     assert child.exitcode == 0
-
-
-@pytest.fixture
-def daemons() -> Iterator[list[DaemonProcess]]:
-    started: list[DaemonProcess] = []
-    yield started
-    for daemon in started:
-        daemon.stop()
-
-
-def start(daemons: list[DaemonProcess], state: Path) -> DaemonProcess:
-    daemon = DaemonProcess(state)
-    daemons.append(daemon)
-    return daemon
 
 
 def timed_stop(daemon: DaemonProcess, timeout: float) -> tuple[int, float]:

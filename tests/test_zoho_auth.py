@@ -291,6 +291,19 @@ def _answering(
     return httpx.Client(transport=httpx.MockTransport(answer))
 
 
+def granted_lifetime(payload: dict[str, object], sim_clock: SimClock) -> timedelta:
+    """The lifetime of the token a refresh answered with ``payload`` gets in the cache."""
+    cache = MemoryCache()
+    with _answering(payload) as http:
+        OAuth(
+            Credentials("https://accounts.zoho.com", "id", "s", "r"),
+            http=http,
+            clock=sim_clock,
+            cache=cache,
+        ).token()
+    return cache.saved[0].expires_at - sim_clock.now()
+
+
 @pytest.mark.parametrize(
     ("payload", "lifetime"),
     [
@@ -301,15 +314,7 @@ def _answering(
     ids=["seconds", "milliseconds", "expires_in_sec"],
 )
 def test_lifetime_forms(payload: dict[str, object], lifetime: timedelta, sim_clock: SimClock) -> None:
-    cache = MemoryCache()
-    with _answering(payload) as http:
-        OAuth(
-            Credentials("https://accounts.zoho.com", "id", "s", "r"),
-            http=http,
-            clock=sim_clock,
-            cache=cache,
-        ).token()
-    assert cache.saved[0].expires_at == sim_clock.now() + lifetime
+    assert granted_lifetime(payload, sim_clock) == lifetime
 
 
 def test_error_without_access_token_names_only_the_code(sim_clock: SimClock) -> None:
@@ -397,15 +402,7 @@ def test_an_unusable_expires_in_is_transient_and_named(expires_in: bytes, sim_cl
 def test_an_absurd_lifetime_is_cut_to_the_cap(
     payload: dict[str, object], lifetime: timedelta, sim_clock: SimClock
 ) -> None:
-    cache = MemoryCache()
-    with _answering(payload) as http:
-        OAuth(
-            Credentials("https://accounts.zoho.com", "id", "s", "r"),
-            http=http,
-            clock=sim_clock,
-            cache=cache,
-        ).token()
-    assert cache.saved[0].expires_at == sim_clock.now() + lifetime
+    assert granted_lifetime(payload, sim_clock) == lifetime
 
 
 @pytest.mark.parametrize("value", [-5, 0, "-1"])

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, TypeVar, cast, get_args
+from typing import Any, NamedTuple, TypeVar, cast, get_args
 from urllib.parse import urlsplit
 
 from watchkeeper import secrets
@@ -56,7 +56,11 @@ DAEMON_KEYS = (
     "retry_max",
     "max_delete_fraction",
     "allow_empty",
+    "metrics",
+    "concurrency",
 )
+DEFAULT_CONCURRENCY = 8
+MAX_CONCURRENCY = 64
 REFRESH_KEYS = ("client_id", "client_secret", "refresh_token")
 CREDENTIAL_KEYS = (*REFRESH_KEYS, "access_token")
 ACCOUNT_KEYS = ("product", "api_version", "region", "api_domain", "accounts_url", *CREDENTIAL_KEYS)
@@ -99,6 +103,14 @@ class AccountSpec:
     access_token: str | None = field(default=None, repr=False)
 
 
+class Address(NamedTuple):
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
 @dataclass(frozen=True, slots=True)
 class DesiredState:
     """What the state file asks for, validated, with every secret resolved."""
@@ -110,6 +122,10 @@ class DesiredState:
     accounts: Mapping[str, AccountSpec]
     channels: tuple[ChannelSpec, ...] = field(repr=False)
     """Not in the repr: a ChannelSpec shows its token and notify_url."""
+    metrics: Address | None = None
+    """``[daemon].metrics``: where /metrics, /livez and /readyz listen; None, nowhere."""
+    concurrency: int = DEFAULT_CONCURRENCY
+    """``[daemon].concurrency``: how many accounts are served at once (each in order)."""
     instance: str | None = None
     """``[daemon].instance``: this instance's name among those sharing a database."""
     lease: timedelta = DEFAULT_LEASE
@@ -312,6 +328,30 @@ def _fraction(value: object) -> float:
     return number
 
 
+def _concurrency(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"must be a whole number, not {_type_name(value)}")
+    if not 1 <= value <= MAX_CONCURRENCY:
+        raise ValueError(f"{value} is not between 1 and {MAX_CONCURRENCY}")
+    return value
+
+
+def _address(value: object) -> Address:
+    wanted = 'a "host:port" string like "127.0.0.1:9464" or "[::1]:9464", port 1 to 65535'
+    if not isinstance(value, str):
+        raise ValueError(f"must be {wanted}, not {_type_name(value)}")
+    host, sep, port = value.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        host = ""  # an IPv6 address must be bracketed, or its last group reads as the port
+    if not (sep and host and port.isascii() and port.isdigit() and 1 <= int(port) <= 65535):
+        raise ValueError(f"{value!r} is not {wanted}")
+    if any(char.isspace() or char in "[]/" for char in host):
+        raise ValueError(f"{value!r} is not {wanted}")
+    return Address(host, int(port))
+
+
 def _channel_id(value: object) -> str:
     if isinstance(value, bool) or not isinstance(value, int | str):
         raise ValueError(f"must be digits (a string or an integer), not {_type_name(value)}")
@@ -458,13 +498,18 @@ def _build(
     where = scope.at("daemon")
     default: Target = base / DEFAULT_DATABASE
     db = where.get(daemon, "database", lambda v: target.parse(resolve(_text(v)), base), default)
+    metrics = where.get(daemon, "metrics", _address, None)
+    concurrency = where.get(daemon, "concurrency", _concurrency, DEFAULT_CONCURRENCY)
     instance = where.get(daemon, "instance", _instance_name, None)
     lease = where.get(daemon, "lease", _lease, DEFAULT_LEASE)
     accounts, versions = _accounts(scope, document.get("accounts", {}), resolve)
     channels = _channels(scope, document.get("channels", []), versions, resolve)
     if scope.found:
         return scope.found, None
-    state = DesiredState(path, db, policy, MappingProxyType(accounts), channels, instance, lease)
+    state = DesiredState(
+        path, db, policy, MappingProxyType(accounts), channels,
+        metrics=metrics, concurrency=concurrency, instance=instance, lease=lease,
+    )  # fmt: skip
     return [], state
 
 

@@ -6,18 +6,21 @@ commit -> plan -> then for each request: send -> interpret -> commit. The decisi
 logs. Each commit is one transaction, made before the next call goes out, so a crash at any point
 leaves a state the next pass repairs.
 
-Several instances on PostgreSQL (a ``Cluster``): a lease cycle runs every ``lease``/3, between
-accounts, and the engine serves only the units whose lease it holds. Every commit of an account is
-fenced by its lease's epoch (LeaseLost: ``lease.lost``, the unit is no longer served), and no call
-to Zoho starts within the lease's margin of its end. A database that cannot be reached ends the
-pass (``store.unavailable``): nothing more could be recorded, so nothing more is sent.
+Several instances on PostgreSQL (a ``Cluster``): a lease cycle runs every ``lease``/3, at the start
+of a pass and while its accounts are served, and the engine serves only the units whose lease it
+holds. Every commit of an account is fenced by its lease's epoch (LeaseLost: ``lease.lost``, the
+unit is no longer served), and no call to Zoho starts within the lease's margin of its end. A
+database that cannot be reached ends the pass (``store.unavailable``): nothing more could be
+recorded, so nothing more is sent.
 """
 
 from __future__ import annotations
 
 import random
+import threading
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -58,6 +61,14 @@ class PassReport:
     def ok(self) -> bool:
         return not self.failed and not self.refused and not self.list_failed
 
+    def merge(self, part: PassReport) -> None:
+        """Add one account's share of the pass."""
+        self.listed |= part.listed
+        self.counts.update(part.counts)
+        self.failed += part.failed
+        self.foreign += part.foreign
+        self.list_failed += part.list_failed
+
 
 class Engine:
     def __init__(
@@ -75,6 +86,8 @@ class Engine:
         """Set by the wiring when several instances share the database: accounts are then served
         under their leases."""
         self._cycled_at: datetime | None = None
+        self._cycling = threading.Lock()
+        """One lease cycle at a time, whichever account's worker finds it due."""
         self._release: tuple[str, ...] = ()
         self._diverged: tuple[str, ...] = ()
         self._store_down = False
@@ -85,6 +98,8 @@ class Engine:
         """Builds the client of an account that a reload adds or changes."""
         self.stopping = False
         """Set from another thread on SIGTERM: the pass makes no further call."""
+        self.on_commit: Callable[[Transition, Sequence[Action]], None] | None = None
+        """Told of every recorded change and the requests it answers (the metrics counters)."""
         self.state = state
         self.memory = Memory.build(store.registry(), clients, clock())
         self.memory.adopt(state)
@@ -142,15 +157,8 @@ class Engine:
         is new or changed gets a new client; one that is gone keeps its client, so that its
         channels can still be deleted."""
         now = self.clock()
-        units = self.memory.units
-        for name, account in state.accounts.items():
-            if self._connect is None or self.state.accounts.get(name) == account:
-                continue
-            client = self._connect(account)
-            if name in units:
-                units[name].client = client
-            else:
-                units[name] = Unit(name, client, {}, now)
+        if self._connect is not None:
+            self.memory.connect(self.state, state, self._connect, now)
         self.state = state
         self.memory.adopt(state)
         if self.cluster is not None:
@@ -229,24 +237,14 @@ class Engine:
                 message=refusal.message,
             )
         report.refused.extend(refused)
-        for unit in units:
-            self._lease_cycle(self.clock())  # a long pass still renews its leases on time
-            if not self._serves(unit):
-                continue
-            lists = unit.next_listing <= now if listing is None else listing
-            report.listed |= lists
-            unit.touch()
-            try:
-                self._serve(unit, now, lists, report)
-            except LeaseLost as exc:
-                self._lost(unit, exc.epoch, "fenced")
-            except StoreUnavailable:
-                raise
-            except Exception as exc:  # one account's failure, of any kind, never stops the others
-                self.log.exception("engine.account_failed", account=unit.name, error=repr(exc))
-                report.failed += 1
-                unit.failed_listing(now, tuning, self.rng)
-                unit.paused_until = unit.next_listing
+        workers = min(self.state.concurrency, len(units))
+        if workers == 1:
+            parts = [self._serve_unit(unit, now, listing) for unit in units]
+        else:
+            with ThreadPoolExecutor(workers, thread_name_prefix="account") as pool:
+                parts = list(pool.map(lambda unit: self._serve_unit(unit, now, listing), units))
+        for part in parts:
+            report.merge(part)
         self._hand_back()
         report.active = sum(
             e.state == "active" and c in u.desired
@@ -269,6 +267,29 @@ class Engine:
             failed=report.failed,
             foreign=report.foreign,
         )
+
+    def _serve_unit(self, unit: Unit, now: datetime, listing: bool | None) -> PassReport:
+        """One account's share of the pass, on its own report: accounts run concurrently (each
+        account's calls in order), and a failure of any kind stays with its account."""
+        report = PassReport()
+        self._lease_cycle(self.clock())  # a long pass still renews its leases on time
+        if not self._serves(unit):
+            return report
+        lists = unit.next_listing <= now if listing is None else listing
+        report.listed = lists
+        unit.touch()
+        try:
+            self._serve(unit, now, lists, report)
+        except LeaseLost as exc:
+            self._lost(unit, exc.epoch, "fenced")
+        except StoreUnavailable:
+            raise
+        except Exception as exc:
+            self.log.exception("engine.account_failed", account=unit.name, error=repr(exc))
+            report.failed += 1
+            unit.failed_listing(now, self.state.policy, self.rng)
+            unit.paused_until = unit.next_listing
+        return report
 
     def _serve(self, unit: Unit, now: datetime, lists: bool, report: PassReport) -> None:
         """observe -> ledger -> commit -> plan -> (send -> interpret -> commit) per request."""
@@ -342,7 +363,7 @@ class Engine:
             last_seen = {cid: self.store.last_seen(unit.name, cid) for cid in gone}
             at = self._at(unit, now, last_seen)
             change = outcome.written(at, request, answer, client.server_now())
-        self._commit(unit, change, report, done=ids)
+        self._commit(unit, change, report, done=ids, actions=actions)
         return change.recreate
 
     def _commit(
@@ -353,9 +374,10 @@ class Engine:
         *,
         begin: Intent | None = None,
         done: list[str] | None = None,
+        actions: Sequence[Action] = (),
     ) -> None:
-        """Record in one transaction (fenced by the unit's lease), then let the memory and the logs
-        follow."""
+        """Record in one transaction (fenced by the unit's lease), then let the memory, the logs and
+        the metrics follow."""
         record(self.store, change, begin=begin, done=done or (), fence=self._fence(unit))
         unit.entries.update(change.entries)
         for channel_id in change.removed:
@@ -369,6 +391,8 @@ class Engine:
         report.failed += change.failed
         for event in change.events:
             getattr(self.log, event.level)(event.event, **event.fields)
+        if self.on_commit is not None:
+            self.on_commit(change, actions)
 
     def _report_foreign(self, unit: Unit, listing: Listing, report: PassReport) -> None:
         foreign = [
@@ -427,7 +451,15 @@ class Engine:
         cluster = self.cluster
         if cluster is None or not leases.cycle_due(self._cycled_at, now, cluster.timing):
             return
-        self._cycled_at = now
+        if not self._cycling.acquire(blocking=False):
+            return  # another account's worker is running it
+        try:
+            self._cycled_at = now
+            self._cycle(cluster)
+        finally:
+            self._cycling.release()
+
+    def _cycle(self, cluster: Cluster) -> None:
         units = self.memory.units
         held = {name: u.lease for name, u in units.items() if u.lease is not None}
         cycle = cluster.cycle(sorted(u.name for u in self.memory.active(self.state)), held)
@@ -471,6 +503,8 @@ class Engine:
 
     def _lost(self, unit: Unit, epoch: int, reason: str) -> None:
         assert self.cluster is not None
+        if unit.lease is None:
+            return  # already known lost (a cycle found it while this unit was being served)
         unit.lease = None
         unit.touch()
         self.log.error(

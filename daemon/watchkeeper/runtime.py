@@ -12,6 +12,7 @@ import socket
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 import httpx
 
@@ -26,6 +27,9 @@ from watchkeeper.store.target import Target
 from watchkeeper.zoho.auth import Credentials, OAuth, StaticToken, TokenCache
 from watchkeeper.zoho.client import DEFAULT_TIMEOUT, USER_AGENT, WatchClient
 
+if TYPE_CHECKING:
+    from watchkeeper.metrics import Meter
+
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
@@ -38,7 +42,8 @@ def make_client(
     cache: TokenCache | None = None,
     instance: str | None = None,
 ) -> WatchClient:
-    """The account's watch client; ``cache`` keeps its access token across restarts."""
+    """The account's watch client; ``cache`` keeps its access token across restarts (and, on a
+    shared database, between instances); ``instance`` goes into its User-Agent."""
     log = logs.get_logger()
 
     def refreshed(token: AccessToken) -> None:
@@ -103,21 +108,27 @@ def open_engine(
     *,
     clock: Callable[[], datetime] = utcnow,
     rng: random.Random | None = None,
-    migrate: Migrate = "never",
+    meter: Meter | None = None,
     instance: str | None = None,
 ) -> Iterator[Engine]:
-    """An engine over the state's database (or ``db``), closed with everything it opened. On a
-    shared database (PostgreSQL) ``instance`` names this instance among the others, and the engine
-    serves the accounts under leases; ``migrate`` as for ``open_store``."""
-    opened = open_store(state, db, migrate=migrate, instance=instance)
-    with opened as store, httpx.Client(timeout=DEFAULT_TIMEOUT) as http:
+    """An engine over the state's database (or ``db``), closed with everything it opened;
+    ``meter`` counts its writes and each account's requests. On a shared database (PostgreSQL)
+    ``instance`` names this instance among the others: the engine serves the accounts under
+    leases, and opening upgrades the schema only while no other instance is live."""
+    transport = httpx.HTTPTransport()
+    with (
+        open_store(state, db, migrate="alone" if instance else "never", instance=instance) as store,
+        httpx.Client(timeout=DEFAULT_TIMEOUT, transport=transport) as http,
+    ):
 
         def connect(account: AccountSpec) -> WatchClient:
+            client = http if meter is None else meter.http(transport, account.name)
             cache = store.token_cache(account.name)
-            return make_client(account, http, clock, cache, instance if store.shared else None)
+            return make_client(account, client, clock, cache, instance if store.shared else None)
 
         clients = {name: connect(account) for name, account in state.accounts.items()}
         engine = Engine(state, store, clients, clock=clock, rng=rng, connect=connect)
+        engine.on_commit = meter.committed if meter is not None else None
         if store.shared and instance is not None:
             engine.cluster = Cluster(store, instance, leases.digest(state), state.lease, clock)
         yield engine

@@ -48,10 +48,12 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from watchkeeper import logs
 from watchkeeper.config import ConfigError, DesiredState, load
 from watchkeeper.engine import Engine
+from watchkeeper.health import Health, ListenError
+from watchkeeper.health import serve as serve_metrics
 from watchkeeper.lock import InstanceLock, LockHeld
 from watchkeeper.notify import Notifier
 from watchkeeper.report import human_delta
-from watchkeeper.runtime import database_path, instance_name, open_engine
+from watchkeeper.runtime import database_path, instance_name, open_engine, open_store
 from watchkeeper.store.errors import StoreError
 from watchkeeper.store.target import PostgresTarget, Target
 
@@ -160,6 +162,7 @@ class Service:
         self._pass_started: float | None = None
         self._pass_ended = time.monotonic()
         self._failed_passes = 0
+        self.health = Health(alive=self.alive, state=None)
         self._wake_r, self._wake_w = os.pipe()
         for fd in (self._wake_r, self._wake_w):
             os.set_blocking(fd, False)
@@ -180,18 +183,23 @@ class Service:
         if state is None:
             return EX_CONFIG
         db = database_path(state, self.db)
-        lock = None
-        if not isinstance(db, PostgresTarget):  # SQLite: one instance, by the lock file
+        lock, instance = None, None
+        if isinstance(db, PostgresTarget):  # several instances: leases divide the accounts
+            instance = instance_name(state)
+            if not self._await_database(state, db, instance):
+                return EX_OK
+        else:  # SQLite: one instance, by the lock file
             try:
                 lock = InstanceLock(db).acquire()
             except LockHeld as exc:
                 self.log.error("daemon.locked", error=str(exc))
                 return EX_FAILURE
+        self.health.state = state
         try:
-            with contextlib.ExitStack() as stack:
-                engine = self._connect(stack, state, db)
-                if engine is None:
-                    return EX_OK
+            with (
+                serve_metrics(state, db, self.health) as meter,
+                open_engine(state, db, meter=meter, instance=instance) as engine,
+            ):
                 self._engine = engine
                 self.log.info(
                     "config.loaded",
@@ -203,23 +211,24 @@ class Service:
         except StoreError as exc:  # corrupt, newer or read-only: the message names file and cure
             self.log.error("store.unusable", error=str(exc))
             return EX_FAILURE
+        except ListenError as exc:
+            self.log.error("metrics.listen_failed", address=str(state.metrics), error=str(exc))
+            return EX_CONFIG
         finally:
             if lock is not None:
                 lock.release()
 
-    def _connect(self, stack: contextlib.ExitStack, state: DesiredState, db: Target) -> Engine | None:
-        """The engine; on PostgreSQL, retried with backoff while the database cannot be used (not
-        reached, or refusing us): exiting would have systemd restart the daemon into the same wall.
-        Meanwhile systemd is told READY=1 with a STATUS= saying what is awaited (the daemon is up,
-        and acts as soon as it can; a start that blocked would be killed by TimeoutStartSec), and
-        the watchdog is fed. None: a stop was asked for while waiting."""
-        if not isinstance(db, PostgresTarget):
-            return stack.enter_context(open_engine(state, db))
-        instance = instance_name(state)
+    def _await_database(self, state: DesiredState, db: PostgresTarget, instance: str) -> bool:
+        """Open the database once (upgrading its schema if no other instance is live), retrying
+        with backoff while it cannot be used (not reached, or refusing us): exiting would have
+        systemd restart the daemon into the same wall. Meanwhile systemd gets READY=1 and a STATUS=
+        saying what is awaited (the daemon is up and acts as soon as it can; a start that blocked
+        would be killed by TimeoutStartSec), and the watchdog is fed. False: stopped meanwhile."""
         attempt = 0
         while not self._stop:
             try:
-                return stack.enter_context(open_engine(state, db, migrate="alone", instance=instance))
+                with open_store(state, db, migrate="alone", instance=instance):
+                    return True
             except StoreError as exc:
                 attempt += 1
                 delay = min(2.0 ** min(attempt - 1, 16), DATABASE_RETRY_MAX)
@@ -228,7 +237,7 @@ class Service:
                     self.notifier.ready()
                 self.notifier.status(f"waiting for the database {db} (attempt {attempt})")
                 self._sleep(delay)
-        return None
+        return False
 
     def _sleep(self, seconds: float) -> None:
         """Wait, feeding the watchdog; SIGTERM (its default action) still ends the process."""
@@ -397,6 +406,7 @@ class Service:
             self.notifier.ready()
         try:
             engine.run_due(utcnow())
+            self.health.last_pass = time.time()
             self._failed_passes = 0
         except Exception:
             # A bug must not end the keeping of every other channel: log it and try again.
@@ -408,15 +418,23 @@ class Service:
         self.notifier.status(summary(engine, utcnow()))
 
     def _feed_watchdog(self) -> None:
+        if self.alive():
+            self.notifier.watchdog()
+
+    def alive(self) -> bool:
+        """The watchdog's rule, and /livez's: the main loop ticks and the passes come. Safe from
+        any thread."""
         now = time.monotonic()
         if now - self._heartbeat > max(10.0, 4 * self.timing.poll):
-            return  # the main loop is stuck
+            return False  # the main loop is stuck
         started = self._pass_started
         if started is not None and now - started > self.timing.stuck_after:
-            return  # a pass is hung
-        if started is None and now - self._pass_ended > 2 * self.timing.max_sleep.total_seconds() + 30:
-            return  # no pass for far longer than the loop ever sleeps: the schedule is lost
-        self.notifier.watchdog()
+            return False  # a pass is hung
+        # No pass for far longer than the loop ever sleeps: the schedule is lost.
+        return (
+            started is not None
+            or now - self._pass_ended <= 2 * self.timing.max_sleep.total_seconds() + 30
+        )
 
     # -- reload --------------------------------------------------------------------------------
 
@@ -437,6 +455,7 @@ class Service:
         assert engine is not None
         self.notifier.reloading()
         try:
+            self.health.reload_ok = False
             state = self._load()
             if state is not None:
                 if database_path(state, self.db) != database_path(engine.state, self.db):
@@ -444,6 +463,7 @@ class Service:
                         "config.database_unchanged", note="a new database path needs a restart"
                     )
                 engine.reload(state)
+                self.health.state, self.health.reload_ok = state, True
                 self.log.info(
                     "config.loaded",
                     path=str(self.state_path),

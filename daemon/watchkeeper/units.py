@@ -9,12 +9,12 @@ in all.
 from __future__ import annotations
 
 import random
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from watchkeeper import outcome, planner, policy
-from watchkeeper.config import DesiredState
+from watchkeeper.config import AccountSpec, DesiredState
 from watchkeeper.leases import Held
 from watchkeeper.model import ChannelSpec, RegistryEntry
 from watchkeeper.outcome import Situation
@@ -124,6 +124,24 @@ class Memory:
             if account in units:
                 units[account].entries[channel_id] = entry
         return cls(units)
+
+    def connect(
+        self,
+        old: DesiredState,
+        new: DesiredState,
+        connect: Callable[[AccountSpec], WatchClient],
+        now: datetime,
+    ) -> None:
+        """A new client for every account that is new or changed (region, version, credentials);
+        an account that is gone keeps its client, so that its channels can still be deleted."""
+        for name, account in new.accounts.items():
+            if old.accounts.get(name) == account:
+                continue
+            client = connect(account)
+            if name in self.units:
+                self.units[name].client = client
+            else:
+                self.units[name] = Unit(name, client, {}, now)
 
     def adopt(self, state: DesiredState) -> None:
         """Index the desired channels by account, once per load rather than once per pass."""

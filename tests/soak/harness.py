@@ -298,7 +298,11 @@ def simulation(params: Params, state_file: Path) -> Iterator[Simulation]:
             emu.add_org(org_of(account))
     with emu:
         schedule.install(emu, profile)
-        daemon = f'reconcile_every = "{params.reconcile_every}"' if params.reconcile_every else ""
+        # One account at a time: the accounts then draw from the seeded rng in a fixed order, and
+        # a run repeats exactly with its seed.
+        daemon = "concurrency = 1\n"
+        if params.reconcile_every:
+            daemon += f'reconcile_every = "{params.reconcile_every}"\n'
         write_state(state_file, emu.url, chans, daemon=daemon, accounts=params.account_names)
         state = config.load(state_file, environ=env())
         yield Simulation(params, clock, start, keys, schedule, emu, state, Tracker(emu))

@@ -12,6 +12,7 @@ of that transaction makes instances that start together migrate one after the ot
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -84,12 +85,22 @@ def plan(found: Found, known: frozenset[str], head: str, where: str) -> Steps:
 
 def steps(conn: Connection, where: str) -> Steps:
     """What the database behind ``conn`` needs; raises what ``plan`` raises."""
-    script = ScriptDirectory.from_config(_config(conn))
+    head, known = _revisions()
+    return plan(_found(conn), known, head, where)
+
+
+@functools.cache
+def _revisions() -> tuple[str, frozenset[str]]:
+    """The head and every known revision, read from the scripts once per process: they ship with
+    the code and do not change under it (and a read-only open then reads nothing but the
+    database)."""
+    config = Config()
+    config.set_main_option("script_location", str(SCRIPTS))
+    script = ScriptDirectory.from_config(config)
     head = script.get_current_head()
     if head is None:
         raise StoreError(f"no migration scripts in {SCRIPTS}: the installation is incomplete")
-    known = frozenset(rev.revision for rev in script.walk_revisions())
-    return plan(_found(conn), known, head, where)
+    return head, frozenset(rev.revision for rev in script.walk_revisions())
 
 
 def upgrade(conn: Connection, where: str) -> Steps:
@@ -139,10 +150,7 @@ def others_live(conn: Connection, instance: str | None) -> bool:
 
 def head() -> str:
     """The newest revision the scripts know."""
-    found = ScriptDirectory.from_config(_config(None)).get_current_head()
-    if found is None:
-        raise StoreError(f"no migration scripts in {SCRIPTS}: the installation is incomplete")
-    return found
+    return _revisions()[0]
 
 
 def _db_clock(conn: Connection) -> datetime:
