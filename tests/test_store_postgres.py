@@ -218,3 +218,27 @@ def test_the_board_reads_the_databases_clock_and_heartbeats(store: Store) -> Non
     assert all(i.expires_at > board.now for i in board.instances)
     store.leave("b")
     assert [i.instance for i in store.lease_cycle("a", "digest-a", 30)[1].instances] == ["a"]
+
+
+# --- watchkeeper migrate --------------------------------------------------------------------------
+
+
+def test_the_migrate_command_brings_either_backend_to_the_head(
+    target: Target, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from watchkeeper import cli
+
+    from tests.statefiles import Chan, env, write_state
+
+    state = write_state(tmp_path / "channels.toml", "http://127.0.0.1:9", [Chan("1001")])
+    for name, value in env().items():
+        monkeypatch.setenv(name, value)
+    url = target.url if isinstance(target, PostgresTarget) else str(target)
+    monkeypatch.setenv("WK_TEST_DB", url)
+    monkeypatch.setenv("WATCHKEEPER_DB", "env:WK_TEST_DB")  # a secret reference, like the key
+    assert cli.main(["--state", str(state), "migrate"]) == 0
+    out, err = capsys.readouterr()
+    assert f"schema at revision {HEAD}" in out
+    assert PASSWORD not in out + err
+    with Store(target, migrate="never") as store:  # at the head: the one-shot commands open it
+        assert store.registry() == {}

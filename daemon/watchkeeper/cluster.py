@@ -21,6 +21,9 @@ class Taken:
     held: Held
     previous: str | None
     """Who held it before (None: nobody, or released): a failover names the instance that died."""
+    reason: str
+    """``free`` (released or never leased), ``expired`` (its holder went silent; this instance
+    too, after a pause), ``restarted`` (this instance's name held it in a previous run)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,14 +63,17 @@ class Cluster:
         # Ours in the database but not known here: a previous run under the same instance name
         # (killed and restarted); it is gone, so its leases are simply this run's.
         taken = [
-            Taken(a, Held(s.epoch, until), self.instance) for a, s in renewed.items() if a not in held
+            Taken(a, Held(s.epoch, until), self.instance, "restarted")
+            for a, s in renewed.items()
+            if a not in held
         ]
         for account in moves.take:
             before: LeaseState | None = board.leases.get(account)
             got = self.store.take_lease(account, self.instance, self.ttl)
             if got is not None:
                 previous = None if before is None else before.holder
-                taken.append(Taken(account, Held(got.epoch, until), previous))
+                reason = "free" if previous is None else "expired"
+                taken.append(Taken(account, Held(got.epoch, until), previous, reason))
         lost = [(a, held[a].epoch) for a in leases.lost(held, renewed)]
         return Cycle(
             renewed={a: Held(s.epoch, until) for a, s in renewed.items() if a in held},

@@ -489,16 +489,13 @@ class Engine:
         unit.next_listing = min(unit.next_listing, self.clock())
         unit.paused_until = None
         unit.touch()
-        previous = taken.previous
-        mine = previous == self.cluster.instance
-        reason = "free" if previous is None else "restarted" if mine else "expired"
         self.log.info(
             "lease.acquired",
             account=unit.name,
             instance=self.cluster.instance,
             epoch=taken.held.epoch,
-            reason=reason,
-            previous=previous,
+            reason=taken.reason,
+            previous=taken.previous,
         )
 
     def _lost(self, unit: Unit, epoch: int, reason: str) -> None:
