@@ -95,11 +95,14 @@ def test_a_commit_that_finds_the_lease_taken_writes_nothing_and_stops_serving(
         before = engine.store.registry()
         with psycopg.connect(pg_url, autocommit=True) as conn:  # instance B took it meanwhile
             conn.execute("UPDATE leases SET holder = 'B', epoch = epoch + 1 WHERE account = 'main'")
-        sim_clock.advance(timedelta(minutes=50))
+        sim_clock.advance(timedelta(minutes=50))  # the renewal is due
         hold_off_cycles(engine)
+        unit = engine.memory.units["main"]
+        assert unit.lease is not None
+        unit.lease = Held(unit.lease.epoch, sim_clock() + timedelta(minutes=5))  # A believes it
         emulator.clear_calls()
         engine.run_due()
-        assert writes(emulator) == []
+        assert writes(emulator) == []  # its first commit was refused: the PATCH was never sent
         assert engine.store.registry() == before
         assert engine.held() == 0
         engine.run_due()

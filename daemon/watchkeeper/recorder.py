@@ -31,8 +31,11 @@ def record(
     fence: tuple[str, int] | None = None,
 ) -> None:
     """``fence`` (account, epoch): the account's lease is checked in the same transaction, and a
-    lost one (LeaseLost) writes nothing."""
+    lost one (LeaseLost) writes nothing. A change that writes nothing opens no transaction (most
+    passes of an account change nothing; on PostgreSQL each transaction is round trips)."""
     account = change.account
+    if not (_writes(change) or begin is not None or done):
+        return
     with store.transaction(fence=fence):
         _gaps(store, change)
         _registry(store, change)
@@ -44,6 +47,13 @@ def record(
             store.begin(account, begin.channel_ids, begin.method, begin.at)
         if done:
             store.done(account, done)
+
+
+def _writes(change: Transition) -> bool:
+    seen = bool(change.seen) and change.seen_at is not None
+    return bool(change.entries or change.removed or change.opened or change.closed or seen) or (
+        change.listed
+    )
 
 
 def _gaps(store: Store, change: Transition) -> None:
