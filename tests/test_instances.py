@@ -257,3 +257,20 @@ def test_a_database_unreachable_at_start_is_retried_not_crash_looped(
         assert_no_password(a)
     finally:
         server.destroy()
+
+
+def test_apply_on_a_shared_database_acts_alone_or_leaves_it_to_the_daemons(fleet: Fleet) -> None:
+    state = fleet.state("A")
+    applied = fleet.command(state, "apply", "--json")
+    assert applied.returncode == 0, applied.stderr
+    assert json.loads(applied.stdout)["created"] == 4
+    assert {agent_instance(c) for c in fleet.emu.calls if c.method == "POST"} == {"apply:A"}
+    rows = json.loads(fleet.command(state, "status", "--json").stdout)["accounts"]
+    assert {r["holder"] for r in rows} == {None}  # released when it was done
+
+    a = fleet.start("A")
+    wait_holding(a, 4)
+    refused = fleet.command(state, "apply")
+    assert refused.returncode == 1
+    assert "A run on postgresql://watchkeeper@127.0.0.1" in refused.stderr
+    assert PASSWORD not in refused.stderr

@@ -162,10 +162,12 @@ def cmd_apply(args: argparse.Namespace) -> int:
 
 def _apply_shared(args: argparse.Namespace, session: Session) -> int:
     """``apply`` on a shared database: only while no daemon runs on it (they apply the state file
-    themselves), and as an instance of its own, under the leases like any other."""
-    from watchkeeper.runtime import instance_name, open_engine
+    themselves), and as an instance of its own, under the leases like any other (alone, it may
+    create or upgrade the schema, as ``run`` does)."""
+    from watchkeeper.runtime import instance_name, open_engine, open_store
 
-    with session.store() as store:
+    instance = f"apply:{instance_name(session.state)}"
+    with open_store(session.state, session.db, migrate="alone", instance=instance) as store:
         live = store.live_instances()
     if live:
         print(
@@ -174,7 +176,6 @@ def _apply_shared(args: argparse.Namespace, session: Session) -> int:
             file=sys.stderr,
         )
         return EX_ERROR
-    instance = f"apply:{instance_name(session.state)}"
     with open_engine(session.state, session.db, instance=instance) as engine:
         try:
             confirmed = engine.undesired() if args.allow_mass_delete else frozenset()
