@@ -145,3 +145,19 @@ def test_lost_are_the_held_leases_not_renewed_at_their_epoch() -> None:
     held = {"x": Held(3, LATER), "y": Held(1, LATER), "z": Held(2, LATER)}
     renewed = {"x": LeaseState("x", "a", 3, LATER), "y": LeaseState("y", "a", 2, LATER)}
     assert leases.lost(held, renewed) == ["y", "z"]
+
+
+def test_status_names_a_holder_only_while_its_lease_is_live() -> None:
+    from watchkeeper import report
+
+    rows = report.accounts_rows(
+        ["a", "b", "c"],
+        [LeaseState("a", "host-a", 3, LATER), LeaseState("b", None, 2, NOW),
+         LeaseState("c", "host-b", 1, EARLIER)],
+        NOW,
+    )  # fmt: skip
+    assert [(r["account"], r["holder"]) for r in rows] == [("a", "host-a"), ("b", None), ("c", None)]
+    assert rows[0]["lease_expires_at"] == "2030-01-01T12:00:30Z"
+    text = report.status_text([], [], NOW, rows)
+    assert "host-a" in text
+    assert "host-b" not in text
