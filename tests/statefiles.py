@@ -29,6 +29,7 @@ class Chan:
     notify_url: str = f"https://hooks.example.com/zoho?key={URL_SECRET}"
     account: str | None = None
     """Needed only when the state file has several accounts (see ``write_state(accounts=...)``)."""
+    backfill: bool = False
 
     def toml(self) -> str:
         lines = ["[[channels]]"]
@@ -44,6 +45,8 @@ class Chan:
             lines.append(f'name = "{self.name}"')
         if self.token:
             lines.append('token = "env:WK_TEST_HOOK_TOKEN"')
+        if self.backfill:
+            lines.append("backfill = true")
         return "\n".join(lines)
 
 
@@ -53,17 +56,14 @@ def write_state(
     channels: Iterable[Chan],
     *,
     api_version: str = "v8",
-    daemon: str = "",
+    daemon: str | None = "",
     accounts: Sequence[str] = ("main",),
 ) -> Path:
     """A state file with one account ``main`` on the emulator at ``url`` (or the named ``accounts``:
     ``main`` logs in as the emulator's default org, any other as the org of the same name, which
-    the test adds with ``emu.add_org(name)``)."""
-    text = f"""
-[daemon]
-database = "watchkeeper.db"
-{daemon}
-"""
+    the test adds with ``emu.add_org(name)``). ``daemon`` None: no ``[daemon]`` table (a file of a
+    state directory that leaves it to another)."""
+    text = "" if daemon is None else f'[daemon]\ndatabase = "watchkeeper.db"\n{daemon}\n'
     text += "".join(_account(name, url, api_version) for name in accounts)
     text += "\n\n".join(c.toml() for c in channels) + "\n"
     path.write_text(text)

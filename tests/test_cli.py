@@ -193,6 +193,7 @@ def test_gaps_json_and_filters(run: Run, tmp_path: Path) -> None:
         store.open_gap("main", "1001", t0, "expired")
         store.close_gap("main", "1001", t0 + timedelta(minutes=7))
         store.open_gap("main", "1002", t0 + timedelta(days=1), "vanished")
+        store.request_backfill([1, 2], t0)  # the open one cannot be backfilled yet
     code, doc = run.json("gaps")
     assert code == 0
     assert doc["gaps"] == [
@@ -202,6 +203,8 @@ def test_gaps_json_and_filters(run: Run, tmp_path: Path) -> None:
             "start": "2026-03-01T12:00:00Z",
             "end": "2026-03-01T12:07:00Z",
             "cause": "expired",
+            "backfill": "pending",
+            "recovered": 0,
         },
         {
             "account": "main",
@@ -209,6 +212,8 @@ def test_gaps_json_and_filters(run: Run, tmp_path: Path) -> None:
             "start": "2026-03-02T12:00:00Z",
             "end": None,
             "cause": "vanished",
+            "backfill": None,
+            "recovered": 0,
         },
     ]
     _, doc = run.json("gaps", "--channel", "1001")
@@ -218,6 +223,8 @@ def test_gaps_json_and_filters(run: Run, tmp_path: Path) -> None:
     code, out, _ = run("gaps")
     assert "7m" in out
     assert "open" in out
+    assert out.splitlines()[0].split()[-2:] == ["BACKFILL", "RECOVERED"]
+    assert out.splitlines()[1].split()[-2:] == ["pending", "0"]
 
 
 def test_commands_as_a_process_keep_results_and_logs_apart(state: Path) -> None:

@@ -129,6 +129,7 @@ def test_the_example_loads_with_its_variables_set() -> None:
     assert sales.ttl == timedelta(days=6)
     assert sales.token == EXAMPLE_ENV["ZOHO_HOOK_TOKEN"]
     assert (sales.notify_on_related_action, sales.return_affected_field_values) == (False, True)
+    assert (sales.backfill, support.backfill, pipelines.backfill) == (True, False, False)
     condition = json.loads(sales.notification_condition or "null")
     assert condition[0]["module"]["api_name"] == "Deals"
     assert [g["field"]["api_name"] for g in condition[0]["field_selection"]["group"]] == [
@@ -245,6 +246,7 @@ CHANNEL_ERRORS: list[tuple[str, Overrides, str, str]] = [
     ("ttl-long", {"ttl": '"7d"'}, "ttl", "crm v8 allows 10s to 6d23h55m"),
     ("ttl-format", {"ttl": '"1 day"'}, "ttl", "is not a duration"),
     ("related-type", {"notify_on_related_action": '"no"'}, "notify_on_related_action", "true or false"),
+    ("backfill-type", {"backfill": '"yes"'}, "backfill", "true or false"),
     ("affected-type", {"return_affected_field_values": "1"}, "return_affected_field_values", "true or"),
     ("condition-shape", {"notification_condition": '"Stage"'}, "notification_condition", "of tables"),
     (
@@ -471,6 +473,7 @@ def test_channel_defaults_and_normalisation(tmp_path: Path) -> None:
     assert (spec.account, spec.channel_id, spec.token, spec.name) == ("main", "42", None, None)
     assert spec.ttl == timedelta(days=6, hours=23, minutes=55)
     assert (spec.notify_on_related_action, spec.return_affected_field_values) == (False, False)
+    assert spec.backfill is False
     assert spec.notification_condition is None
     assert state.policy == Policy()
 

@@ -188,14 +188,15 @@ def test_outage_longer_than_the_lifetime_is_a_gap_matching_zoho(
 def test_rate_limit_retry_after_is_honoured(
     tmp_path: Path, live_emulator: Emulator, daemons: list[DaemonProcess]
 ) -> None:
-    """Honoured as long as it ends before the channel's emergency point (1/20 of its 30 s before
-    expiry): a pause that outlasted it would be capped there (test_engine has that case)."""
+    """Honoured as long as it ends before the channel's emergency point (1/20 of its 60 s before
+    expiry, 15 s after the latest renewal time): a pause that outlasted it would be capped there
+    (test_engine has that case)."""
     emu = live_emulator
-    state = write_state(tmp_path / "channels.toml", emu.url, [Chan("5000", ttl="30s")], daemon=FAST)
+    state = write_state(tmp_path / "channels.toml", emu.url, [Chan("5000", ttl="60s")], daemon=FAST)
     daemon = start(daemons, state)
     daemon.wait_event("channel.created", channel_id="5000", timeout=20)
     emu.add_fault(Fault(status=429, retry_after=6, methods=frozenset({"PATCH"}), count=1))
-    limited = daemon.wait_event("api.rate_limited", timeout=40)
+    limited = daemon.wait_event("api.rate_limited", timeout=70)
     assert limited["retry_after"] == 6
     daemon.wait_event("channel.renewed", channel_id="5000", timeout=30)
     patches = [c for c in emu.calls if c.method == "PATCH"]

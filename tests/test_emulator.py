@@ -1195,6 +1195,8 @@ def test_options_over_the_admin_api(emulator: Emulator, api: httpx.Client, web: 
         "custom_modules": [],
         "forbidden_modules": [],
         "expired_listed_for": 0.0,
+        "records_empty": "204",
+        "page_tokens": "v5+",
     }
     change = {
         "patch_unknown": "invalid_data",

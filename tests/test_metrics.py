@@ -476,3 +476,17 @@ def test_without_the_key_nothing_listens(
     daemon.wait_event("channel.created", channel_id="1", timeout=20)
     assert listening_ports(daemon.proc.pid) == set()
     assert daemon.stop() == 0
+
+
+def test_backfilled_records_are_counted_by_operation() -> None:
+    registry = CollectorRegistry()
+    meter = Meter(registry)
+    meter.backfilled("main", "update", 3)
+    meter.backfilled("main", "update", 2)
+    meter.backfilled("main", "delete", 1)
+
+    def counted(operation: str) -> float | None:
+        labels = {"account": "main", "operation": operation}
+        return registry.get_sample_value("watchkeeper_backfill_records_total", labels)
+
+    assert (counted("update"), counted("delete"), counted("insert")) == (5, 1, None)

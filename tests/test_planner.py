@@ -502,6 +502,22 @@ GUARDED = {
         ),
         [("mass_delete", "main", ("2",)), ("mass_delete", "other", ("2",))],
     ),
+    "a-state-directory-file-never-validated-holds-even-one": Guarded(
+        Case(
+            [spec("1"), spec("2"), spec("3"), spec("4")],
+            UNLISTED,
+            [owned("1"), owned("2"), owned("3"), owned("4"), owned("5")],
+            [],
+            policy=Policy(deletions_held=("beta.toml",), max_delete_fraction=1.0),
+        ),
+        [("unknown_file", "main", ("5",))],
+    ),
+    "a-state-directory-hold-before-the-empty-guard": Guarded(
+        Case(
+            [], UNLISTED, [owned("1")], [], policy=Policy(deletions_held=("b.toml",), allow_empty=True)
+        ),
+        [("unknown_file", "main", ("1",))],
+    ),
     "refusal-counts-held-back": Guarded(
         Case(
             [spec("1"), spec("2")],
@@ -529,6 +545,8 @@ def test_refusal_messages_say_what_to_do() -> None:
     assert "allow_empty" in empty.message
     assert "--allow-mass-delete" in mass.message
     assert "2 of 3" in mass.message
+    held = GUARDED["a-state-directory-file-never-validated-holds-even-one"].case.run().refused[0]
+    assert "beta.toml" in held.message
 
 
 def test_foreign_channels_are_reported_never_touched() -> None:

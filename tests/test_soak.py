@@ -69,6 +69,19 @@ def test_every_fault_of_the_profile_happened(soak: RunResult) -> None:
     assert events["api.rate_limited"] > 0
 
 
+def test_with_backfill_no_change_made_in_a_gap_is_lost_for_any_channel(soak: RunResult) -> None:
+    lost = soak.lost
+    assert lost is not None
+    assert lost.in_gaps > 0  # the outages lapsed channels while records changed: a real test
+    assert lost.live > 0
+    assert {k: n for k, n in lost.per_channel_lost.items() if n} == {}
+    assert lost.lost_with_backfill == 0
+    summary = summarize(soak)
+    assert summary["backfill"]["calls"] > 0
+    assert summary["lost_events"]["duplicates"] == lost.duplicates  # reported, not a failure
+    assert soak.events["backfill.failed"] == 0
+
+
 def test_the_log_never_shows_a_secret(soak: RunResult, soak_dir: Path) -> None:
     text = (soak_dir / "watchkeeper.log").read_text()
     assert "channel.lapsed" in text

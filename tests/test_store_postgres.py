@@ -23,7 +23,7 @@ from watchkeeper.store.target import PostgresTarget, Target, parse_url
 
 from tests.pg_server import PASSWORD, PgServer, binaries
 
-HEAD = "0004"
+HEAD = "0005"
 
 
 def target_of(request: pytest.FixtureRequest, tmp_path: Path) -> Target:

@@ -19,15 +19,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from watchkeeper import __version__, logs, report
-from watchkeeper.config import ConfigError, DesiredState, load, parse_duration
+from watchkeeper.config import ConfigError, DesiredState, parse_duration
 from watchkeeper.secrets import SecretRefError
+from watchkeeper.statedir import load, state_files
 from watchkeeper.store.errors import StoreError
 from watchkeeper.store.target import PostgresTarget, Target
 from watchkeeper.zoho.errors import ZohoError
 
 if TYPE_CHECKING:
     from watchkeeper.engine import Engine
-    from watchkeeper.store import Store
+    from watchkeeper.store import Gap, Store
 
 EX_OK, EX_ERROR, EX_PENDING, EX_CONFIG = 0, 1, 2, 78
 DESCRIPTION = "Keeps Zoho CRM and Bigin instant-notification channels alive."
@@ -82,7 +83,8 @@ class Session:
 
 
 def _session(args: argparse.Namespace) -> Session | None:
-    """The state file loaded (its problems printed, one a line) and the database resolved."""
+    """The state loaded (its problems printed, one a line, every file's for a directory) and the
+    database resolved."""
     from watchkeeper.runtime import database_path
 
     try:
@@ -102,9 +104,11 @@ def cmd_validate(args: argparse.Namespace) -> int:
     session = _session(args)
     if session is None:
         return EX_CONFIG
-    state = session.state
+    state, path = session.state, _state_path(args)
     counts = f"{len(state.accounts)} account(s), {len(state.channels)} channel(s)"
-    print(f"{_state_path(args)}: valid ({counts})")
+    if path.is_dir():
+        counts = f"{len(state_files(path))} file(s), {counts}"
+    print(f"{path}: valid ({counts})")
     return EX_OK
 
 
@@ -209,14 +213,77 @@ def cmd_gaps(args: argparse.Namespace) -> int:
     session = _session(args)
     if session is None:
         return EX_ERROR
-    since = None
-    if args.since:
-        since = datetime.fromisoformat(args.since)
-        since = since.replace(tzinfo=UTC) if since.tzinfo is None else since.astimezone(UTC)
+    since = _since(args.since)
     with session.reader() as store:
         gaps = store.gaps(since=since, channel_id=args.channel) if store else []
-    _emit(args, report.gaps_json(gaps), report.gaps_text(gaps, datetime.now(UTC)))
+        backfills = store.backfill_states() if store else {}
+    now = datetime.now(UTC)
+    _emit(args, report.gaps_json(gaps, backfills), report.gaps_text(gaps, backfills, now))
     return EX_OK
+
+
+def cmd_backfill(args: argparse.Namespace) -> int:
+    """Backfill closed gaps now. While a daemon runs, the request is recorded for it (SIGHUP) as
+    ``apply --allow-mass-delete`` does; ``--dry-run`` asks Zoho and sends nothing, ever."""
+    from watchkeeper.lock import InstanceLock, LockHeld
+
+    session = _session(args)
+    if session is None:
+        return EX_ERROR
+    since, now = _since(args.since), datetime.now(UTC)
+    if args.dry_run:
+        with session.engine() as engine:
+            gaps = _closed(engine.store, since, args.channel)
+            try:
+                found = list(engine.preview_backfill(gaps))
+            except ZohoError as exc:
+                print(f"error: {exc}", file=sys.stderr)
+                return EX_ERROR
+        unknown = sorted({g.channel_id for g, n in found if n is None})
+        for channel_id in unknown:
+            print(f"warning: channel {channel_id} is not in the state file: skipped", file=sys.stderr)
+        notes = [(g, n) for g, n in found if n is not None]
+        _emit(args, report.backfill_json(notes), report.backfill_text(notes))
+        return EX_ERROR if unknown else EX_OK
+    if isinstance(session.db, PostgresTarget):  # the instances holding the accounts run them
+        with session.store() as store:
+            count = store.request_backfill((g.id for g in _closed(store, since, args.channel)), now)
+        print(f"requested {count} backfill(s); the instances run them when they next take or reload")
+        return EX_OK
+    try:
+        lock = InstanceLock(session.db).acquire("backfill")
+    except LockHeld as exc:
+        if not (exc.pid and exc.role == "run"):
+            print(f"error: {exc}", file=sys.stderr)
+            return EX_ERROR
+        with session.store() as store:
+            count = store.request_backfill((g.id for g in _closed(store, since, args.channel)), now)
+        os.kill(exc.pid, signal.SIGHUP)
+        print(f"requested {count} backfill(s); the daemon (pid {exc.pid}) runs them next pass")
+        return EX_OK
+    try:
+        with session.engine() as engine:
+            ids = [g.id for g in _closed(engine.store, since, args.channel)]
+            engine.store.request_backfill(ids, now)
+            engine.run_backfills(now)
+            states = engine.store.backfill_states()
+            gaps = [g for g in engine.store.gaps(since=since, channel_id=args.channel) if g.id in ids]
+    finally:
+        lock.release()
+    mine = {g.id: states[g.id] for g in gaps if g.id in states}
+    _emit(args, report.gaps_json(gaps, mine), report.gaps_text(gaps, mine, now))
+    return EX_OK if all(state == "done" for state, _ in mine.values()) else EX_ERROR
+
+
+def _since(text: str | None) -> datetime | None:
+    if not text:
+        return None
+    since = datetime.fromisoformat(text)
+    return since.replace(tzinfo=UTC) if since.tzinfo is None else since.astimezone(UTC)
+
+
+def _closed(store: Store, since: datetime | None, channel: str | None) -> list[Gap]:
+    return [g for g in store.gaps(since=since, channel_id=channel) if g.end is not None]
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -274,7 +341,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="watchkeeper", description=DESCRIPTION)
     parser.add_argument("--version", action="version", version=f"watchkeeper {__version__}")
     parser.add_argument(
-        "--state", help="state file (default $WATCHKEEPER_STATE, else state/channels.toml)"
+        "--state",
+        help="state file, or a directory of *.toml files "
+        "(default $WATCHKEEPER_STATE, else state/channels.toml)",
     )
     parser.add_argument(
         "--db",
@@ -307,6 +376,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--since", type=_iso, help="only gaps open or ended after this instant")
     p.add_argument("--channel", help="only this channel id")
     p.set_defaults(func=cmd_gaps)
+    p = sub.add_parser("backfill", help="redeliver what changed during closed gaps (exit 0 all done)")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--since", type=_iso, help="only gaps ended after this instant")
+    p.add_argument("--channel", help="only this channel id")
+    p.add_argument("--dry-run", action="store_true", help="print what would be sent; send nothing")
+    p.set_defaults(func=cmd_backfill)
     p = sub.add_parser("migrate", help="bring the database's schema to this version (both backends)")
     p.set_defaults(func=cmd_migrate)
     p = sub.add_parser("run", help="the daemon, in the foreground (systemd runs this)")

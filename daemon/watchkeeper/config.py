@@ -17,6 +17,7 @@ import functools
 import os
 import re
 import tomllib
+from collections import ChainMap
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
@@ -75,6 +76,7 @@ CHANNEL_KEYS = (
     "notify_on_related_action",
     "return_affected_field_values",
     "notification_condition",
+    "backfill",
 )
 TOP_KEYS = ("daemon", "accounts", "channels")
 
@@ -184,14 +186,49 @@ def load(path: Path, *, environ: Mapping[str, str] | None = None) -> DesiredStat
     except OSError as exc:
         message = f"cannot read the state file ({exc.strerror})"
         raise ConfigError([ConfigIssue("", message, file=str(path))]) from None
-    resolve = functools.partial(secrets.resolve, environ=env, base_dir=path.parent)
-    try:
-        issues, state = _build(raw, path, resolve, env.get("STATE_DIRECTORY"))
-    except RecursionError:  # `x = [[[[...` 100,000 deep: tomllib (or a check below) recursed
-        issues, state = [ConfigIssue("", "arrays or tables are nested too deeply to read")], None
+    document = parse(raw)
+    if isinstance(document, ConfigIssue):
+        raise ConfigError([replace(document, file=str(path))])
+    issues, state = check(document, path, environ=env)
     if state is None:
-        raise ConfigError(replace(issue, file=str(path)) for issue in issues)
+        raise ConfigError(issues)
     return state
+
+
+def parse(raw: bytes) -> dict[str, Any] | ConfigIssue:
+    """The file's TOML document, or the issue that makes it unreadable (no file named yet)."""
+    try:
+        return _parse_toml(raw)
+    except RecursionError:  # `x = [[[[...` 100,000 deep: tomllib recursed
+        return ConfigIssue("", "arrays or tables are nested too deeply to read")
+
+
+def declared(document: Mapping[str, Any]) -> dict[str, Version | None]:
+    """The accounts a document declares, each with its (product, api_version) if that is valid:
+    what the channels of the other files of a state directory are checked against."""
+    tables = document.get("accounts")
+    if not isinstance(tables, dict):
+        return {}
+    return {name: _version_of(t) if isinstance(t, dict) else None for name, t in tables.items()}
+
+
+def check(
+    document: Mapping[str, Any],
+    path: Path,
+    *,
+    environ: Mapping[str, str],
+    outside: dict[str, Version | None] | None = None,
+) -> tuple[list[ConfigIssue], DesiredState | None]:
+    """A parsed file's issues (each naming the file) or its desired state, secrets resolved.
+
+    ``outside``: the accounts the other files of a state directory declare, which this file's
+    channels may name; None for a file alone, which must declare an account of its own."""
+    resolve = functools.partial(secrets.resolve, environ=environ, base_dir=path.parent)
+    try:
+        issues, state = _build(document, path, resolve, environ.get("STATE_DIRECTORY"), outside)
+    except RecursionError:  # a check below recursed into a deeply nested value
+        issues, state = [ConfigIssue("", "arrays or tables are nested too deeply to read")], None
+    return [replace(issue, file=str(path)) for issue in issues], state
 
 
 # -- durations ---------------------------------------------------------------------------------
@@ -305,10 +342,16 @@ def _choice(options: Sequence[str], what: str) -> Callable[[object], str]:
         if text not in options:
             hint = difflib.get_close_matches(text, options, n=1)
             guess = f"did you mean {hint[0]!r}? " if hint else ""
-            raise ValueError(f"{what} {text!r} is unknown; {guess}one of: {', '.join(options)}")
+            raise ValueError(f"{what} {text!r} is unknown; {guess}one of: {_few(options)}")
         return text
 
     return parse
+
+
+def _few(options: Sequence[str], shown: int = 12) -> str:
+    """Options for a message: a directory of 10,000 accounts must not list them all."""
+    more = f" and {len(options) - shown} more" if len(options) > shown else ""
+    return ", ".join(options[:shown]) + more
 
 
 def _renew_window(value: object) -> tuple[float, float]:
@@ -485,11 +528,12 @@ class _Scope:
 
 
 def _build(
-    raw: bytes, path: Path, resolve: Resolver, state_directory: str | None
+    document: Mapping[str, Any],
+    path: Path,
+    resolve: Resolver,
+    state_directory: str | None,
+    outside: dict[str, Version | None] | None,
 ) -> tuple[list[ConfigIssue], DesiredState | None]:
-    document = _parse_toml(raw)
-    if isinstance(document, ConfigIssue):
-        return [document], None
     scope = _Scope([])
     scope.unknown_keys(document, TOP_KEYS)
     daemon = scope.table(document.get("daemon", {}), "daemon", "a table ([daemon])")
@@ -502,8 +546,9 @@ def _build(
     concurrency = where.get(daemon, "concurrency", _concurrency, DEFAULT_CONCURRENCY)
     instance = where.get(daemon, "instance", _instance_name, None)
     lease = where.get(daemon, "lease", _lease, DEFAULT_LEASE)
-    accounts, versions = _accounts(scope, document.get("accounts", {}), resolve)
-    channels = _channels(scope, document.get("channels", []), versions, resolve)
+    accounts, versions = _accounts(scope, document.get("accounts", {}), resolve, outside is None)
+    known = versions if outside is None else ChainMap(versions, outside)  # no copy per file
+    channels = _channels(scope, document.get("channels", []), known, versions or known, resolve)
     if scope.found:
         return scope.found, None
     state = DesiredState(
@@ -549,12 +594,13 @@ def _daemon(scope: _Scope, table: Mapping[str, Any]) -> Policy:
 
 
 def _accounts(
-    scope: _Scope, value: object, resolve: Resolver
+    scope: _Scope, value: object, resolve: Resolver, required: bool
 ) -> tuple[dict[str, AccountSpec], dict[str, Version | None]]:
     """The valid accounts, and each declared account's version (None if it has no valid one): a
-    channel is checked against its account's version even when the account has other problems."""
+    channel is checked against its account's version even when the account has other problems.
+    ``required``: a file alone must declare one; a file of a directory may leave it to the others."""
     tables = value if isinstance(value, dict) else {}
-    if not tables:
+    if not tables and (required or not isinstance(value, dict)):
         scope.add("accounts", "at least one [accounts.NAME] table is required")
     accounts: dict[str, AccountSpec] = {}
     versions: dict[str, Version | None] = {}
@@ -611,8 +657,14 @@ def _credentials_complete(scope: _Scope, table: Mapping[str, Any]) -> None:
 
 
 def _channels(
-    scope: _Scope, value: object, versions: Mapping[str, Version | None], resolve: Resolver
+    scope: _Scope,
+    value: object,
+    versions: Mapping[str, Version | None],
+    own: Mapping[str, object],
+    resolve: Resolver,
 ) -> tuple[ChannelSpec, ...]:
+    """``versions``: every account a channel may name; ``own``: those it may leave unnamed when
+    there is one (the file's own accounts, or all of them if the file declares none)."""
     if not isinstance(value, list):
         scope.add("channels", f"must be an array of tables ([[channels]]), not {_type_name(value)}")
         return ()
@@ -622,7 +674,7 @@ def _channels(
         where = scope.at(f"channels[{index}]")
         table = where.table(item, "", "a table ([[channels]])")
         where.channel_id = where.require(table, "channel_id", _channel_id)
-        account = _channel_account(where, table, list(versions))
+        account = _channel_account(where, table, versions, own)
         if where.channel_id and account:
             first = seen.setdefault((account, where.channel_id), index)
             if first != index:
@@ -653,6 +705,7 @@ def _channel(
     label = scope.get(table, "name", _label, None)
     related = scope.get(table, "notify_on_related_action", _flag, False)
     affected = scope.get(table, "return_affected_field_values", _flag, False)
+    backfill = scope.get(table, "backfill", _flag, False)
     condition = scope.get(
         table, "notification_condition", lambda value: _condition(value, version), None
     )
@@ -670,16 +723,25 @@ def _channel(
         notify_on_related_action=related,
         return_affected_field_values=affected,
         notification_condition=condition,
+        backfill=backfill,
     )
 
 
-def _channel_account(scope: _Scope, table: Mapping[str, Any], names: Sequence[str]) -> str | None:
-    """Optional with a single account; with none, ``accounts`` already carries the error."""
+def _channel_account(
+    scope: _Scope, table: Mapping[str, Any], names: Mapping[str, object], own: Mapping[str, object]
+) -> str | None:
+    """Optional when ``own`` is a single account; with none, ``accounts`` already carries the error.
+    Mappings, not lists: a directory's 10,000 accounts are looked up, never scanned."""
+
+    def known(value: object) -> str:
+        text = _text(value)
+        return text if text in names else _choice(list(names), "account")(text)
+
     if "account" in table:
-        return scope.get(table, "account", _choice(names, "account"), None) if names else None
-    if len(names) > 1:
-        scope.add("account", f"is required when there are several accounts (one of: {', '.join(names)})")
-    return names[0] if len(names) == 1 else None
+        return scope.get(table, "account", known, None) if names else None
+    if len(own) > 1:
+        scope.add("account", f"is required when there are several accounts (one of: {_few(list(own))})")
+    return next(iter(own)) if len(own) == 1 else None
 
 
 def _events(scope: _Scope, table: Mapping[str, Any]) -> frozenset[Event]:

@@ -5,6 +5,11 @@ daemon (the same Service that systemd runs) keeps a few short-lived channels ali
 seconds a record change is simulated in the emulator, and the receiver logs what arrives, so the
 output shows creations, renewals and notifications flowing through channels that would otherwise
 have expired several times over.
+
+Then Zoho goes down for longer than a channel lives: the channels lapse (``channel.lapsed``) while
+records keep changing, come back when Zoho does (``channel.recovered``: the gap), and a minute
+after the gap (its margin) the backfill redelivers what changed meanwhile: ``backfill.finished``,
+and the receiver logs the recovered notifications with ``backfill`` set.
 """
 
 from __future__ import annotations
@@ -12,16 +17,19 @@ from __future__ import annotations
 import json
 import tempfile
 import threading
+from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from watchkeeper import logs
+from watchkeeper.config import parse_duration
 from watchkeeper.emulator import (
     DEFAULT_CLIENT_ID,
     DEFAULT_CLIENT_SECRET,
     DEFAULT_REFRESH_TOKEN,
     Emulator,
+    Fault,
 )
 from watchkeeper.notify import Notifier
 from watchkeeper.service import Service
@@ -29,6 +37,8 @@ from watchkeeper.service import Service
 MODULES = ("Contacts", "Deals", "Leads")
 CHANGE_EVERY = 7.0
 """Seconds between simulated record changes."""
+OUTAGE_AFTER = 20.0
+"""Seconds of normal operation before Zoho goes down."""
 
 
 class _Receiver(BaseHTTPRequestHandler):
@@ -40,12 +50,14 @@ class _Receiver(BaseHTTPRequestHandler):
             payload = json.loads(self.rfile.read(length) or b"{}")
         except ValueError:
             payload = {}
+        backfill: Any = payload.get("backfill")
         logs.get_logger().info(
             "demo.notification_received",
             channel_id=payload.get("channel_id"),
             module=payload.get("module"),
             operation=payload.get("operation"),
             ids=payload.get("ids"),
+            backfill=backfill if isinstance(backfill, dict) else None,
         )
         self.send_response(204)
         self.end_headers()
@@ -65,6 +77,7 @@ events = ["{MODULES[i % len(MODULES)]}.all"]
 notify_url = "{receiver}/zoho?source=demo"
 token = "demo-verification-token-{i}"
 ttl = "{ttl}"
+backfill = true
 """
         for i in range(channels)
     ]
@@ -107,9 +120,17 @@ def demo(duration: float | None = None, channels: int = 3, ttl: str = "30s") -> 
         )
         service = Service(path, notifier=Notifier({}))
 
+        outage = max(2 * parse_duration(ttl), timedelta(seconds=45))
+
         def record_changes() -> None:
             n = 0
+            down = False
             while not stop.wait(CHANGE_EVERY):
+                if not down and n * CHANGE_EVERY >= OUTAGE_AFTER:
+                    down = True
+                    now = emu.now()
+                    emu.add_fault(Fault(status=503, start=now, end=now + outage, paths="any"))
+                    log.info("demo.outage", seconds=outage.total_seconds(), note="Zoho is down")
                 n += 1
                 module = MODULES[n % len(MODULES)]
                 op: Literal["create", "edit"] = "edit" if n % 2 else "create"

@@ -19,25 +19,30 @@ from __future__ import annotations
 import random
 import threading
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from watchkeeper import leases, logs, outcome, planner, policy
+from watchkeeper import backfill_plan, leases, logs, outcome, planner, policy
+from watchkeeper.backfill import Backfiller, collect
 from watchkeeper.cluster import Cluster, Taken
 from watchkeeper.config import AccountSpec, DesiredState
-from watchkeeper.model import ObservedChannel, RegistryEntry, WatchItem
+from watchkeeper.model import ChannelSpec, ObservedChannel, RegistryEntry, WatchItem
 from watchkeeper.outcome import Transition
 from watchkeeper.planner import Action, Method, Plan, Refusal
 from watchkeeper.recorder import Intent, record
-from watchkeeper.store import LeaseLost, Store, StoreUnavailable
+from watchkeeper.store import Gap, LeaseLost, Store, StoreUnavailable
 from watchkeeper.units import Key, Memory, Unit
 from watchkeeper.zoho.client import WatchClient
 from watchkeeper.zoho.errors import ZohoError
+from watchkeeper.zoho.records import RecordsClient
 from watchkeeper.zoho.results import CallResult
 
 Listing = dict[str, ObservedChannel]
+BACKFILL_SLICE = timedelta(seconds=5)
+"""Real time a backfill step may take while some renewal is overdue already (it would otherwise
+never run while the account retries something that stays due)."""
 
 
 def utcnow() -> datetime:
@@ -96,16 +101,25 @@ class Engine:
         self.log = logs.get_logger()
         self._connect = connect
         """Builds the client of an account that a reload adds or changes."""
+        self._backfiller: Backfiller | None = None
         self.stopping = False
         """Set from another thread on SIGTERM: the pass makes no further call."""
         self.on_commit: Callable[[Transition, Sequence[Action]], None] | None = None
         """Told of every recorded change and the requests it answers (the metrics counters)."""
+        self.on_backfilled: Callable[[str, str, int], None] | None = None
+        """Told (account, operation, records) of every backfill notification delivered."""
         self.state = state
         self.memory = Memory.build(store.registry(), clients, clock())
         self.memory.adopt(state)
+        self._arm_backfills(clock())
         intents = store.pending_intents()
         if intents:
             self.log.warning("engine.interrupted", calls=len(intents), note="listing before any change")
+
+    def close(self) -> None:
+        """Close what the engine opened itself (the backfill's receiver connections)."""
+        if self._backfiller is not None:
+            self._backfiller.close()
 
     @property
     def registry(self) -> dict[Key, RegistryEntry]:
@@ -138,7 +152,7 @@ class Engine:
         """Our-clock instant at which something next needs doing (a lease cycle included)."""
         now = self.clock()
         units = [u for u in self.memory.active(self.state) if self._serves(u)]
-        due = min((u.next_due(now, self.state.policy) for u in units), default=now + timedelta(1))
+        due = min((_next_work(u, now, self.state.policy) for u in units), default=now + timedelta(1))
         if self.cluster is not None:
             cycle = now if self._cycled_at is None else self._cycled_at + self.cluster.timing.renew_every
             due = min(due, cycle)
@@ -165,6 +179,7 @@ class Engine:
             self.cluster.digest = leases.digest(state)
         self.store.clear_retries()
         self.memory.reset(self.store.registry(), now)
+        self._arm_backfills(now)  # a reload may carry a backfill someone requested
 
     def preview(self, now: datetime) -> Plan:
         """What a pass would do now (``watchkeeper plan``): every account listed, the ledger and the
@@ -216,12 +231,9 @@ class Engine:
         self, now: datetime, listing: bool | None, confirmed: frozenset[Key], report: PassReport
     ) -> bool:
         tuning = self.state.policy
-        units = [
-            u
-            for u in self.memory.active(self.state)
-            if self._serves(u) and (listing is not None or u.next_due(now, tuning) <= now)
-        ]
-        if not units:
+        active = [u for u in self.memory.active(self.state) if self._serves(u)]
+        units = [u for u in active if listing is not None or u.next_due(now, tuning) <= now]
+        if not units and not any(_backfill_due(u, now) for u in active):
             self._hand_back()
             return False
         refused = planner.guard(
@@ -238,13 +250,17 @@ class Engine:
             )
         report.refused.extend(refused)
         workers = min(self.state.concurrency, len(units))
-        if workers == 1:
+        if workers <= 1:  # none: only a backfill is due
             parts = [self._serve_unit(unit, now, listing) for unit in units]
         else:
             with ThreadPoolExecutor(workers, thread_name_prefix="account") as pool:
                 parts = list(pool.map(lambda unit: self._serve_unit(unit, now, listing), units))
         for part in parts:
             report.merge(part)
+        deadline = self._backfill_deadline()
+        for unit in active:  # after every account's renewals: a backfill never delays one
+            if _backfill_due(unit, now) and not self.stopping and self._serves(unit):
+                self._backfill(unit, now, report, deadline)
         self._hand_back()
         report.active = sum(
             e.state == "active" and c in u.desired
@@ -378,7 +394,12 @@ class Engine:
     ) -> None:
         """Record in one transaction (fenced by the unit's lease), then let the memory, the logs and
         the metrics follow."""
-        record(self.store, change, begin=begin, done=done or (), fence=self._fence(unit))
+        fence = self._fence(unit)
+        record(self.store, change, begin=begin, done=done or (), backfilled=unit.backfilled, fence=fence)
+        for closed in change.closed:
+            if closed.channel_id in unit.backfilled:
+                ready = backfill_plan.Window(closed.start, closed.end).end - unit.client.skew
+                unit.backfill_at = ready if unit.backfill_at is None else min(unit.backfill_at, ready)
         unit.entries.update(change.entries)
         for channel_id in change.removed:
             unit.entries.pop(channel_id, None)
@@ -393,6 +414,74 @@ class Engine:
             getattr(self.log, event.level)(event.event, **event.fields)
         if self.on_commit is not None:
             self.on_commit(change, actions)
+
+    def run_backfills(self, now: datetime) -> PassReport:
+        """One step of every pending backfill (``watchkeeper backfill``): what a receiver refuses
+        stays pending, for the daemon's next passes."""
+        report = PassReport(desired=len(self.state.channels))
+        self._arm_backfills(now)
+        for unit in self.memory.active(self.state):
+            if _backfill_due(unit, now):
+                self._backfill(unit, now, report, None)
+        return report
+
+    def preview_backfill(
+        self, gaps: Iterable[Gap]
+    ) -> Iterator[tuple[Gap, backfill_plan.Notification | None]]:
+        """What backfilling these closed gaps would send (``--dry-run``): Zoho is asked, nothing is
+        sent or written. A gap whose channel has no spec here yields None."""
+        for gap in gaps:
+            unit = self.memory.units.get(gap.account)
+            spec = self._specs(unit).get(gap.channel_id) if unit is not None else None
+            if unit is None or spec is None or gap.end is None:
+                yield gap, None
+                continue
+            window = backfill_plan.Window(gap.start, gap.end)
+            for note in collect(RecordsClient(unit.client.session), spec, window):
+                yield gap, note
+
+    def _specs(self, unit: Unit) -> dict[str, ChannelSpec]:
+        """Every spec this process knows for the account's channels, the state file's first: a
+        backfill needs the channel's notify_url and token, which the store never keeps whole."""
+        specs = {c: s for (a, c), s in self.memory.known.items() if a == unit.name}
+        specs.update(unit.retained)
+        specs.update(unit.desired)
+        return specs
+
+    def _backfill_deadline(self) -> datetime:
+        """Backfill runs until a renewal or listing falls due, or, when one is overdue already,
+        for BACKFILL_SLICE (it would otherwise never run while an account retries something that
+        stays due)."""
+        current = self.clock()
+        tuning = self.state.policy
+        horizon = min(
+            (u.next_due(current, tuning) for u in self.memory.active(self.state)), default=current
+        )
+        return horizon if horizon > current else current + BACKFILL_SLICE
+
+    def _arm_backfills(self, now: datetime) -> None:
+        """Accounts with a backfill pending in the store look at it in their next pass."""
+        accounts = {job.gap.account for job in self.store.pending_backfills()}
+        for name in accounts & self.memory.units.keys():
+            self.memory.units[name].backfill_at = now
+
+    def _backfill(
+        self, unit: Unit, now: datetime, report: PassReport, deadline: datetime | None
+    ) -> None:
+        """The account's backfill step, until ``deadline`` (our clock; None: until done)."""
+
+        def interrupted() -> bool:
+            return self.stopping or (deadline is not None and self.clock() >= deadline)
+
+        if self._backfiller is None:
+            self._backfiller = Backfiller(self.store, rng=self.rng, on_delivered=self.on_backfilled)
+        unit.backfill_at = None
+        progress = self._backfiller.run(unit, self._at(unit, now), self._specs(unit), interrupted)
+        for change in progress.transitions:
+            self._commit(unit, change, report)
+        if progress.next_at is not None:
+            at = progress.next_at
+            unit.backfill_at = at if unit.backfill_at is None else min(unit.backfill_at, at)
 
     def _report_foreign(self, unit: Unit, listing: Listing, report: PassReport) -> None:
         foreign = [
@@ -489,6 +578,7 @@ class Engine:
         unit.next_listing = min(unit.next_listing, self.clock())
         unit.paused_until = None
         unit.touch()
+        self._arm_backfills(self.clock())  # one requested while another instance held it
         self.log.info(
             "lease.acquired",
             account=unit.name,
@@ -539,6 +629,15 @@ class Engine:
     def held(self) -> int:
         """Accounts this instance serves: all of them on SQLite, the leased ones otherwise."""
         return sum(self._serves(u) for u in self.memory.active(self.state))
+
+
+def _backfill_due(unit: Unit, now: datetime) -> bool:
+    return unit.backfill_at is not None and unit.backfill_at <= now
+
+
+def _next_work(unit: Unit, now: datetime, tuning: policy.Policy) -> datetime:
+    due = unit.next_due(now, tuning)
+    return due if unit.backfill_at is None else min(due, unit.backfill_at)
 
 
 def _live(listing: Listing, zoho_now: datetime) -> Listing:

@@ -114,7 +114,7 @@ class Meter:
         )
         self.backfill = Counter(
             "watchkeeper_backfill_records",
-            "Records redelivered from gaps (backfill is not built yet: no samples).",
+            "Records redelivered from gaps, by the operation of their notification.",
             ["account", "operation"],
             registry=registry,
         )
@@ -128,6 +128,10 @@ class Meter:
             self.gap_seconds.labels(account).inc((closed.end - closed.start).total_seconds())
         for (action, result), count in write_results(change, actions).items():
             self.writes.labels(account, action, result).inc(count)
+
+    def backfilled(self, account: str, operation: str, records: int) -> None:
+        """A receiver took a backfill notification of ``records`` ids."""
+        self.backfill.labels(account, operation).inc(records)
 
     def http(self, transport: httpx.BaseTransport, account: str) -> httpx.Client:
         """An account's HTTP client: its own counters, the shared transport's connections."""

@@ -110,6 +110,8 @@ class ChannelSpec:
     return_affected_field_values: bool = False
     notification_condition: str | None = None
     """canonical_json of the list as written in the state file, passed through to Zoho."""
+    backfill: bool = False
+    """Redeliver what changed in each gap once it closes (DESIGN.md section 9); never sent to Zoho."""
 
     @property
     def label(self) -> str:

@@ -193,6 +193,15 @@ def listing_failed(at: Situation, exc: ZohoError, next_listing: datetime) -> Tra
     return out
 
 
+def records_failed(at: Situation, exc: AuthError | RateLimited) -> Transition:
+    """A backfill's records read that Zoho answered with a 429 or refused the credentials of: the
+    account pauses as for a watch call (a missing read scope never gets here: it fails the
+    backfill alone)."""
+    out = Transition(at.account, at.names)
+    _pause_and_log(out, at, "GET", exc, None)
+    return out
+
+
 def planned(at: Situation, actions: Sequence[Action], refused: Iterable[str]) -> Transition:
     """Before anything is sent: what is about to be fixed is announced once per channel and
     condition rather than on every retry (``channel.at_risk``, whose state records it;

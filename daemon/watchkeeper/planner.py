@@ -81,7 +81,7 @@ deletions last."""
 class Refusal:
     """Deletions held back by a guard, one per account so the ids are unambiguous."""
 
-    reason: Literal["empty", "mass_delete"]
+    reason: Literal["empty", "mass_delete", "unknown_file"]
     account: str | None
     channel_ids: tuple[str, ...]
     message: str
@@ -357,7 +357,8 @@ def guard(
     policy: Policy,
     confirmed: frozenset[Key] = frozenset(),
 ) -> tuple[Refusal, ...]:
-    """The two deletion guards of DESIGN.md section 3, over every account at once. ``allow_empty``
+    """The two deletion guards of DESIGN.md section 3, over every account at once, after the hold
+    of a state directory with a file that never validated (section 11). ``allow_empty``
     lifts only the empty-list guard: tearing everything down still needs the mass-delete
     confirmation (or a higher ``max_delete_fraction``)."""
     wanted = set(desired)
@@ -366,6 +367,13 @@ def guard(
     managed = len(managed_keys)
     if not undesired:
         return ()
+    if policy.deletions_held:
+        message = (
+            f"refusing to delete {len(undesired)} managed channel(s) while "
+            f"{', '.join(policy.deletions_held)} of the state directory never validated: the "
+            "channels they declare are unknown (fix them, or remove them)"
+        )
+        return _refusals("unknown_file", undesired, message)
     if not wanted and not policy.allow_empty:
         message = (
             f"the state file lists no channels: refusing to delete all {managed} managed channel(s) "
@@ -396,7 +404,7 @@ def refused_keys(refusals: Iterable[Refusal]) -> frozenset[Key]:
 
 
 def _refusals(
-    reason: Literal["empty", "mass_delete"], keys: list[Key], message: str
+    reason: Literal["empty", "mass_delete", "unknown_file"], keys: list[Key], message: str
 ) -> tuple[Refusal, ...]:
     by_account: dict[str, list[str]] = {}
     for account, channel_id in keys:

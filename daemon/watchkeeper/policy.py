@@ -24,6 +24,9 @@ class Policy:
     retry_max: timedelta = timedelta(minutes=15)
     max_delete_fraction: float = 0.25
     allow_empty: bool = False
+    deletions_held: tuple[str, ...] = ()
+    """Files of a state directory that have never validated: what they declare is unknown, so no
+    managed channel is deleted while there are any (watchkeeper.statedir)."""
     batch_fraction: float = 0.10
     """A due renewal takes along the account's channels due within this fraction of their lifetime."""
     emergency_fraction: float = 0.05

@@ -28,16 +28,19 @@ def record(
     *,
     begin: Intent | None = None,
     done: Sequence[str] = (),
+    backfilled: frozenset[str] = frozenset(),
     fence: tuple[str, int] | None = None,
 ) -> None:
-    """``fence`` (account, epoch): the account's lease is checked in the same transaction, and a
-    lost one (LeaseLost) writes nothing. A change that writes nothing opens no transaction (most
-    passes of an account change nothing; on PostgreSQL each transaction is round trips)."""
+    """``backfilled``: the channels whose closing gaps are backfilled, requested in the same
+    transaction that closes them so a crash cannot lose one. ``fence`` (account, epoch): the
+    account's lease is checked in the same transaction, and a lost one (LeaseLost) writes nothing.
+    A change that writes nothing opens no transaction (most passes of an account change nothing;
+    on PostgreSQL each transaction is round trips)."""
     account = change.account
     if not (_writes(change) or begin is not None or done):
         return
     with store.transaction(fence=fence):
-        _gaps(store, change)
+        _gaps(store, change, backfilled)
         _registry(store, change)
         if change.seen and change.seen_at is not None:
             store.mark_seen(account, change.seen, change.seen_at)
@@ -56,11 +59,13 @@ def _writes(change: Transition) -> bool:
     )
 
 
-def _gaps(store: Store, change: Transition) -> None:
+def _gaps(store: Store, change: Transition, backfilled: frozenset[str]) -> None:
     for opened in change.opened:
         store.open_gap(change.account, opened.channel_id, opened.start, opened.cause)
     for closed in change.closed:
-        store.close_gap(change.account, closed.channel_id, closed.end)
+        gap = store.close_gap(change.account, closed.channel_id, closed.end)
+        if gap is not None and closed.channel_id in backfilled:
+            store.request_backfill([gap.id], closed.end)
 
 
 def _registry(store: Store, change: Transition) -> None:

@@ -8,10 +8,11 @@ cursor, recolour the terminal or forge a table row.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
+from watchkeeper.backfill_plan import Notification
 from watchkeeper.engine import PassReport
 from watchkeeper.planner import Plan, Refusal
 from watchkeeper.store import Gap, StatusRow
@@ -242,7 +243,13 @@ def status_text(
 # -- gaps ------------------------------------------------------------------------------------
 
 
-def gaps_json(gaps: Sequence[Gap]) -> dict[str, Any]:
+Backfills = Mapping[int, tuple[str, int]]
+"""gap id -> (backfill state, records redelivered), as the store reports them."""
+
+
+def gaps_json(gaps: Sequence[Gap], backfills: Backfills) -> dict[str, Any]:
+    """``backfill`` is null while neither automatic nor requested; ``recovered`` counts the
+    records redelivered."""
     return {
         "gaps": [
             {
@@ -251,13 +258,15 @@ def gaps_json(gaps: Sequence[Gap]) -> dict[str, Any]:
                 "start": iso(g.start),
                 "end": iso(g.end),
                 "cause": g.cause,
+                "backfill": backfills[g.id][0] if g.id in backfills else None,
+                "recovered": backfills[g.id][1] if g.id in backfills else 0,
             }
             for g in gaps
         ]
     }
 
 
-def gaps_text(gaps: Sequence[Gap], now: datetime) -> str:
+def gaps_text(gaps: Sequence[Gap], backfills: Backfills, now: datetime) -> str:
     if not gaps:
         return "no gaps"
     rows = [
@@ -268,7 +277,41 @@ def gaps_text(gaps: Sequence[Gap], now: datetime) -> str:
             iso(g.end) or "open",
             human_delta((g.end or now) - g.start),
             g.cause,
+            backfills[g.id][0] if g.id in backfills else "-",
+            str(backfills[g.id][1]) if g.id in backfills else "-",
         ]
         for g in gaps
     ]
-    return table(["ACCOUNT", "CHANNEL", "START", "END", "LENGTH", "CAUSE"], rows)
+    head = ["ACCOUNT", "CHANNEL", "START", "END", "LENGTH", "CAUSE", "BACKFILL", "RECOVERED"]
+    return table(head, rows)
+
+
+# -- backfill --------------------------------------------------------------------------------
+
+
+def backfill_json(previewed: Sequence[tuple[Gap, Notification]]) -> dict[str, Any]:
+    """``backfill --dry-run --json``: what would be sent, one row per notification."""
+    return {
+        "notifications": [
+            {
+                "account": g.account,
+                "channel_id": g.channel_id,
+                "module": n.module,
+                "operation": n.operation,
+                "ids": list(n.ids),
+                "gap_start": iso(g.start),
+                "gap_end": iso(g.end),
+            }
+            for g, n in previewed
+        ]
+    }
+
+
+def backfill_text(previewed: Sequence[tuple[Gap, Notification]]) -> str:
+    if not previewed:
+        return "nothing to redeliver"
+    rows = [
+        [g.account, g.channel_id, iso(g.start) or "", n.module, n.operation, str(len(n.ids))]
+        for g, n in previewed
+    ]
+    return table(["ACCOUNT", "CHANNEL", "GAP START", "MODULE", "OPERATION", "IDS"], rows)

@@ -128,10 +128,14 @@ def open_engine(
 
         clients = {name: connect(account) for name, account in state.accounts.items()}
         engine = Engine(state, store, clients, clock=clock, rng=rng, connect=connect)
-        engine.on_commit = meter.committed if meter is not None else None
+        if meter is not None:
+            engine.on_commit, engine.on_backfilled = meter.committed, meter.backfilled
         if store.shared and instance is not None:
             engine.cluster = Cluster(store, instance, leases.digest(state), state.lease, clock)
-        yield engine
+        try:
+            yield engine
+        finally:
+            engine.close()
 
 
 def confirm_deletes(state: DesiredState, store: Store, now: datetime) -> list[tuple[str, str]]:

@@ -22,7 +22,8 @@ SIGKILL would leave it (each batch of answers is its own transaction) and the pr
 
 Reloads, by SIGHUP or by the file watcher, apply only a file that has stayed unchanged for
 ``settle`` seconds: an editor or script writing in steps never gets a half-written file applied. So
-a channel that disappears from the file is deleted only once the file has settled without it.
+a channel that disappears from the file is deleted only once the file has settled without it. A
+state directory is watched as a whole (a file added, removed or changed) and settles as a whole.
 """
 
 from __future__ import annotations
@@ -45,8 +46,8 @@ from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.jobstores.base import JobLookupError
 from apscheduler.schedulers.background import BackgroundScheduler
 
-from watchkeeper import logs
-from watchkeeper.config import ConfigError, DesiredState, load
+from watchkeeper import logs, statedir
+from watchkeeper.config import DesiredState
 from watchkeeper.engine import Engine
 from watchkeeper.health import Health, ListenError
 from watchkeeper.health import serve as serve_metrics
@@ -54,6 +55,7 @@ from watchkeeper.lock import InstanceLock, LockHeld
 from watchkeeper.notify import Notifier
 from watchkeeper.report import human_delta
 from watchkeeper.runtime import database_path, instance_name, open_engine, open_store
+from watchkeeper.statedir import Fingerprint, Loader
 from watchkeeper.store.errors import StoreError
 from watchkeeper.store.target import PostgresTarget, Target
 
@@ -65,7 +67,6 @@ CLOCK_JUMP = 5.0
 FAILED_PASS_DELAY = timedelta(seconds=5)
 DATABASE_RETRY_MAX = 60.0
 """Seconds between attempts to reach a PostgreSQL database that did not answer at start, at most."""
-Fingerprint = tuple[int, int, int]
 
 
 def utcnow() -> datetime:
@@ -147,6 +148,8 @@ class Service:
         timing: Timing = Timing(),
     ) -> None:
         self.state_path = state_path
+        self.states = Loader(state_path)
+        """The state file, or the directory with each file's last good version (in memory)."""
         self.db = db
         self.notifier = notifier or Notifier()
         self.timing = timing
@@ -178,7 +181,7 @@ class Service:
             self.notifier.close()
 
     def _run(self) -> int:
-        fingerprint = _fingerprint(self.state_path)  # before reading: a later write is a change
+        fingerprint = statedir.fingerprint(self.state_path)  # before reading: a later write is a change
         state = self._load()
         if state is None:
             return EX_CONFIG
@@ -329,7 +332,7 @@ class Service:
                         gate.signal()
             if self._stop:
                 return
-            trigger = gate.observe(_fingerprint(self.state_path), time.monotonic())
+            trigger = gate.observe(statedir.fingerprint(self.state_path), time.monotonic())
             if trigger is not None:
                 self._request_reload(trigger)
             offset = time.time() - time.monotonic()
@@ -479,16 +482,20 @@ class Service:
             self._wake_tick()
 
     def _load(self) -> DesiredState | None:
-        """The state file, or None after logging every problem as ``config.invalid``."""
-        try:
-            state = load(self.state_path)
-        except ConfigError as exc:
+        """The desired state, or None, after logging every problem as ``config.invalid``: a file
+        alone is applied whole or not at all; a directory's valid files apply, the others keep
+        their last good version."""
+        merged = self.states.load(self._engine.state if self._engine else None)
+        if merged.issues:
             self.log.error(
-                "config.invalid", path=str(self.state_path), errors=[str(issue) for issue in exc.issues]
+                "config.invalid",
+                path=str(self.state_path),
+                errors=[str(issue) for issue in merged.issues],
+                applied=merged.state is not None,
             )
-            return None
-        logs.REDACTOR.add(state.secrets())
-        return state
+        if merged.state is not None:
+            logs.REDACTOR.add(merged.state.secrets())
+        return merged.state
 
 
 def _noop(signum: int, frame: Any) -> None:
@@ -509,12 +516,3 @@ def _exit_now(code: int) -> None:
         with contextlib.suppress(Exception):
             stream.flush()
     os._exit(code)
-
-
-def _fingerprint(path: Path) -> Fingerprint:
-    """Identity and content stamp of the state file; an atomic replace changes the inode."""
-    try:
-        st = path.stat()
-    except OSError:
-        return (0, 0, 0)
-    return (st.st_ino, st.st_mtime_ns, st.st_size)

@@ -44,6 +44,10 @@ class Unit:
     """Owned channels whose deletion a guard holds back: watched for lapses."""
     retained: dict[str, ChannelSpec] = field(default_factory=dict)
     """The refused ones there is a spec for, renewed like desired ones."""
+    backfill_at: datetime | None = None
+    """Our clock: when the account's backfill next has something to do (None: nothing pending)."""
+    backfilled: frozenset[str] = frozenset()
+    """Desired channels with ``backfill = true``: a closing gap of one requests its backfill."""
     due_at: datetime | None = None
     """``next_due`` as last computed, None once anything it depends on changed: an idle tick
     costs O(accounts), not O(channels)."""
@@ -153,6 +157,8 @@ class Memory:
         for spec in state.channels:
             if spec.account in self.units:
                 self.units[spec.account].desired[spec.channel_id] = spec
+        for unit in self.units.values():
+            unit.backfilled = frozenset(c for c, s in unit.desired.items() if s.backfill)
         for (account, channel_id), spec in self.known.items():
             if account in self.units:
                 self.units[account].names[channel_id] = spec.name

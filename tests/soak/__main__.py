@@ -32,6 +32,12 @@ def main(argv: list[str] | None = None) -> int:
         "--reconcile-every", default=None, help="the state file's reconcile_every (default 30m)"
     )
     parser.add_argument(
+        "--change-every",
+        default=defaults.change_every,
+        help="one record change per watched module this often (default 15m; off for none)",
+    )
+    parser.add_argument("--no-backfill", action="store_true", help="channels without backfill = true")
+    parser.add_argument(
         "--baselines",
         default=",".join(KINDS),
         help=f"comma-separated, from {', '.join(KINDS)}; empty for none",
@@ -55,6 +61,8 @@ def main(argv: list[str] | None = None) -> int:
             profile=args.profile,
             seed=args.seed,
             reconcile_every=args.reconcile_every,
+            backfill=not args.no_backfill,
+            change_every=None if args.change_every == "off" else args.change_every,
         )
     except ValueError as exc:
         parser.error(str(exc))

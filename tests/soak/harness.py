@@ -29,8 +29,10 @@ from watchkeeper.engine import Engine
 from watchkeeper.runtime import open_engine
 
 from tests.helpers import SimClock
-from tests.soak.profile import CHANGED_URL, PROFILES, Action, Key, Profile, Schedule
-from tests.statefiles import Chan, env, org_of, write_state
+from tests.receiver import Receiver
+from tests.soak.changes import Lost, Stream, tally
+from tests.soak.profile import PROFILES, Action, Key, Profile, Schedule
+from tests.statefiles import URL_SECRET, Chan, env, org_of, write_state
 
 MODULES = (
     "Contacts", "Deals", "Leads", "Accounts", "Tasks",
@@ -56,6 +58,10 @@ class Params:
     seed: int = 1
     reconcile_every: str | None = None
     """The state file's ``[daemon] reconcile_every``; None keeps the default (30m)."""
+    backfill: bool = True
+    """``backfill = true`` on every channel."""
+    change_every: str | None = "15m"
+    """One record change per watched module this often (watchkeeper's run only); None: none."""
 
     def __post_init__(self) -> None:
         if self.channels < 1 or self.accounts < 1 or self.accounts > self.channels:
@@ -67,6 +73,8 @@ class Params:
         if self.profile not in PROFILES:
             raise ValueError(f"profile must be one of {sorted(PROFILES)}")
         config.parse_duration(self.ttl)  # ValueError, worded for the command line
+        if self.change_every is not None:
+            config.parse_duration(self.change_every)
 
     @property
     def duration(self) -> timedelta:
@@ -90,6 +98,8 @@ class CallRecord:
     status: int
     org: str | None
     items: int
+    records: str = ""
+    """A records read (backfill): ``list`` or ``deleted``; empty for the watch and token calls."""
 
 
 @dataclass
@@ -117,9 +127,11 @@ class RunResult:
     """The channel deleted behind the daemon's back and when (Zoho's clock)."""
     changed: tuple[Key, datetime] | None = None
     fault_hits: dict[str, int] = field(default_factory=dict)
+    lost: Lost | None = None
+    """The record changes and what became of them (watchkeeper's run only)."""
 
 
-def fleet(params: Params) -> list[Chan]:
+def fleet(params: Params, notify_url: str) -> list[Chan]:
     """The channels of a run: spread over the accounts in turn, ``modules`` modules each."""
     names = params.account_names
     return [
@@ -128,6 +140,8 @@ def fleet(params: Params) -> list[Chan]:
             events=[f"{MODULES[(i + j) % len(MODULES)]}.all" for j in range(params.modules)],
             ttl=params.ttl,
             account=names[i % len(names)] if len(names) > 1 else None,
+            notify_url=notify_url,
+            backfill=params.backfill,
         )
         for i in range(params.channels)
     ]
@@ -202,6 +216,7 @@ class Simulation:
     emu: Emulator
     state: DesiredState
     tracker: Tracker
+    receiver: Receiver
     deleted: tuple[Key, datetime] | None = None
     changed: tuple[Key, datetime] | None = None
 
@@ -209,13 +224,17 @@ class Simulation:
     def end(self) -> datetime:
         return self.start + self.params.duration
 
-    def drive(self, name: str, policy: Policy, progress: Progress | None = None) -> None:
-        """``t = min(policy.next_due(), next action)``; move the clock there; act; run the policy."""
+    def drive(
+        self, name: str, policy: Policy, progress: Progress | None = None, stream: Stream | None = None
+    ) -> None:
+        """``t = min(policy.next_due(), next action, next record change)``; move the clock there;
+        act; run the policy."""
         actions = list(self.schedule.actions)
         same = day = 0
         while True:
             due = policy.next_due() or self.end
-            t = min(due, actions[0].at if actions else self.end, self.end)
+            changes = stream.next_at if stream is not None else self.end
+            t = min(due, actions[0].at if actions else self.end, changes, self.end)
             if t >= self.end:
                 break
             if t <= self.clock():
@@ -228,6 +247,8 @@ class Simulation:
             self.clock.set(t)
             while actions and actions[0].at <= t:
                 self._act(actions.pop(0), policy, t)
+            if stream is not None:
+                stream.run_until(t)
             if due <= t:
                 structlog.contextvars.bind_contextvars(sim_time=t.isoformat())
                 policy.run_due(t)
@@ -253,9 +274,8 @@ class Simulation:
             self.deleted = happened
         else:
             first = live.modules[0]
-            self.emu.change_channel(
-                channel_id, events=[f"{first}.create"], notify_url=CHANGED_URL, org=org
-            )
+            changed = self.receiver.url(path="changed")
+            self.emu.change_channel(channel_id, events=[f"{first}.create"], notify_url=changed, org=org)
             self.changed = happened
 
     def result(self, name: str, cpu_seconds: float, wall_seconds: float) -> RunResult:
@@ -268,7 +288,10 @@ class Simulation:
             end=self.emu.now(),
             channels=self.keys,
             intervals={k: self.emu.live_intervals(k[1], org=org_of(k[0])) for k in self.keys},
-            calls=[CallRecord(c.at, c.method, c.status, c.org, c.items) for c in self.emu.calls],
+            calls=[
+                CallRecord(c.at, c.method, c.status, c.org, c.items, _is_records(c.path))
+                for c in self.emu.calls
+            ],
             leads=self.tracker.leads,
             cpu_seconds=cpu_seconds,
             wall_seconds=wall_seconds,
@@ -283,7 +306,8 @@ def simulation(params: Params, state_file: Path) -> Iterator[Simulation]:
     """A fresh world for one run: the same seed lays out the same faults for every policy."""
     clock = SimClock()
     start = clock()
-    chans = fleet(params)
+    receiver = Receiver()
+    chans = fleet(params, receiver.url(f"key={URL_SECRET}"))
     keys = keys_of(params, chans)
     profile = params.fault_profile
     schedule = profile.schedule(start, start + params.duration, keys, random.Random(params.seed))
@@ -296,7 +320,7 @@ def simulation(params: Params, state_file: Path) -> Iterator[Simulation]:
     for account in params.account_names:
         if org_of(account) != DEFAULT_ORG:
             emu.add_org(org_of(account))
-    with emu:
+    with emu, receiver:
         schedule.install(emu, profile)
         # One account at a time: the accounts then draw from the seeded rng in a fixed order, and
         # a run repeats exactly with its seed.
@@ -305,7 +329,13 @@ def simulation(params: Params, state_file: Path) -> Iterator[Simulation]:
             daemon += f'reconcile_every = "{params.reconcile_every}"\n'
         write_state(state_file, emu.url, chans, daemon=daemon, accounts=params.account_names)
         state = config.load(state_file, environ=env())
-        yield Simulation(params, clock, start, keys, schedule, emu, state, Tracker(emu))
+        yield Simulation(params, clock, start, keys, schedule, emu, state, Tracker(emu), receiver)
+
+
+def _is_records(path: str) -> str:
+    if path.endswith("/actions/watch") or path.startswith("/oauth"):
+        return ""
+    return "deleted" if path.endswith("/deleted") else "list"
 
 
 def _fault_hits(emu: Emulator) -> dict[str, int]:
@@ -393,10 +423,27 @@ def run_watchkeeper(params: Params, workdir: Path, progress: Progress | None = N
         ExitStack() as stack,
     ):
         policy = Watchkeeper(sim, stack)
-        sim.drive("watchkeeper", policy, progress)
+        every = params.change_every
+        stream = (
+            None
+            if every is None
+            else Stream(
+                sim.emu,
+                {name: org_of(name) for name in params.account_names},
+                sorted({m for c in sim.state.channels for m, _ in c.events}),
+                config.parse_duration(every),
+                sim.start + config.parse_duration(every),
+                sim.receiver.url(),
+                random.Random(params.seed),
+            )
+        )
+        sim.drive("watchkeeper", policy, progress, stream)
         gaps = policy.engine.store.gaps()
         stack.close()
         result = sim.result("watchkeeper", policy.cpu, time.perf_counter() - wall)
+        if stream is not None:
+            subscriptions = {(c.account, c.channel_id): c.events for c in sim.state.channels}
+            result.lost = tally(stream, subscriptions, result.intervals, sim.receiver.backfilled())
     result.ledger = {key: [] for key in result.channels}
     for gap in gaps:
         result.ledger.setdefault((gap.account, gap.channel_id), []).append(

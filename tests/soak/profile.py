@@ -19,8 +19,6 @@ Key = tuple[str, str]
 """(account, channel_id)."""
 ActionKind = Literal["restart", "change", "delete"]
 
-CHANGED_URL = "https://changed.example.com/hook"
-"""The notify_url a channel is changed to behind the daemon's back."""
 QUIET_START = timedelta(hours=1)
 """No random fault in the first hour: the run starts from a clean creation of every channel."""
 

@@ -174,7 +174,7 @@ def summarize(result: RunResult) -> dict[str, Any]:
             )
         if result.ledger is not None:
             checks.append((key, check_ledger(truth, result.ledger.get(key, []))))
-    api = [c for c in result.calls if c.method in API_METHODS]
+    api = [c for c in result.calls if c.method in API_METHODS and not c.records]
     tokens = [c for c in result.calls if c.method == "TOKEN"]
     refreshed = [c for c in tokens if c.status == 200]
     recoveries = _recoveries(result)
@@ -227,7 +227,26 @@ def summarize(result: RunResult) -> dict[str, Any]:
     }
     if result.ledger is not None:
         summary["ledger"] = _ledger_summary(checks)
+    if result.lost is not None:
+        summary["lost_events"] = result.lost.to_json()
+        summary["backfill"] = _backfill_cost(result)
     return summary
+
+
+def _backfill_cost(result: RunResult) -> dict[str, Any]:
+    """What the backfill cost Zoho: records reads per closed gap, by kind and status."""
+    reads = [c for c in result.calls if c.records]
+    closed = sum(1 for gaps in (result.ledger or {}).values() for _, end, _ in gaps if end is not None)
+    kinds = Counter(f"GET {c.records}" for c in reads)
+    return {
+        "closed_gaps": closed,
+        "calls": len(reads),
+        "calls_per_gap": len(reads) / closed if closed else None,
+        "by_kind": dict(sorted(kinds.items())),
+        "by_kind_per_gap": {k: v / closed for k, v in sorted(kinds.items())} if closed else {},
+        "failed": sum(1 for c in reads if c.status >= 400),
+        "events": {e: result.events.get(e, 0) for e in ("backfill.failed", "backfill.retry")},
+    }
 
 
 def _recoveries(result: RunResult) -> list[float]:
@@ -322,8 +341,11 @@ def targets(summaries: Sequence[dict[str, Any]]) -> dict[str, Any]:
         if fixed and ours["calls"]["all_with_tokens"]
         else None
     )
+    lost = ours.get("lost_events")
+    no_loss = None if lost is None else lost["lost_with_backfill"] == 0
     return {
-        "correct": unexplained == 0 and ledger_ok,
+        "correct": unexplained == 0 and ledger_ok and no_loss is not False,
+        "no_change_lost_with_backfill": no_loss,
         "no_unexplained_gap": unexplained == 0,
         "ledger_within_1s": ledger_ok,
         "renewals_per_channel_day": patch,
@@ -395,6 +417,32 @@ def rows(summary: dict[str, Any]) -> list[tuple[str, str, float | None]]:
     return out
 
 
+def lost_table(summary: dict[str, Any]) -> list[str]:
+    """The lost-events table and the backfill's cost, for a run that changed records."""
+    lost, cost = summary.get("lost_events"), summary.get("backfill")
+    if lost is None or cost is None:
+        return []
+    rows = [
+        ("record changes x subscribed channels", lost["changes_made"]),
+        ("delivered live", lost["delivered_live"]),
+        ("lost without backfill (made in a gap)", lost["lost_without_backfill"]),
+        ("lost with backfill", lost["lost_with_backfill"]),
+        ("  channels losing any", lost["channels_losing_with_backfill"]),
+        ("duplicates delivered", lost["duplicates"]),
+        ("lost to drift (live, changed behind its back)", lost["lost_to_drift"]),
+    ]
+    width = max(len(label) for label, _ in rows) + 2
+    per_gap = cost["calls_per_gap"]
+    kinds = ", ".join(f"{k} {v:.1f}" for k, v in cost["by_kind_per_gap"].items()) or "-"
+    return [
+        "",
+        "lost events:",
+        *(f"  {label:<{width}}{value:>10}" for label, value in rows),
+        f"backfill cost: {cost['calls']} records calls for {cost['closed_gaps']} closed gaps"
+        + (f" = {per_gap:.1f} a gap ({kinds}); {cost['failed']} failed" if per_gap is not None else ""),
+    ]
+
+
 def table(summaries: Sequence[dict[str, Any]], goals: dict[str, Any]) -> str:
     """watchkeeper's column first, then each baseline and how many times more it costs."""
     ours, *others = summaries
@@ -432,6 +480,7 @@ def table(summaries: Sequence[dict[str, Any]], goals: dict[str, Any]) -> str:
                 + ", ".join(_duration(s) for s in early)
                 + " before the deletion (the last listing that showed the channel)"
             )
+    lines += lost_table(ours)
     events = ours.get("events") or {}
     if events:
         shown = ", ".join(f"{name} {count}" for name, count in events.items())
@@ -443,6 +492,7 @@ def table(summaries: Sequence[dict[str, Any]], goals: dict[str, Any]) -> str:
         + "; ".join(
             [
                 f"coverage 100% but for outages {_met(goals['no_unexplained_gap'])}",
+                f"no change lost with backfill {_met(goals['no_change_lost_with_backfill'])}",
                 f"ledger within {TOLERANCE:g} s {_met(goals['ledger_within_1s'])}",
                 f"PATCH/channel-day {goals['renewals_per_channel_day']:.4f} <= "
                 f"{RENEWALS_PER_CHANNEL_DAY} {_met(goals['renewals_target_met'])}",

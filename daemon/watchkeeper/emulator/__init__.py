@@ -26,7 +26,10 @@ play each plausible answer: ``default_lifetime`` (1 h as documented; the recordi
 an unreadable or past ``channel_expiry`` with INVALID_DATA instead of the default lifetime;
 ``unknown_modules="refuse"`` answers events on modules the product lacks (``catalog.MODULES`` plus
 ``custom_modules``) with INVALID_DATA ``events``; ``patch_events="merge"`` makes a PATCH add its
-events instead of replacing them; ``forbidden_modules``, ``max_items``, ``expired_listed_for``.
+events instead of replacing them; ``forbidden_modules``, ``max_items``, ``expired_listed_for``;
+for the records APIs ``records_empty="304"`` answers an empty If-Modified-Since query with 304
+instead of 204, and ``page_tokens`` ("v5+", "all", "none") says which versions hand out
+``next_page_token``.
 
 Beyond the basic contract: ``Emulator(seed=0)`` seeds the fault RNG; ``Fault(status=None,
 latency=2)`` delays a request that still takes effect (a timeout after Zoho acted);
@@ -46,6 +49,13 @@ Zoho's endpoints::
 
     POST /oauth/v2/token                       grant_type=refresh_token (form or query)
     GET|POST|PUT|PATCH|DELETE /crm/{v2..v8}/actions/watch, /bigin/{v1,v2}/actions/watch
+    GET /{crm|bigin}/{v}/{Module}              records (fields, sort_by, sort_order, page,
+                                               page_token, per_page, If-Modified-Since)
+    GET /{crm|bigin}/{v}/{Module}/deleted      deleted records (type, page, per_page)
+
+Each org has a records store per product and module (``records.py``): ``record_change`` updates it
+before calling back the live channels, so a test knows every change and every delivery
+(``records()``, ``record_changes()``).
 
 Admin endpoints (JSON in and out, no auth; ``org`` defaults to org1 and ``product`` to crm, as
 query parameters or body keys; tokens and notify_url query values are shown as ``***``)::
@@ -63,7 +73,7 @@ query parameters or body keys; tokens and notify_url query values are shown as `
                                                {"status": 429, "retry_after": 30, "count": 3}
                                                ({"start", "end"} ISO 8601 with offset,
                                                "methods": ["PATCH", "TOKEN"], "paths": "watch" |
-                                               "token" | "any", "body": "json" | "html" |
+                                               "records" | "token" | "any", "body": "json" | "html" |
                                                "garbage" | "empty", "latency", "fraction", "org",
                                                "code")
     DELETE /__emulator/faults                  clear faults and grant_only_default windows
@@ -74,7 +84,9 @@ query parameters or body keys; tokens and notify_url query values are shown as `
     GET    /__emulator/live_intervals?channel_id=&event=&org=
                                                [[start, end-or-null], ...]
     POST   /__emulator/record_change           {"module", "op": "create"|"edit"|"delete",
-                                                "record_ids": [...], "org"?}: deliver callbacks
+                                                "record_ids": [...], "org"?}: change the records
+                                               and deliver callbacks
+    GET    /__emulator/records?module=&org=    the module's records and deleted records
     GET    /__emulator/clock                   {"now", "skew_seconds"}
     POST   /__emulator/clock                   {"skew_seconds": 3600}: move Zoho's clock (expiries
                                                and the Date header follow)

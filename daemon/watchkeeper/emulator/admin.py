@@ -194,6 +194,20 @@ def _record_change(emu: Emulator, a: _Args) -> Any:
     }
 
 
+def _records(emu: Emulator, a: _Args) -> Any:
+    module = str(a.query.get("module") or a.body["module"])
+    live, deleted = emu.records(module, org=a.org, product=a.product)
+    return {
+        "records": [
+            {"id": x.id, "created_time": x.created.isoformat(), "modified_time": x.modified.isoformat()}
+            for x in live
+        ],
+        "deleted": [
+            {"id": d.id, "deleted_time": d.deleted.isoformat(), "type": d.type} for d in deleted
+        ],
+    }
+
+
 def _clock(emu: Emulator, a: _Args) -> Any:
     return {"now": emu.now().isoformat(), "skew_seconds": emu.clock_skew.total_seconds()}
 
@@ -237,6 +251,7 @@ _ROUTES: dict[tuple[str, str], Callable[[Emulator, _Args], Any]] = {
     ("DELETE", "calls"): _clear_calls,
     ("GET", "live_intervals"): _live_intervals,
     ("POST", "record_change"): _record_change,
+    ("GET", "records"): _records,
     ("GET", "clock"): _clock,
     ("POST", "clock"): _set_clock,
     ("GET", "refreshes"): _refreshes,

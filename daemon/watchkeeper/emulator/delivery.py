@@ -7,14 +7,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 import httpx
 
+from watchkeeper.emulator.records import RecordOp
 from watchkeeper.emulator.state import Channel
-
-RecordOp = Literal["create", "edit", "delete"]
 
 OPERATIONS: dict[str, str] = {"create": "insert", "edit": "update", "delete": "delete"}
 """Subscription op -> the ``operation`` word in the callback (the vocabularies differ)."""

@@ -16,9 +16,9 @@ from typing import Any, TypedDict, Unpack
 
 import httpx
 
-from watchkeeper.emulator import admin, watch
+from watchkeeper.emulator import admin, records, watch
 from watchkeeper.emulator import responses as r
-from watchkeeper.emulator.delivery import Delivery, RecordChange, RecordOp, deliver, payload
+from watchkeeper.emulator.delivery import Delivery, RecordChange, deliver, payload
 from watchkeeper.emulator.faults import Fault, FaultPlan
 from watchkeeper.emulator.formats import PRODUCTS, Product, format_expiry, parse_events, utc
 from watchkeeper.emulator.oauth import (
@@ -30,6 +30,7 @@ from watchkeeper.emulator.oauth import (
     token_params,
 )
 from watchkeeper.emulator.options import OptionArgs, Options
+from watchkeeper.emulator.records import Change, Deleted, Record, RecordOp, RecordStore
 from watchkeeper.emulator.resources import resource_uri
 from watchkeeper.emulator.server import EmulatorServer
 from watchkeeper.emulator.state import (
@@ -332,11 +333,13 @@ class Emulator:
         *,
         product: Product = "crm",
     ) -> list[Delivery]:
-        """POST Zoho's callback to every live channel subscribed to (module, op); the POSTs happen
-        outside the lock, so a receiver may call the emulator back."""
-        change = RecordChange(module, op, tuple(record_ids))
+        """Change the records (the store the records APIs read), then POST Zoho's callback to
+        every live channel subscribed to (module, op); the POSTs happen outside the lock, so a
+        receiver may call the emulator back."""
+        change = RecordChange(module, op, tuple(str(i) for i in record_ids))
         with self._lock:
             now = self.now()
+            self._records(org, product).apply(module, op, change.record_ids, now)
             uri = resource_uri(self.url, product, module)
             targets = [
                 (ch, payload(ch, change, now, uri))
@@ -347,6 +350,23 @@ class Emulator:
                 self._callbacks = httpx.Client()  # one client: its TLS setup is not free
             client = self._callbacks
         return deliver(client, targets)
+
+    def _records(self, org: str, product: Product) -> RecordStore:
+        self._store(org, product)  # validates both
+        return self._state.org(org).records[product]
+
+    def records(
+        self, module: str, org: str = DEFAULT_ORG, *, product: Product = "crm"
+    ) -> tuple[list[Record], list[Deleted]]:
+        """The module's live records and its deleted ones, oldest first."""
+        with self._lock:
+            store = self._records(org, product)
+            return list(store.live.get(module, {}).values()), list(store.deleted.get(module, []))
+
+    def record_changes(self, org: str = DEFAULT_ORG, *, product: Product = "crm") -> list[Change]:
+        """Every record change so far, one per record, in order: what a receiver should learn."""
+        with self._lock:
+            return list(self._records(org, product).changes)
 
     # ---- HTTP ------------------------------------------------------------------------------
 
@@ -385,6 +405,8 @@ class Emulator:
         token = bearer(request.headers)
         known = self._state.tokens.get(token) if token is not None else None
         org_name = known.org if known is not None else None
+        if records.parse_path(request.path) is not None:
+            return self._read_records(request, now, token, org_name)
         items, data = (None, None)
         if request.method in ("POST", "PUT", "PATCH"):
             items, data = watch.parse_body(request.body)
@@ -446,6 +468,44 @@ class Emulator:
         if request.method == "DELETE":
             return watch.delete(store, ctx, request.query)
         return watch.write(store, ctx, request.method, items, data)
+
+    def _read_records(
+        self, request: r.Request, now: datetime, token: str | None, org_name: str | None
+    ) -> tuple[r.Response, Call]:
+        latency, fault = self._faults.pick(request.method, "records", org_name, now)
+        response = (
+            fault.response("records") if fault is not None else self._answer_records(request, now, token)
+        )
+        response.delay = latency
+        call = Call(
+            now, request.method, request.path, dict(request.query), response.status, org_name, 0, ()
+        )
+        return response, call
+
+    def _answer_records(self, request: r.Request, now: datetime, token: str | None) -> r.Response:
+        target = records.parse_path(request.path)
+        assert target is not None
+        if request.method != "GET":
+            return r.json_response(400, r.error("INVALID_REQUEST_METHOD"))
+        org = authenticate(self._state, token, now)
+        if isinstance(org, r.Response):
+            return org
+        product, version, module, deleted = target
+        ctx = watch.Context(now, org.tz_offset, product, version, self.url, self._options, False)
+        if not ctx.knows(module):
+            return r.json_response(400, r.error("INVALID_MODULE", {"api_name": module}))
+        query = records.Query(
+            product,
+            version,
+            module,
+            request.query,
+            request.headers.get("if-modified-since"),
+            now,
+            org.tz_offset,
+            self._options,
+        )
+        store = org.records[product]
+        return records.list_deleted(store, query) if deleted else records.list_records(store, query)
 
     def _token_reset(self, request: r.Request, now: datetime) -> str:
         """``X-ACCESSTOKEN-RESET``: the presented access token's expiry (inferred from the seeds),

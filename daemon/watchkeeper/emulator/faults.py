@@ -24,10 +24,10 @@ from watchkeeper.emulator.responses import (
     json_response,
 )
 
-PathKind = Literal["watch", "token", "any"]
+PathKind = Literal["watch", "records", "token", "any"]
 BodyKind = Literal["json", "html", "garbage", "empty", "items"]
 
-_PATHS = ("watch", "token", "any")
+_PATHS = ("watch", "records", "token", "any")
 _BODIES = ("json", "html", "garbage", "empty", "items")
 
 
@@ -63,7 +63,7 @@ class Fault:
         self.end = None if self.end is None else utc(self.end)
 
     def matches(
-        self, method: str, kind: Literal["watch", "token"], org: str | None, now: datetime
+        self, method: str, kind: Literal["watch", "records", "token"], org: str | None, now: datetime
     ) -> bool:
         return (
             (self.count is None or self.hits < self.count)
@@ -74,7 +74,7 @@ class Fault:
             and (self.end is None or now < self.end)
         )
 
-    def response(self, kind: Literal["watch", "token"], items: int = 0) -> Response:
+    def response(self, kind: Literal["watch", "records", "token"], items: int = 0) -> Response:
         """The answer instead of Zoho's. ``body="items"``: a well-formed answer whose every item
         is refused with ``code`` (INTERNAL_ERROR by default), as a 207 would carry it."""
         status = self.status if self.status is not None else 200
@@ -139,7 +139,7 @@ class FaultPlan:
         self._rng = random.Random(seed)
 
     def pick(
-        self, method: str, kind: Literal["watch", "token"], org: str | None, now: datetime
+        self, method: str, kind: Literal["watch", "records", "token"], org: str | None, now: datetime
     ) -> tuple[float, Fault | None]:
         """(latency to add, the fault that answers instead of Zoho or None)."""
         latency = 0.0

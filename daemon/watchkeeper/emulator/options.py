@@ -20,6 +20,11 @@ BadExpiry = Literal["default", "refuse"]
 """A ``channel_expiry`` Zoho cannot read or that has passed: ``default`` grants the default lifetime,
 as recorded (zoho-api.md 2.1: "Past expiry is not rejected (silently defaulted). [S1]"), ``refuse``
 answers the item with INVALID_DATA ``api_name`` ``channel_expiry``."""
+RecordsEmpty = Literal["204", "304"]
+"""What a records query that carried If-Modified-Since and matched nothing answers (UNCONFIRMED)."""
+PageTokens = Literal["v5+", "all", "none"]
+"""Which versions hand out ``next_page_token`` on records pages (documented for v7/v8; earlier
+versions UNCONFIRMED): CRM v5 and later, every version, or none (``page`` stops at 2,000)."""
 UnknownModules = Literal["accept", "refuse"]
 """An event on a module the product does not have (catalog.MODULES plus ``custom_modules``):
 ``refuse`` answers the item with INVALID_DATA ``api_name`` ``events``."""
@@ -38,6 +43,8 @@ class OptionArgs(TypedDict, total=False):
     custom_modules: frozenset[str]
     forbidden_modules: frozenset[str]
     expired_listed_for: timedelta
+    records_empty: RecordsEmpty
+    page_tokens: PageTokens
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +66,8 @@ class Options:
     (the CRM v3 PATCH doc lists it for a missing module permission)."""
     expired_listed_for: timedelta = timedelta(0)
     """How long GET still lists a channel after its expiry (0: it vanishes at once; UNCONFIRMED)."""
+    records_empty: RecordsEmpty = "204"
+    page_tokens: PageTokens = "v5+"
 
     def __post_init__(self) -> None:
         for name, allowed in _CHOICES.items():
@@ -84,6 +93,8 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "patch_events": get_args(PatchEvents),
     "bad_expiry": get_args(BadExpiry),
     "unknown_modules": get_args(UnknownModules),
+    "records_empty": get_args(RecordsEmpty),
+    "page_tokens": get_args(PageTokens),
 }
 _NAMES = frozenset(f.name for f in fields(Options))
 

@@ -27,6 +27,12 @@ MESSAGES: dict[str, str] = {
     "INTERNAL_ERROR": "Internal Server Error",
     "NO_PERMISSION": "permission denied",
     "BAD_REQUEST": "The request could not be processed",
+    # the records APIs (zoho-api.md section 9)
+    "INVALID_MODULE": "the module name given seems to be invalid",
+    "DISCRETE_PAGINATION_LIMIT_EXCEEDED": "use page_token to fetch records beyond 2000",
+    "PAGINATION_LIMIT_EXCEEDED": "the number of records to fetch exceeds the limit",
+    "EXPIRED_VALUE": "the page token has expired",
+    "TOKEN_BOUND_DATA_MISMATCH": "the page token does not belong to this query",
 }
 
 SUBSCRIBED = "Successfully subscribed for actions-watch of the given module"

@@ -15,6 +15,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from watchkeeper.emulator.formats import PRODUCTS, Event, Product, parse_event
+from watchkeeper.emulator.records import RecordStore
 from watchkeeper.emulator.resources import modules_in_order
 
 DEFAULT_ORG = "org1"
@@ -195,6 +196,9 @@ class Org:
     tz_offset: timedelta
     stores: dict[Product, ChannelStore] = field(
         default_factory=lambda: {product: ChannelStore() for product in PRODUCTS}
+    )
+    records: dict[Product, RecordStore] = field(
+        default_factory=lambda: {product: RecordStore() for product in PRODUCTS}
     )
     live_tokens: deque[str] = field(default_factory=deque)
     refresh_times: deque[datetime] = field(default_factory=deque)

@@ -12,21 +12,23 @@ refresh allowance) and nothing else secret: never refresh tokens, client secrets
 verification tokens (only their digest), and notify_urls only masked (beside their digest). The
 file and its -wal/-shm are mode 0600.
 
-Modules: ``schema`` the tables; ``codec`` rows <-> values; ``registry``, ``gaps``, ``journal`` the
-queries; ``upsert`` the dialect-aware upsert; ``migrate`` and ``migrations/`` the schema's history;
-``sqlite`` the file; ``postgres`` the server; ``target`` which of the two; ``leases`` who serves
-which account; ``database`` the Store itself.
+Modules: ``schema`` the tables; ``codec`` rows <-> values; ``registry``, ``gaps``, ``journal``,
+``backfills`` the queries; ``upsert`` the dialect-aware upsert; ``migrate`` and ``migrations/``
+the schema's history; ``sqlite`` the file; ``postgres`` the server; ``target`` which of the two;
+``leases`` who serves which account; ``database`` the Store itself.
 """
 
 from watchkeeper.store.database import Store, StoreTokenCache
 from watchkeeper.store.errors import LeaseLost, SchemaTooNewError, StoreError, StoreUnavailable
 from watchkeeper.store.schema import TABLES
 from watchkeeper.store.sqlite import BUSY_TIMEOUT_MS
-from watchkeeper.store.values import Gap, Intent, StatusRow
+from watchkeeper.store.values import Backfill, BackfillNote, Gap, Intent, StatusRow
 
 __all__ = [
     "BUSY_TIMEOUT_MS",
     "TABLES",
+    "Backfill",
+    "BackfillNote",
     "Gap",
     "Intent",
     "LeaseLost",

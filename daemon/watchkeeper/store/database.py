@@ -9,7 +9,7 @@ makes every write inside conditional on the account's lease (LeaseLost otherwise
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
@@ -19,10 +19,18 @@ from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 
 from watchkeeper.model import AccessToken, ObservedChannel, RegistryEntry
-from watchkeeper.store import gaps, journal, leases, migrate, postgres, registry, sqlite
+from watchkeeper.store import backfills, gaps, journal, leases, migrate, postgres, registry, sqlite
 from watchkeeper.store.errors import StoreError
 from watchkeeper.store.target import PostgresTarget, Target
-from watchkeeper.store.values import Board, Gap, Intent, LeaseState, StatusRow
+from watchkeeper.store.values import (
+    Backfill,
+    BackfillNote,
+    Board,
+    Gap,
+    Intent,
+    LeaseState,
+    StatusRow,
+)  # fmt: skip
 
 Migrate = Literal["always", "alone", "never"]
 """When opening may upgrade the schema (PostgreSQL; a writable SQLite file always upgrades):
@@ -148,6 +156,13 @@ class Store:
 
         ``fence=(account, epoch)``: first check, in the same transaction, that the account's lease
         is still at that epoch and unexpired, else raise LeaseLost and write nothing."""
+        outer: Connection | None = getattr(self._local, "conn", None)
+        if outer is not None:
+            with outer.begin_nested():
+                if fence is not None:
+                    leases.fence(outer, *fence)
+                yield
+            return
         with self._tx() as conn:
             if fence is not None:
                 leases.fence(conn, *fence)
@@ -155,16 +170,13 @@ class Store:
 
     @contextmanager
     def _tx(self, *, write: bool = True) -> Iterator[Connection]:
-        """The thread's open transaction (a write in it is a savepoint), or a new one; writers take
-        the write lock up front (BEGIN IMMEDIATE) so that a concurrent writer waits on the busy
-        timeout instead of failing a lock upgrade."""
+        """The thread's open transaction, which a single query or write simply joins (a savepoint
+        per statement would double the statements of a batch), or a new one; writers take the
+        write lock up front (BEGIN IMMEDIATE) so that a concurrent writer waits on the busy timeout
+        instead of failing a lock upgrade."""
         outer: Connection | None = getattr(self._local, "conn", None)
         if outer is not None:
-            if not write:
-                yield outer
-                return
-            with outer.begin_nested():
-                yield outer
+            yield outer
             return
         if write and self.readonly:
             raise StoreError(f"{self.where} was opened read-only: this command cannot change it")
@@ -289,6 +301,47 @@ class Store:
         """Gaps oldest first; ``since`` keeps those still open or ended after it."""
         with self._tx(write=False) as conn:
             return gaps.gaps(conn, since, channel_id)
+
+    # --- backfill progress ----------------------------------------------------------------------
+
+    def request_backfill(self, gap_ids: Iterable[int], at: datetime) -> int:
+        """(Re)start the backfill of these closed gaps; returns how many there were."""
+        with self._tx() as conn:
+            return backfills.request(conn, gap_ids, at)
+
+    def pending_backfills(self, account: str | None = None) -> list[Backfill]:
+        with self._tx(write=False) as conn:
+            return backfills.pending(conn, account)
+
+    def backfill_states(self) -> dict[int, tuple[str, int]]:
+        """gap id -> (backfill state, records redelivered), for ``gaps``."""
+        with self._tx(write=False) as conn:
+            return backfills.by_gap(conn)
+
+    def backfill_collected(self, gap_id: int, notes: Sequence[tuple[str, str, Sequence[str]]]) -> None:
+        """Every notification the backfill will send, stored before the first goes out."""
+        with self._tx() as conn:
+            backfills.collected(conn, gap_id, notes)
+
+    def backfill_undelivered(self, gap_id: int) -> list[BackfillNote]:
+        with self._tx(write=False) as conn:
+            return backfills.undelivered(conn, gap_id)
+
+    def backfill_delivered(self, gap_id: int, seq: int, records: int, at: datetime) -> None:
+        with self._tx() as conn:
+            backfills.delivered(conn, gap_id, seq, records, at)
+
+    def backfill_retry(
+        self, gap_id: int, failures: int, first_failure_at: datetime, retry_at: datetime, error: str
+    ) -> None:
+        with self._tx() as conn:
+            backfills.retry(conn, gap_id, failures, first_failure_at, retry_at, error)
+
+    def finish_backfill(
+        self, gap_id: int, state: str, reason: str | None = None, error: str | None = None
+    ) -> None:
+        with self._tx() as conn:
+            backfills.finish(conn, gap_id, state, reason, error)
 
     # --- access-token cache ---------------------------------------------------------------------
 

@@ -85,21 +85,21 @@ def plan(found: Found, known: frozenset[str], head: str, where: str) -> Steps:
 
 def steps(conn: Connection, where: str) -> Steps:
     """What the database behind ``conn`` needs; raises what ``plan`` raises."""
-    head, known = _revisions()
+    head, known = _revisions(SCRIPTS)
     return plan(_found(conn), known, head, where)
 
 
 @functools.cache
-def _revisions() -> tuple[str, frozenset[str]]:
+def _revisions(scripts: Path) -> tuple[str, frozenset[str]]:
     """The head and every known revision, read from the scripts once per process: they ship with
     the code and do not change under it (and a read-only open then reads nothing but the
     database)."""
     config = Config()
-    config.set_main_option("script_location", str(SCRIPTS))
+    config.set_main_option("script_location", str(scripts))
     script = ScriptDirectory.from_config(config)
     head = script.get_current_head()
     if head is None:
-        raise StoreError(f"no migration scripts in {SCRIPTS}: the installation is incomplete")
+        raise StoreError(f"no migration scripts in {scripts}: the installation is incomplete")
     return head, frozenset(rev.revision for rev in script.walk_revisions())
 
 
@@ -150,7 +150,7 @@ def others_live(conn: Connection, instance: str | None) -> bool:
 
 def head() -> str:
     """The newest revision the scripts know."""
-    return _revisions()[0]
+    return _revisions(SCRIPTS)[0]
 
 
 def _db_clock(conn: Connection) -> datetime:

@@ -111,6 +111,45 @@ class ForeignRow(SQLModel, table=True):
     """JSON list of module API names."""
 
 
+class BackfillRow(SQLModel, table=True):
+    """The backfill of one gap (DESIGN.md section 9): requested, collected, done or failed. What
+    was collected is kept in ``backfill_notifications`` before the first one is sent, so a crash
+    resumes with the undelivered ones: a notification may arrive twice, never zero times."""
+
+    __tablename__ = "backfills"
+
+    gap_id: int = Field(primary_key=True)
+    account: str
+    channel_id: str
+    state: str
+    """pending, done or failed."""
+    collected: bool = False
+    """Zoho was asked and every notification to send is stored."""
+    records: int = 0
+    """Record ids redelivered (``recovered``)."""
+    notifications: int = 0
+    failures: int = 0
+    first_failure_at: datetime | None = Field(default=None, sa_type=UTCInstant)
+    retry_at: datetime | None = Field(default=None, sa_type=UTCInstant)
+    """Zoho's clock: not before (the backoff after a refusal or a transient error)."""
+    reason: str | None = None
+    """Why it failed: scope, zoho or receiver."""
+    error: str | None = None
+    requested_at: datetime = Field(sa_type=UTCInstant)
+
+
+class BackfillNotificationRow(SQLModel, table=True):
+    __tablename__ = "backfill_notifications"
+
+    gap_id: int = Field(primary_key=True)
+    seq: int = Field(primary_key=True)
+    module: str
+    operation: str
+    ids: str
+    """JSON list of record ids."""
+    delivered_at: datetime | None = Field(default=None, sa_type=UTCInstant)
+
+
 class LeaseRow(SQLModel, table=True):
     """Which instance serves an account (section 8 of DESIGN.md). ``epoch`` grows by one each time
     the account changes hands: every write of the account's rows checks it, so an instance that
@@ -138,8 +177,8 @@ class InstanceRow(SQLModel, table=True):
 
 
 TABLES: tuple[type[SQLModel], ...] = (
-    RegistryRow, GapRow, AccessTokenRow, ConfirmationRow, IntentRow, ForeignRow, LeaseRow,
-    InstanceRow,
+    RegistryRow, GapRow, AccessTokenRow, ConfirmationRow, IntentRow, ForeignRow, BackfillRow,
+    BackfillNotificationRow, LeaseRow, InstanceRow,
 )  # fmt: skip
 
 
@@ -160,6 +199,8 @@ TOKENS = table_of(AccessTokenRow)
 CONFIRMATIONS = table_of(ConfirmationRow)
 INTENTS = table_of(IntentRow)
 FOREIGN = table_of(ForeignRow)
+BACKFILLS = table_of(BackfillRow)
+BACKFILL_NOTIFICATIONS = table_of(BackfillNotificationRow)
 LEASES = table_of(LeaseRow)
 INSTANCES = table_of(InstanceRow)
 

@@ -49,6 +49,33 @@ class Intent:
 
 
 @dataclass(frozen=True, slots=True)
+class Backfill:
+    """The progress of one gap's backfill (DESIGN.md section 9)."""
+
+    gap: Gap
+    state: str
+    """pending, done or failed."""
+    collected: bool
+    records: int
+    notifications: int
+    failures: int
+    first_failure_at: datetime | None
+    retry_at: datetime | None
+    reason: str | None
+    error: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class BackfillNote:
+    """A collected notification not yet taken by its receiver."""
+
+    seq: int
+    module: str
+    operation: str
+    ids: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class LeaseState:
     """An account's lease row; ``expires_at`` on the database's clock."""
 

@@ -20,35 +20,18 @@ the path, the status, Zoho's code and the reason.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any, Literal
 
 import httpx
 
-from watchkeeper import __version__
-from watchkeeper.logs import get_logger
 from watchkeeper.model import ItemResult, ObservedChannel, WatchItem
 from watchkeeper.zoho.auth import OAuth, StaticToken
-from watchkeeper.zoho.errors import (
-    AuthError,
-    RateLimited,
-    RequestRefused,
-    TerminalError,
-    TransientError,
-    ZohoError,
-)
-from watchkeeper.zoho.exchange import (
-    DEFAULT_LIMITS,
-    DEFAULT_TIMEOUT,
-    MAX_ITEMS,
-    Answer,
-    Limits,
-    Request,
-    exchange,
-)
-from watchkeeper.zoho.regions import Endpoint, check_base_url
+from watchkeeper.zoho.errors import RequestRefused, TerminalError, TransientError, ZohoError
+from watchkeeper.zoho.exchange import DEFAULT_LIMITS, DEFAULT_TIMEOUT, MAX_ITEMS, Answer, Limits
+from watchkeeper.zoho.regions import Endpoint
 from watchkeeper.zoho.results import CallResult
-from watchkeeper.zoho.skew import SkewEstimate
+from watchkeeper.zoho.session import USER_AGENT, Session, utc_now
 from watchkeeper.zoho.wire import (
     complains_about_count,
     item_body,
@@ -57,10 +40,8 @@ from watchkeeper.zoho.wire import (
     map_delete_results,
     map_write_results,
     merge_rows,
-    retry_after_seconds,
     text,
     watch_list,
-    whole_request_code,
 )
 
 __all__ = ["DEFAULT_TIMEOUT", "MAX_ITEMS", "USER_AGENT", "Limits", "WatchClient"]
@@ -70,14 +51,9 @@ MAX_CHANNEL_IDS_CHARS = 512
 PER_PAGE = 200
 MAX_PAGES = 1000
 """200,000 rows: a listing that claims more is a server bug, not a reason to loop forever."""
-USER_AGENT = f"watchkeeper/{__version__}"
 
 WriteMethod = Literal["POST", "PUT", "PATCH"]
 Send = Callable[[Sequence[Any]], list[ItemResult]]
-
-
-def _utc_now() -> datetime:
-    return datetime.now(UTC)
 
 
 def _never() -> bool:
@@ -97,42 +73,36 @@ class WatchClient:
         auth: OAuth | StaticToken,
         *,
         http: httpx.Client | None = None,
-        clock: Callable[[], datetime] = _utc_now,
+        clock: Callable[[], datetime] = utc_now,
         limits: Limits = DEFAULT_LIMITS,
         user_agent: str = USER_AGENT,
     ) -> None:
         """``user_agent``: several instances name themselves in it, so Zoho's (or the emulator's)
         record of calls tells them apart."""
         self._path = endpoint.watch_path
-        self._agent = user_agent
-        self._url = check_base_url(endpoint.api_domain, "api_domain") + self._path
-        self._auth = auth
-        self._owns_http = http is None
-        self._http = httpx.Client(timeout=limits.timeout) if http is None else http
-        self._clock = clock
-        self._limits = limits
+        self.session = Session(
+            endpoint, auth, http=http, clock=clock, limits=limits, user_agent=user_agent
+        )
+        """Shared with the account's records client: one token, one skew estimate, one pause."""
         self._batch = {"write": limits.max_items, "delete": limits.max_items}
-        self._skew = SkewEstimate()
 
     def __repr__(self) -> str:
-        return f"WatchClient({self._url!r})"
+        return f"WatchClient({self.session.base_url + self._path!r})"
 
     @property
     def skew(self) -> timedelta:
         """Zoho's clock minus ours (zero until an answer carried a plausible Date header)."""
-        return self._skew.value
+        return self.session.skew
 
     def server_now(self) -> datetime:
-        return self._clock() + self._skew.value
+        return self.session.server_now()
 
     def clear_block(self) -> None:
         """A reload lifts the token server's "too many requests" hold (see OAuth.clear_block)."""
-        if isinstance(self._auth, OAuth):
-            self._auth.clear_block()
+        self.session.clear_block()
 
     def close(self) -> None:
-        if self._owns_http:
-            self._http.close()
+        self.session.close()
 
     # -- listing ---------------------------------------------------------------------------------
 
@@ -234,45 +204,16 @@ class WatchClient:
         params: dict[str, Any] | None = None,
         json_body: dict[str, Any] | None = None,
     ) -> dict[str, Any] | None:
-        """One call, retried once with a fresh token after a 401 (expired token). None for 204."""
-        token = self._auth.token()
-        answer = self._send(method, token, params, json_body)
-        if answer.status == 401 and whole_request_code(answer.content) != "OAUTH_SCOPE_MISMATCH":
-            self._auth.invalidate(token)
-            answer = self._send(method, self._auth.token(), params, json_body)
-        if answer.status == 401:
-            code = whole_request_code(answer.content)
-            raise AuthError(f"{method} {self._path}: HTTP 401 {code}", code=code, status=401)
+        """One call (the session handles 401, 429 and 5xx). None for 204."""
+        answer = self.session.call(method, self._path, params=params, json_body=json_body)
         return self._classify(method, answer, writing=json_body is not None or method == "DELETE")
-
-    def _send(
-        self, method: str, token: str, params: dict[str, Any] | None, json_body: dict[str, Any] | None
-    ) -> Answer:
-        headers = {"Authorization": f"Zoho-oauthtoken {token}", "User-Agent": self._agent}
-        request = Request(method, self._url, f"{method} {self._path}", headers, params, json_body)
-        sent = self._clock()
-        answer = exchange(self._http, request, self._limits)
-        implausible = self._skew.observe(answer.headers.get("Date"), sent, self._clock())
-        if implausible is not None:
-            get_logger().warning(
-                "clock.skew_implausible", url=self._path, skew_seconds=round(implausible, 1)
-            )
-        return answer
 
     def _classify(self, method: str, answer: Answer, *, writing: bool) -> dict[str, Any] | None:
         status = answer.status
         where = f"{method} {self._path}: HTTP {status}"
-        if status == 429:
-            raise RateLimited(
-                f"{where} too many requests",
-                code=whole_request_code(answer.content),
-                status=status,
-                retry_after=self._retry_after(answer),
-            )
-        if not 200 <= status < 500:
-            trouble = "server error" if status >= 500 else "unexpected status"
+        if 300 <= status < 400:
             raise TransientError(
-                f"{where} {trouble}", status=status, retry_after=self._retry_after(answer)
+                f"{where} unexpected status", status=status, retry_after=self.session.retry_after(answer)
             )
         if status == 204:
             return None
@@ -283,9 +224,6 @@ class WatchClient:
         message = text(body.get("message"))[:200]
         error = _TooManyItems if status == 400 and complains_about_count(body) else TerminalError
         raise error(f"{where} {code}: {message}", code=code, status=status)
-
-    def _retry_after(self, answer: Answer) -> float | None:
-        return retry_after_seconds(answer.headers.get("Retry-After"), self.server_now())
 
 
 def _take(kind: str, rest: Sequence[Any], size: int) -> Sequence[Any]:
