@@ -30,6 +30,10 @@ class SimClock:
             self._now += delta
             return self._now
 
+    def sleep(self, seconds: float) -> None:
+        """A ``time.sleep`` for code under test: the simulated time passes, not the real one."""
+        self.advance(timedelta(seconds=seconds))
+
     def set(self, dt: datetime) -> datetime:
         with self._lock:
             self._now = utc(dt)

@@ -38,7 +38,9 @@ def engine_for(tmp_path: Path, emulator: Emulator, sim_clock: SimClock) -> OpenE
 
     def make(channels: list[Chan], **kwargs: str) -> AbstractContextManager[Engine]:
         path = write_state(tmp_path / "channels.toml", emulator.url, channels, **kwargs)
-        return open_engine(config.load(path), clock=sim_clock, rng=random.Random(7))
+        return open_engine(
+            config.load(path), clock=sim_clock, rng=random.Random(7), sleep=sim_clock.sleep
+        )
 
     return make
 
@@ -746,7 +748,9 @@ def test_one_accounts_failure_of_any_kind_never_stops_the_others(
     path = write_state(tmp_path / "channels.toml", emulator.url, chans, accounts=("main", "second"))
     with (
         structlog.testing.capture_logs() as logged,
-        open_engine(config.load(path), clock=sim_clock, rng=random.Random(7)) as engine,
+        open_engine(
+            config.load(path), clock=sim_clock, rng=random.Random(7), sleep=sim_clock.sleep
+        ) as engine,
     ):
         engine.run_due()
 
@@ -889,7 +893,9 @@ def test_accounts_are_served_concurrently_each_in_order(
         tmp_path / "channels.toml", emulator.url, chans, accounts=names, daemon="concurrency = 4"
     )
     lock, active, most = threading.Lock(), [0], [0]
-    with open_engine(config.load(path), clock=sim_clock, rng=random.Random(7)) as engine:
+    with open_engine(
+        config.load(path), clock=sim_clock, rng=random.Random(7), sleep=sim_clock.sleep
+    ) as engine:
         for client in engine.clients.values():
             real = client.list
 

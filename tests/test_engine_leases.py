@@ -18,6 +18,7 @@ from watchkeeper.emulator import Emulator
 from watchkeeper.engine import Engine
 from watchkeeper.leases import Held
 from watchkeeper.runtime import open_engine
+from watchkeeper.store import Store
 from watchkeeper.store.target import parse_url
 
 from tests.cluster import agent_instance
@@ -33,9 +34,11 @@ def _secrets_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @contextmanager
 def leased_engine(tmp_path: Path, emu: Emulator, clock: SimClock, url: str) -> Iterator[Engine]:
-    path = write_state(tmp_path / "channels.toml", emu.url, [Chan("1000", ttl="1h")])
-    state = config.load(path)
-    with open_engine(state, parse_url(url), clock=clock, rng=random.Random(3), instance="A") as engine:
+    chans = [Chan("1000", ttl="1h")]
+    path = write_state(tmp_path / "channels.toml", emu.url, chans, daemon='instance = "A"')
+    state, target = config.load(path), parse_url(url)
+    Store(target, migrate="always").close()  # as `run` does first (open_engine never migrates)
+    with open_engine(state, target, clock=clock, rng=random.Random(3)) as engine:
         yield engine
 
 

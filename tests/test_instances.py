@@ -264,7 +264,7 @@ def test_apply_on_a_shared_database_acts_alone_or_leaves_it_to_the_daemons(fleet
     applied = fleet.command(state, "apply", "--json")
     assert applied.returncode == 0, applied.stderr
     assert json.loads(applied.stdout)["created"] == 4
-    assert {agent_instance(c) for c in fleet.emu.calls if c.method == "POST"} == {"apply:A"}
+    assert {agent_instance(c) for c in fleet.emu.calls if c.method == "POST"} == {"A"}
     rows = json.loads(fleet.command(state, "status", "--json").stdout)["accounts"]
     assert {r["holder"] for r in rows} == {None}  # released when it was done
 

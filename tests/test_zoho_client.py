@@ -492,7 +492,7 @@ def test_server_trouble_is_transient(
     from watchkeeper.emulator import Fault
 
     auth = oauth_for(emulator, http, sim_clock)
-    limits = Limits(timeout=httpx.Timeout(0.3))
+    limits = Limits(timeout=httpx.Timeout(0.3), page_retries=())  # one exchange's error
     watch = WatchClient(endpoint_for(emulator), auth, clock=sim_clock, limits=limits)
     emulator.add_fault(Fault(**fault))
     expiry = sim_clock.now() + timedelta(hours=1)
@@ -519,7 +519,9 @@ def test_connection_refused_is_transient(sim_clock: SimClock) -> None:
     closed = Endpoint.resolve(
         "crm", "v8", api_domain="http://127.0.0.1:9", accounts_url="http://127.0.0.1:9"
     )
-    watch = WatchClient(closed, StaticToken("1000.unused"), clock=sim_clock)
+    watch = WatchClient(
+        closed, StaticToken("1000.unused"), clock=sim_clock, limits=Limits(page_retries=())
+    )
     with pytest.raises(TransientError, match="GET /crm/v8/actions/watch"):
         watch.list()
     watch.close()
@@ -632,8 +634,10 @@ class Hostile:
         self.server.server_close()
 
     def client(self, **limits: Any) -> WatchClient:
+        """A client whose listing pages are tried once: these scripts test one exchange."""
         endpoint = Endpoint.resolve("crm", "v8", "com", self.url, self.url)
-        return WatchClient(endpoint, StaticToken("t" * 20), limits=Limits(**limits))
+        bounds = Limits(**{"page_retries": (), **limits})
+        return WatchClient(endpoint, StaticToken("t" * 20), limits=bounds)
 
 
 def head(handler: BaseHTTPRequestHandler, length: int, **headers: str) -> None:
@@ -754,7 +758,7 @@ def test_each_failure_says_its_reason(emulator: Emulator, sim_clock: SimClock) -
             endpoint_for(emulator),
             StaticToken(value),
             clock=sim_clock,
-            limits=Limits(timeout=httpx.Timeout(0.3)),
+            limits=Limits(timeout=httpx.Timeout(0.3), page_retries=()),
         )
         with pytest.raises(TransientError) as caught:
             watch.list()

@@ -170,7 +170,7 @@ def _apply_shared(args: argparse.Namespace, session: Session) -> int:
     create or upgrade the schema, as ``run`` does)."""
     from watchkeeper.runtime import instance_name, open_engine, open_store
 
-    instance = f"apply:{instance_name(session.state)}"
+    instance = instance_name(session.state)
     with open_store(session.state, session.db, migrate="alone", instance=instance) as store:
         live = store.live_instances()
     if live:
@@ -180,7 +180,7 @@ def _apply_shared(args: argparse.Namespace, session: Session) -> int:
             file=sys.stderr,
         )
         return EX_ERROR
-    with open_engine(session.state, session.db, instance=instance) as engine:
+    with open_engine(session.state, session.db) as engine:
         try:
             confirmed = engine.undesired() if args.allow_mass_delete else frozenset()
             result = engine.run_pass(datetime.now(UTC), listing=True, confirmed=confirmed)

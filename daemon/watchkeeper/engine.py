@@ -326,6 +326,8 @@ class Engine:
 
     def _list(self, unit: Unit, now: datetime, report: PassReport) -> Listing | None:
         try:
+            if unit.list_failures:  # while Zoho fails, one small page; once it answers, all of them
+                unit.client.probe()
             listed = unit.client.list()
         except ZohoError as exc:
             report.list_failed.append(unit.name)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import random
 import socket
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -41,9 +42,11 @@ def make_client(
     clock: Callable[[], datetime] = utcnow,
     cache: TokenCache | None = None,
     instance: str | None = None,
+    sleep: Callable[[float], None] = time.sleep,
 ) -> WatchClient:
     """The account's watch client; ``cache`` keeps its access token across restarts (and, on a
-    shared database, between instances); ``instance`` goes into its User-Agent."""
+    shared database, between instances); ``instance`` goes into its User-Agent; ``sleep`` waits
+    between the retries of a listing page."""
     log = logs.get_logger()
 
     def refreshed(token: AccessToken) -> None:
@@ -66,8 +69,10 @@ def make_client(
             cache=cache,
             on_refresh=refreshed,
         )
-    agent = USER_AGENT if instance is None else f"{USER_AGENT} ({instance})"
-    return WatchClient(account.endpoint, auth, http=http, clock=clock, user_agent=agent)
+    client = WatchClient(account.endpoint, auth, http=http, clock=clock, sleep=sleep)
+    if instance is not None:
+        client.session.user_agent = f"{USER_AGENT} ({instance})"
+    return client
 
 
 def instance_name(state: DesiredState) -> str:
@@ -109,28 +114,30 @@ def open_engine(
     clock: Callable[[], datetime] = utcnow,
     rng: random.Random | None = None,
     meter: Meter | None = None,
-    instance: str | None = None,
+    sleep: Callable[[float], None] = time.sleep,
 ) -> Iterator[Engine]:
     """An engine over the state's database (or ``db``), closed with everything it opened;
-    ``meter`` counts its writes and each account's requests. On a shared database (PostgreSQL)
-    ``instance`` names this instance among the others: the engine serves the accounts under
-    leases, and opening upgrades the schema only while no other instance is live."""
+    ``meter`` counts its writes and each account's requests; ``sleep`` is the clients' (a
+    simulated clock's, under test). On a shared database (PostgreSQL) the engine serves the
+    accounts under leases, as the instance ``instance_name`` names; it never upgrades the schema
+    there (``run`` and ``apply`` have opened it with ``migrate="alone"`` first)."""
     transport = httpx.HTTPTransport()
     with (
-        open_store(state, db, migrate="alone" if instance else "never", instance=instance) as store,
+        open_store(state, db) as store,
         httpx.Client(timeout=DEFAULT_TIMEOUT, transport=transport) as http,
     ):
+        instance = instance_name(state) if store.shared else None
 
         def connect(account: AccountSpec) -> WatchClient:
             client = http if meter is None else meter.http(transport, account.name)
             cache = store.token_cache(account.name)
-            return make_client(account, client, clock, cache, instance if store.shared else None)
+            return make_client(account, client, clock, cache, instance, sleep)
 
         clients = {name: connect(account) for name, account in state.accounts.items()}
         engine = Engine(state, store, clients, clock=clock, rng=rng, connect=connect)
         if meter is not None:
             engine.on_commit, engine.on_backfilled = meter.committed, meter.backfilled
-        if store.shared and instance is not None:
+        if instance is not None:
             engine.cluster = Cluster(store, instance, leases.digest(state), state.lease, clock)
         try:
             yield engine

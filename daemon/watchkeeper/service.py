@@ -186,10 +186,9 @@ class Service:
         if state is None:
             return EX_CONFIG
         db = database_path(state, self.db)
-        lock, instance = None, None
+        lock = None
         if isinstance(db, PostgresTarget):  # several instances: leases divide the accounts
-            instance = instance_name(state)
-            if not self._await_database(state, db, instance):
+            if not self._await_database(state, db, instance_name(state)):
                 return EX_OK
         else:  # SQLite: one instance, by the lock file
             try:
@@ -201,7 +200,7 @@ class Service:
         try:
             with (
                 serve_metrics(state, db, self.health) as meter,
-                open_engine(state, db, meter=meter, instance=instance) as engine,
+                open_engine(state, db, meter=meter) as engine,
             ):
                 self._engine = engine
                 self.log.info(

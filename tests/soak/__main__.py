@@ -9,6 +9,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from watchkeeper import logs
+
 from tests.soak.baselines import KINDS, run_baseline
 from tests.soak.harness import Params, run_watchkeeper
 from tests.soak.profile import PROFILES
@@ -73,6 +75,9 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="soak-") as tmp:
         workdir = args.workdir or Path(tmp)
         workdir.mkdir(parents=True, exist_ok=True)
+        # stdout carries the table or the JSON and nothing else: the baselines' clients log to
+        # stderr (JSON, instants in ISO 8601), watchkeeper's engine to workdir/watchkeeper.log.
+        logs.configure("json", "warning", stream=sys.stderr, journal=False)
         results = [run_watchkeeper(params, workdir, progress)]
         results += [run_baseline(kind, params, workdir, progress) for kind in kinds]
     summaries = [summarize(result) for result in results]

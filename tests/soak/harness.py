@@ -1,10 +1,11 @@
 """Days of simulated operation: the real engine against the emulator, both on one frozen clock.
 
-The loop is the daemon's, minus the waiting: ``t = min(engine.next_due(), next harness action)``,
-move the clock to ``t``, ``engine.run_due(t)``. Calls are real HTTP on loopback and the store is a
-real SQLite file; only time is simulated, so a week takes about a minute. What is measured comes
-from the emulator (its call log and live intervals), never from the daemon's own bookkeeping, except
-the gap ledger, which is what gets checked against it.
+The loop is the daemon's, minus the waiting: ``t = min(engine.next_due(), now + max_sleep, next
+harness action)``, move the clock to ``t``, ``engine.run_due(t)``. Like the service, watchkeeper
+wakes at least every ``max_sleep`` (60 s), so its CPU includes what the idle ticks cost. Calls are
+real HTTP on loopback and the store is a real SQLite file; only time is simulated, so a week takes
+about a minute. What is measured comes from the emulator (its call log and live intervals), never
+from the daemon's own bookkeeping, except the gap ledger, which is what gets checked against it.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from watchkeeper.config import DesiredState
 from watchkeeper.emulator import DEFAULT_ORG, Emulator
 from watchkeeper.engine import Engine
 from watchkeeper.runtime import open_engine
+from watchkeeper.service import Timing
 
 from tests.helpers import SimClock
 from tests.receiver import Receiver
@@ -42,6 +44,8 @@ FIRST_ID = 1_000_000_000_000
 WRITES = frozenset({"POST", "PUT", "PATCH"})
 SPIN_LIMIT = 100
 """Passes in a row at one frozen instant before the harness calls it a hot loop."""
+MAX_SLEEP = Timing().max_sleep
+"""The service's longest sleep: watchkeeper ticks at least this often, due or not."""
 
 Progress = Callable[[str], None]
 T = TypeVar("T")
@@ -129,6 +133,16 @@ class RunResult:
     fault_hits: dict[str, int] = field(default_factory=dict)
     lost: Lost | None = None
     """The record changes and what became of them (watchkeeper's run only)."""
+    idle: Idle | None = None
+    """The ticks that made no call (watchkeeper only)."""
+
+
+@dataclass
+class Idle:
+    """Ticks at which the policy ran and made no call, and the CPU they cost."""
+
+    ticks: int = 0
+    cpu_seconds: float = 0.0
 
 
 def fleet(params: Params, notify_url: str) -> list[Chan]:
@@ -167,12 +181,13 @@ class Tracker:
     def forget(self, org: str, channel_id: str) -> None:
         self.expiry.pop((org, channel_id), None)
 
-    def observe(self) -> None:
-        calls = self.emu.calls
-        new, self.seen = calls[self.seen :], len(calls)
+    def observe(self) -> int:
+        """Reads the calls made since the last time; returns how many there were."""
+        new = self.emu.calls_since(self.seen)
+        self.seen += len(new)
         writes = [c for c in new if c.method in WRITES and c.status < 300 and c.org is not None]
         if not writes:
-            return
+            return len(new)
         live = {org: self.emu.channels(org) for org in {c.org for c in writes if c.org}}
         for call in writes:
             assert call.org is not None
@@ -186,10 +201,14 @@ class Tracker:
                     if prior is not None and prior > call.at:
                         self.leads.append((prior - call.at).total_seconds())
                     self.expiry[key] = channel.expires_at
+        return len(new)
 
 
 class Policy(Protocol):
     """What the simulation drives: watchkeeper's engine or a naive baseline."""
+
+    cpu: float
+    """CPU seconds spent in the policy so far."""
 
     def next_due(self) -> datetime | None: ...
 
@@ -219,20 +238,31 @@ class Simulation:
     receiver: Receiver
     deleted: tuple[Key, datetime] | None = None
     changed: tuple[Key, datetime] | None = None
+    idle: Idle = field(default_factory=Idle)
 
     @property
     def end(self) -> datetime:
         return self.start + self.params.duration
 
     def drive(
-        self, name: str, policy: Policy, progress: Progress | None = None, stream: Stream | None = None
+        self,
+        name: str,
+        policy: Policy,
+        progress: Progress | None = None,
+        stream: Stream | None = None,
+        *,
+        tick: timedelta | None = None,
     ) -> None:
-        """``t = min(policy.next_due(), next action, next record change)``; move the clock there;
-        act; run the policy."""
+        """``t = min(policy.next_due(), now + tick, next action, next record change)``; move the
+        clock there; act; run the policy. ``self.idle`` counts the runs that made no call and
+        their CPU (next_due included)."""
         actions = list(self.schedule.actions)
         same = day = 0
         while True:
+            cpu = policy.cpu
             due = policy.next_due() or self.end
+            if tick is not None:
+                due = min(due, self.clock() + tick)
             changes = stream.next_at if stream is not None else self.end
             t = min(due, actions[0].at if actions else self.end, changes, self.end)
             if t >= self.end:
@@ -249,14 +279,22 @@ class Simulation:
                 self._act(actions.pop(0), policy, t)
             if stream is not None:
                 stream.run_until(t)
-            if due <= t:
+            ran = due <= t
+            if ran:
                 structlog.contextvars.bind_contextvars(sim_time=t.isoformat())
                 policy.run_due(t)
-            self.tracker.observe()
-            if progress and (t - self.start) // timedelta(days=1) > day:
-                day = (t - self.start) // timedelta(days=1)
-                progress(f"{name}: day {day} of {self.params.days:g}")
+            if self.tracker.observe() == 0 and ran:
+                self.idle.ticks += 1
+                self.idle.cpu_seconds += policy.cpu - cpu
+            day = self._progress(name, progress, t, day)
         self.clock.set(self.end)
+
+    def _progress(self, name: str, progress: Progress | None, t: datetime, day: int) -> int:
+        """Says when a simulated day is over; returns the day ``t`` is in."""
+        now = (t - self.start) // timedelta(days=1)
+        if progress and now > day:
+            progress(f"{name}: day {now} of {self.params.days:g}")
+        return now
 
     def _act(self, action: Action, policy: Policy, now: datetime) -> None:
         if action.kind == "restart":
@@ -348,15 +386,16 @@ def _fault_hits(emu: Emulator) -> dict[str, int]:
 
 @contextmanager
 def logging_to(path: Path) -> Iterator[None]:
-    """The engine's log (warning and above, JSON, with the simulated time) into ``path``;
-    structlog's defaults are restored afterwards."""
+    """The engine's log (warning and above, JSON, with the simulated time) into ``path``; the
+    configuration before is restored afterwards (structlog's defaults would print to stdout)."""
+    before = structlog.get_config()
     with path.open("w") as stream:
         logs.configure("json", "warning", stream=stream, journal=False)
         try:
             yield
         finally:
             structlog.contextvars.clear_contextvars()
-            structlog.reset_defaults()
+            structlog.configure(**before)
             root = logging.getLogger()
             for handler in list(root.handlers):
                 if type(handler).__name__ == "_StdlibBridge":
@@ -384,7 +423,9 @@ class Watchkeeper:
         self.engine = self._timed(self._open)
 
     def _open(self) -> Engine:
-        return self.stack.enter_context(open_engine(self.sim.state, clock=self.sim.clock, rng=self.rng))
+        sim = self.sim
+        opened = open_engine(sim.state, clock=sim.clock, rng=self.rng, sleep=sim.clock.sleep)
+        return self.stack.enter_context(opened)
 
     def _timed(self, work: Callable[[], T]) -> T:
         began = time.thread_time()
@@ -437,10 +478,11 @@ def run_watchkeeper(params: Params, workdir: Path, progress: Progress | None = N
                 random.Random(params.seed),
             )
         )
-        sim.drive("watchkeeper", policy, progress, stream)
+        sim.drive("watchkeeper", policy, progress, stream, tick=MAX_SLEEP)
         gaps = policy.engine.store.gaps()
         stack.close()
         result = sim.result("watchkeeper", policy.cpu, time.perf_counter() - wall)
+        result.idle = sim.idle
         if stream is not None:
             subscriptions = {(c.account, c.channel_id): c.events for c in sim.state.channels}
             result.lost = tally(stream, subscriptions, result.intervals, sim.receiver.backfilled())

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from tests.soak.harness import RunResult
+from tests.soak.harness import Idle, RunResult
 from tests.soak.profile import Key, Schedule
 
 TOLERANCE = 1.0
@@ -230,7 +230,18 @@ def summarize(result: RunResult) -> dict[str, Any]:
     if result.lost is not None:
         summary["lost_events"] = result.lost.to_json()
         summary["backfill"] = _backfill_cost(result)
+    if result.idle is not None:
+        summary["idle"] = _idle_summary(result.idle, days)
     return summary
+
+
+def _idle_summary(idle: Idle, days: float) -> dict[str, Any]:
+    """What the ticks that made no call cost: the daemon wakes at least every minute."""
+    return {
+        "ticks": idle.ticks,
+        "cpu_s_per_hour": idle.cpu_seconds / (24 * days) if days else 0.0,
+        "cpu_ms_per_tick": 1000 * idle.cpu_seconds / idle.ticks if idle.ticks else None,
+    }
 
 
 def _backfill_cost(result: RunResult) -> dict[str, Any]:
@@ -412,9 +423,20 @@ def rows(summary: dict[str, Any]) -> list[tuple[str, str, float | None]]:
         ("renewal lead before expiry, min", _duration(lead["min"]), None),
         ("renewal lead before expiry, median", _duration(lead["median"]), None),
         ("CPU s / simulated day", f"{summary['cpu_s_per_day']:.2f}", None),
+        *_idle_rows(summary.get("idle")),
         ("wall s", f"{summary['wall_s']:.1f}", None),
     ]
     return out
+
+
+def _idle_rows(idle: dict[str, Any] | None) -> list[tuple[str, str, float | None]]:
+    """The same rows for every column (a baseline has no ticks: "-")."""
+    per_tick = None if idle is None else idle["cpu_ms_per_tick"]
+    return [
+        ("  idle ticks (no call)", "-" if idle is None else str(idle["ticks"]), None),
+        ("  idle CPU s / hour", "-" if idle is None else f"{idle['cpu_s_per_hour']:.3f}", None),
+        ("  idle CPU ms / tick", "-" if per_tick is None else f"{per_tick:.3f}", None),
+    ]
 
 
 def lost_table(summary: dict[str, Any]) -> list[str]:

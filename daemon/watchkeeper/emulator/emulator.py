@@ -306,6 +306,11 @@ class Emulator:
         with self._lock:
             return list(self._calls)
 
+    def calls_since(self, start: int) -> list[Call]:
+        """The calls from index ``start`` on: a poller copies what is new, not the whole log."""
+        with self._lock:
+            return self._calls[start:]
+
     def clear_calls(self) -> None:
         with self._lock:
             self._calls.clear()

@@ -26,8 +26,7 @@ def token_params(query: dict[str, str], body: bytes) -> dict[str, str]:
 
 def org_of_params(state: ZohoState, params: dict[str, str]) -> Org | None:
     """The org whose refresh token this is (for fault filters and call records)."""
-    refresh_token = params.get("refresh_token")
-    return next((org for org in state.orgs.values() if org.refresh_token == refresh_token), None)
+    return state.by_refresh_token.get(params.get("refresh_token") or "")
 
 
 def refresh(
@@ -35,16 +34,11 @@ def refresh(
 ) -> tuple[r.Response, Org | None]:
     if params.get("grant_type") != "refresh_token":
         return r.json_response(200, {"error": "unsupported_grant_type"}), None
-    apps = [
-        org
-        for org in state.orgs.values()
-        if org.client_id == params.get("client_id") and org.client_secret == params.get("client_secret")
-    ]
-    if not apps:
-        return r.json_response(200, {"error": "invalid_client"}), None
-    org = next((o for o in apps if o.refresh_token == params.get("refresh_token")), None)
-    if org is None:
-        return r.json_response(200, {"error": "invalid_code"}), None
+    client = (params.get("client_id"), params.get("client_secret"))
+    org = org_of_params(state, params)
+    if org is None or (org.client_id, org.client_secret) != client:
+        known = any((o.client_id, o.client_secret) == client for o in state.orgs.values())
+        return r.json_response(200, {"error": "invalid_code" if known else "invalid_client"}), None
     if org.refreshes(now) >= MAX_REFRESHES:
         return r.json_response(400, r.TOKEN_RATE_LIMITED), org
     org.refresh_times.append(now)

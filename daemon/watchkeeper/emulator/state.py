@@ -219,6 +219,8 @@ class ZohoState:
     def __init__(self, tz_offset: timedelta) -> None:
         self.tz_offset = tz_offset
         self.orgs: dict[str, Org] = {}
+        self.by_refresh_token: dict[str, Org] = {}
+        """A refresh costs a lookup, not a scan of 10,000 orgs."""
         self.tokens: dict[str, AccessToken] = {}
         self.add_org(DEFAULT_ORG, DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, DEFAULT_REFRESH_TOKEN, None)
 
@@ -235,9 +237,13 @@ class ZohoState:
         offset = self.tz_offset if tz_offset is None else tz_offset
         if org is None:
             org = self.orgs[name] = Org(name, client_id, client_secret, refresh_token, offset)
+            self.by_refresh_token.setdefault(refresh_token, org)
             return org
         if org.refresh_token != refresh_token:
             org.refresh_times.clear()
+            if self.by_refresh_token.get(org.refresh_token) is org:
+                del self.by_refresh_token[org.refresh_token]
+            self.by_refresh_token.setdefault(refresh_token, org)
         org.client_id, org.client_secret, org.refresh_token = client_id, client_secret, refresh_token
         org.tz_offset = offset
         return org

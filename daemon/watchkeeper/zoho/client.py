@@ -19,6 +19,7 @@ the path, the status, Zoho's code and the reason.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Any, Literal
@@ -27,7 +28,13 @@ import httpx
 
 from watchkeeper.model import ItemResult, ObservedChannel, WatchItem
 from watchkeeper.zoho.auth import OAuth, StaticToken
-from watchkeeper.zoho.errors import RequestRefused, TerminalError, TransientError, ZohoError
+from watchkeeper.zoho.errors import (
+    RateLimited,
+    RequestRefused,
+    TerminalError,
+    TransientError,
+    ZohoError,
+)
 from watchkeeper.zoho.exchange import DEFAULT_LIMITS, DEFAULT_TIMEOUT, MAX_ITEMS, Answer, Limits
 from watchkeeper.zoho.regions import Endpoint
 from watchkeeper.zoho.results import CallResult
@@ -49,8 +56,11 @@ __all__ = ["DEFAULT_TIMEOUT", "MAX_ITEMS", "USER_AGENT", "Limits", "WatchClient"
 MAX_CHANNEL_IDS_CHARS = 512
 """Longest ``channel_ids`` query value (the v8 OAS limit, UNCONFIRMED)."""
 PER_PAGE = 200
-MAX_PAGES = 1000
-"""200,000 rows: a listing that claims more is a server bug, not a reason to loop forever."""
+MAX_LISTING_ROWS = 1_000_000
+"""Rows (one per channel and module) past which a listing is a server inventing rows, not an org:
+ten times the 50,000-channel account the benchmarks list (two modules a channel), 5,000 pages,
+some 17 minutes of calls at 200 ms. Never reached by an org one daemon can keep alive, and it stops
+a server that never ends before it fills memory."""
 
 WriteMethod = Literal["POST", "PUT", "PATCH"]
 Send = Callable[[Sequence[Any]], list[ItemResult]]
@@ -75,15 +85,14 @@ class WatchClient:
         http: httpx.Client | None = None,
         clock: Callable[[], datetime] = utc_now,
         limits: Limits = DEFAULT_LIMITS,
-        user_agent: str = USER_AGENT,
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
-        """``user_agent``: several instances name themselves in it, so Zoho's (or the emulator's)
-        record of calls tells them apart."""
         self._path = endpoint.watch_path
-        self.session = Session(
-            endpoint, auth, http=http, clock=clock, limits=limits, user_agent=user_agent
-        )
+        self.session = Session(endpoint, auth, http=http, clock=clock, limits=limits)
         """Shared with the account's records client: one token, one skew estimate, one pause."""
+        self._page_retries = limits.page_retries
+        self._sleep = sleep
+        """Waits between the retries of a listing page (a test's simulated clock moves instead)."""
         self._batch = {"write": limits.max_items, "delete": limits.max_items}
 
     def __repr__(self) -> str:
@@ -107,15 +116,53 @@ class WatchClient:
     # -- listing ---------------------------------------------------------------------------------
 
     def list(self) -> dict[str, ObservedChannel]:
-        """Every live channel, its per-module rows merged (events united, earliest expiry)."""
+        """Every live channel, its per-module rows merged (events united, earliest expiry).
+
+        A page that fails transiently is retried in place (``Limits.page_retries``), keeping the
+        pages already fetched: all or nothing, a 500-page listing would almost never finish under
+        2 % of 5xx. A 429 or an auth error is raised at once (it pauses the account). Zoho ignoring
+        ``page`` (a page whose every row came before) or a listing past MAX_LISTING_ROWS is a
+        server bug: a TransientError, not an endless loop.
+        """
         rows: list[Any] = []
-        for page in range(1, MAX_PAGES + 1):
-            body = self._request("GET", params={"per_page": PER_PAGE, "page": page})
-            page_rows, more = listing_page(body, f"GET {self._path} (page {page})")
+        seen: set[object] = set()
+        page = 1
+        while True:
+            page_rows, more = self._page(page)
+            keys = {_row_key(row) for row in page_rows}
+            if page_rows and keys <= seen:
+                where = f"GET {self._path} (page {page})"
+                raise TransientError(f"{where}: every row repeats an earlier page")
+            seen |= keys
             rows.extend(page_rows)
             if not more:
                 return merge_rows(rows, self.server_now())
-        raise TransientError(f"GET {self._path}: listing still had more_records after {MAX_PAGES} pages")
+            if len(rows) >= MAX_LISTING_ROWS:
+                raise TransientError(
+                    f"GET {self._path}: listing still had more_records after {len(rows)} rows"
+                )
+            page += 1
+
+    def probe(self) -> None:
+        """One row of one page, tried once: whether Zoho answers at all (raises what ``list``
+        would). While an account's listings fail, this is what it costs, not a full listing."""
+        body = self._request("GET", params={"per_page": 1, "page": 1})
+        listing_page(body, f"GET {self._path} (probe)")
+
+    def _page(self, page: int) -> tuple[Sequence[Any], bool]:
+        where = f"GET {self._path} (page {page})"
+        delays = iter(self._page_retries)
+        while True:
+            try:
+                body = self._request("GET", params={"per_page": PER_PAGE, "page": page})
+                return listing_page(body, where)
+            except RateLimited:
+                raise
+            except TransientError:
+                delay = next(delays, None)
+                if delay is None:
+                    raise
+                self._sleep(delay)
 
     # -- writes and deletes ----------------------------------------------------------------------
 
@@ -224,6 +271,14 @@ class WatchClient:
         message = text(body.get("message"))[:200]
         error = _TooManyItems if status == 400 and complains_about_count(body) else TerminalError
         raise error(f"{where} {code}: {message}", code=code, status=status)
+
+
+def _row_key(row: Any) -> object:
+    """What makes a listing row the same row on another page: its channel and its events (as
+    text: a hostile row may hold anything, hashable or not)."""
+    if not isinstance(row, dict):
+        return repr(row)
+    return repr(row.get("channel_id")), repr(row.get("events"))
 
 
 def _take(kind: str, rest: Sequence[Any], size: int) -> Sequence[Any]:

@@ -24,7 +24,7 @@ from urllib.parse import quote
 from watchkeeper.model import format_instant, parse_instant
 from watchkeeper.zoho.errors import AuthError, TerminalError, TransientError
 from watchkeeper.zoho.session import SCOPE_MISMATCH, Session
-from watchkeeper.zoho.wire import json_object, text
+from watchkeeper.zoho.wire import json_object, page_info, text
 
 PER_PAGE = 200
 DISCRETE_PAGES = 10
@@ -189,12 +189,7 @@ def records_page(body: dict[str, Any] | None, where: str) -> Page:
     rows = body.get("data")
     if not isinstance(rows, list):
         raise TransientError(f"{where}: answer has no data list")
-    info = body.get("info", {})
-    if not isinstance(info, dict):
-        raise TransientError(f"{where}: info is not an object")
-    more = info.get("more_records", False)
-    if not isinstance(more, bool):
-        raise TransientError(f"{where}: info.more_records is not true or false")
+    info, more = page_info(body, where)
     token = info.get("next_page_token")
     if token is not None and (not isinstance(token, str) or not 0 < len(token) <= 1000):
         raise TransientError(f"{where}: info.next_page_token is not a usable string")

@@ -45,12 +45,11 @@ class Session:
         http: httpx.Client | None = None,
         clock: Callable[[], datetime] = utc_now,
         limits: Limits = DEFAULT_LIMITS,
-        user_agent: str = USER_AGENT,
     ) -> None:
-        """``user_agent``: several instances name themselves in it, so Zoho's (or the emulator's)
-        record of calls tells them apart."""
         self.endpoint = endpoint
-        self._agent = user_agent
+        self.user_agent = USER_AGENT
+        """Several instances name themselves in it, so Zoho's (or the emulator's) record of calls
+        tells them apart."""
         self.base_url = check_base_url(endpoint.api_domain, "api_domain")
         self.limits = limits
         self._auth = auth
@@ -122,7 +121,7 @@ class Session:
         json_body: dict[str, Any] | None,
         extra: dict[str, str] | None,
     ) -> Answer:
-        headers = {"Authorization": f"Zoho-oauthtoken {token}", "User-Agent": self._agent}
+        headers = {"Authorization": f"Zoho-oauthtoken {token}", "User-Agent": self.user_agent}
         headers.update(extra or {})
         url = self.base_url + path
         request = Request(method, url, f"{method} {path}", headers, params, json_body)

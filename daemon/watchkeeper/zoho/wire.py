@@ -336,13 +336,20 @@ def listing_page(body: dict[str, Any] | None, where: str) -> tuple[list[Any], bo
     if body is None:
         return [], False
     rows = watch_list(body, where)
+    _, more = page_info(body, where)
+    return rows, more and bool(rows)
+
+
+def page_info(body: dict[str, Any], where: str) -> tuple[dict[str, Any], bool]:
+    """A page's ``info`` object and its ``more_records`` (absent: no more), type-checked: a page
+    of the watch listing and of the records APIs alike."""
     info = body.get("info", {})
     if not isinstance(info, dict):
         raise TransientError(f"{where}: info is not an object")
     more = info.get("more_records", False)
     if not isinstance(more, bool):
         raise TransientError(f"{where}: info.more_records is not true or false")
-    return rows, more and bool(rows)
+    return info, more
 
 
 class _Merged:
