@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -10,6 +11,7 @@ from watchkeeper.emulator import Emulator
 
 from tests.daemon_process import DaemonProcess
 from tests.helpers import SimClock
+from tests.pg_server import PgServer, binaries
 
 
 @pytest.fixture
@@ -50,6 +52,32 @@ def _reset_logging() -> Iterator[None]:
     for handler in list(root.handlers):
         if type(handler).__name__ == "_StdlibBridge":
             root.removeHandler(handler)
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[PgServer]:
+    """One PostgreSQL cluster for the session. In CI (``$CI`` set) a missing server is a failure;
+    elsewhere the PostgreSQL tests are skipped when no server binary is installed."""
+    bindir = binaries()
+    if bindir is None:
+        if os.environ.get("CI"):
+            pytest.fail("no PostgreSQL server (initdb) found: .ci/run installs it")
+        pytest.skip("no PostgreSQL server binaries (initdb) on this machine")
+    server = PgServer(bindir).init()
+    try:
+        yield server
+    finally:
+        server.destroy()
+
+
+@pytest.fixture
+def pg_url(pg_server: PgServer) -> Iterator[str]:
+    """The URL (password included) of a database of its own for this test."""
+    name = pg_server.fresh_database()
+    try:
+        yield pg_server.url(name)
+    finally:
+        pg_server.drop_database(name)
 
 
 @pytest.fixture

@@ -20,6 +20,7 @@ from watchkeeper.config import (
 )
 from watchkeeper.policy import Policy
 from watchkeeper.secrets import url_secrets
+from watchkeeper.store.target import PostgresTarget
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "state" / "channels.toml"
 
@@ -629,6 +630,50 @@ def test_database_path(
     state = load(write(tmp_path, daemon + account()), environ=environ)
     assert state.database == Path(expected.format(folder=tmp_path))
     assert state.path == tmp_path / "channels.toml"
+
+
+DB_PASSWORD = "db-pass-4f81c0a2"
+
+
+def test_a_postgresql_url_from_a_secret_reference_is_a_target_whose_password_is_a_secret(
+    tmp_path: Path,
+) -> None:
+    daemon = '[daemon]\ndatabase = "env:WK_DB"\ninstance = "host-a"\nlease = "30s"\n'
+    url = f"postgresql://wk:{DB_PASSWORD}@db.example.com:6432/watchkeeper"
+    state = load(write(tmp_path, daemon + account()), environ={**ENV, "WK_DB": url})
+    assert isinstance(state.database, PostgresTarget)
+    assert (state.database.host, state.database.port, state.database.dbname) == (
+        "db.example.com", 6432, "watchkeeper",
+    )  # fmt: skip
+    assert str(state.database) == "postgresql://wk@db.example.com:6432/watchkeeper"
+    assert DB_PASSWORD in state.secrets()
+    assert DB_PASSWORD not in repr(state)
+    assert (state.instance, state.lease) == ("host-a", timedelta(seconds=30))
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        (f'"postgresql://wk:{DB_PASSWORD}@:5432/db"', "needs a host"),
+        (f'"postgresql://wk:{DB_PASSWORD}@db.example.com:5432/"', "needs one database name"),
+        (f'"postgresql://wk:{DB_PASSWORD}@db.example.com:99999/db"', "not a valid postgresql:// URL"),
+    ],
+)
+def test_a_bad_postgresql_url_is_named_without_its_password(
+    tmp_path: Path, value: str, message: str
+) -> None:
+    err = str(load_error(write(tmp_path, f"[daemon]\ndatabase = {value}\n" + account())))
+    assert "daemon.database" in err
+    assert message in err
+    assert DB_PASSWORD not in err
+
+
+@pytest.mark.parametrize(("value", "message"), [('"2s"', "at least 3s"), ('""', "non-empty")])
+def test_lease_and_instance_are_checked(tmp_path: Path, value: str, message: str) -> None:
+    key = "lease" if "s" in value else "instance"
+    err = str(load_error(write(tmp_path, f"[daemon]\n{key} = {value}\n" + account())))
+    assert f"daemon.{key}" in err
+    assert message in err
 
 
 def test_credential_reads_credentials_directory(tmp_path: Path) -> None:

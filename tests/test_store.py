@@ -47,6 +47,7 @@ from watchkeeper.store import (
     migrate,
 )
 from watchkeeper.store.schema import METADATA, table_of
+from watchkeeper.store.target import parse_url
 from watchkeeper.store.upsert import upsert
 
 from tests.helpers import SIM_START
@@ -104,8 +105,16 @@ def db(tmp_path: Path) -> Path:
     return tmp_path / "state" / "watchkeeper.db"
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request: pytest.FixtureRequest, db: Path) -> Iterator[Store]:
+    """The store on a SQLite file, and on a PostgreSQL database of its own (a real server)."""
+    target = db if request.param == "sqlite" else parse_url(request.getfixturevalue("pg_url"))
+    with Store(target) as s:
+        yield s
+
+
 @pytest.fixture
-def store(db: Path) -> Iterator[Store]:
+def sqlite_store(db: Path) -> Iterator[Store]:
     with Store(db) as s:
         yield s
 
@@ -120,7 +129,7 @@ def file_bytes(db: Path) -> bytes:
 
 
 FIXTURES = Path(__file__).parent / "fixtures"
-HEAD = "0004"
+HEAD = "0005"
 """The newest migration revision: every database is upgraded to it."""
 
 
@@ -297,8 +306,8 @@ def test_an_existing_loose_database_is_tightened(tmp_path: Path) -> None:
         assert stat.S_IMODE(Path(f"{db}-wal").stat().st_mode) == 0o600
 
 
-def test_wal_mode_and_connection_pragmas(store: Store, db: Path) -> None:
-    with store._tx(write=False) as conn:
+def test_wal_mode_and_connection_pragmas(sqlite_store: Store, db: Path) -> None:
+    with sqlite_store._tx(write=False) as conn:
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar_one() == "wal"
         assert conn.exec_driver_sql("PRAGMA synchronous").scalar_one() == 1  # NORMAL
         assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar_one() == BUSY_TIMEOUT_MS
@@ -328,11 +337,11 @@ def test_channel_tokens_never_reach_the_file(db: Path) -> None:
     assert b"deals-1" in content  # the scan does see what the store wrote
 
 
-def test_errors_from_sqlite_do_not_quote_the_access_token(store: Store, db: Path) -> None:
+def test_errors_from_sqlite_do_not_quote_the_access_token(sqlite_store: Store, db: Path) -> None:
     raw(db).execute("DROP TABLE access_tokens")
     secret = "at-secret-value-9d8e7f"
     with pytest.raises(OperationalError, match="no such table") as caught:
-        store.token_cache("main").save(AccessToken(value=secret, expires_at=T0, issued_at=T0))
+        sqlite_store.token_cache("main").save(AccessToken(value=secret, expires_at=T0, issued_at=T0))
     assert secret not in str(caught.value)
 
 
@@ -567,14 +576,14 @@ def test_a_failing_migration_changes_nothing(
             from alembic import op
 
             revision = "0099"
-            down_revision = "0004"
+            down_revision = "HEAD"
 
             def upgrade():
                 op.create_table("added", sa.Column("x", sa.Integer()))
                 op.execute("DELETE FROM registry")
                 op.add_column("nope", sa.Column("y", sa.String()))
             """
-        )
+        ).replace("HEAD", HEAD)
     )
     monkeypatch.setattr(migrate, "SCRIPTS", scripts)
 
@@ -857,17 +866,17 @@ def test_a_lapsed_state_without_an_open_gap_reads_as_active(store: Store) -> Non
 # --- transactions -------------------------------------------------------------------------------
 
 
-def _pending(db: Path) -> tuple[int, int, int]:
-    """(registry rows, gaps, intents) as another process sees them."""
-    conn = raw(db)
-    return tuple(  # type: ignore[return-value]
-        conn.execute(f"SELECT count(*) FROM {name}").fetchone()[0]  # noqa: S608 - fixed names
-        for name in ("registry", "gaps", "intents")
-    )
+def _pending(store: Store) -> tuple[int, int, int]:
+    """(registry rows, gaps, intents) as another connection sees them."""
+    with store._engine.connect() as conn:
+        return tuple(  # type: ignore[return-value]
+            conn.exec_driver_sql(f"SELECT count(*) FROM {name}").scalar_one()  # noqa: S608
+            for name in ("registry", "gaps", "intents")
+        )
 
 
 def test_a_transaction_commits_every_write_at_once_when_the_outermost_block_exits(
-    store: Store, db: Path
+    store: Store,
 ) -> None:
     store.begin("main", ["1", "2"], "POST", T0)
     with store.transaction():
@@ -878,8 +887,8 @@ def test_a_transaction_commits_every_write_at_once_when_the_outermost_block_exit
             store.open_gap("main", "2", T0, "rejected")
             store.done("main", ["1", "2"])
         assert store.get("main", "1") is not None  # its own writes are visible inside
-        assert _pending(db) == (0, 0, 2)  # ... and nowhere else yet
-    assert _pending(db) == (2, 1, 0)
+        assert _pending(store) == (0, 0, 2)  # ... and nowhere else yet
+    assert _pending(store) == (2, 1, 0)
     assert store.pending_intents() == []
 
 
@@ -895,7 +904,7 @@ def _killed_mid_answer(store: Store) -> None:
         raise RuntimeError("killed")
 
 
-def test_an_exception_rolls_the_whole_transaction_back(store: Store, db: Path) -> None:
+def test_an_exception_rolls_the_whole_transaction_back(store: Store) -> None:
     store.put(entry("1"))
     store.begin("main", ["2"], "POST", T0)
     with pytest.raises(RuntimeError, match="killed"):
@@ -922,11 +931,11 @@ def test_a_nested_block_that_fails_undoes_only_its_own_writes(store: Store) -> N
     assert store.open_gaps() == []
 
 
-def test_writes_outside_a_transaction_commit_each_on_its_own(store: Store, db: Path) -> None:
+def test_writes_outside_a_transaction_commit_each_on_its_own(store: Store) -> None:
     store.put(entry("1"))
-    assert _pending(db) == (1, 0, 0)
+    assert _pending(store) == (1, 0, 0)
     store.open_gap("main", "1", T0, "expired")
-    assert _pending(db) == (1, 1, 0)
+    assert _pending(store) == (1, 1, 0)
 
 
 # --- notify_url secrets -------------------------------------------------------------------------

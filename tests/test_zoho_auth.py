@@ -142,6 +142,34 @@ def test_concurrent_callers_share_one_refresh(
     assert refreshes(emulator) == 1
 
 
+def test_a_token_another_instance_refreshed_into_the_shared_cache_is_used_not_refreshed(
+    emulator: Emulator, http: httpx.Client, sim_clock: SimClock
+) -> None:
+    """Several instances share the store's cache: one that held the account earlier has a token of
+    its own that is due; the current holder refreshed since. No second refresh (Zoho allows ten
+    per ten minutes per refresh token)."""
+    cache = MemoryCache()
+    old_holder, new_holder = (oauth_for(emulator, http, sim_clock, cache=cache) for _ in range(2))
+    first = old_holder.token()
+    sim_clock.advance(timedelta(minutes=56))  # first is due for refresh (5 min before expiry)
+    second = new_holder.token()
+    assert second != first
+    assert refreshes(emulator) == 2
+    assert old_holder.token() == second  # read back from the cache, not refreshed a third time
+    assert refreshes(emulator) == 2
+
+
+def test_a_rejected_token_is_not_believed_from_the_cache(
+    emulator: Emulator, http: httpx.Client, sim_clock: SimClock
+) -> None:
+    cache = MemoryCache()
+    auth = oauth_for(emulator, http, sim_clock, cache=cache)
+    first = auth.token()
+    auth.invalidate(first)
+    assert auth.token() != first
+    assert refreshes(emulator) == 2
+
+
 def test_invalidate_drops_only_the_rejected_token(
     emulator: Emulator, http: httpx.Client, sim_clock: SimClock
 ) -> None:

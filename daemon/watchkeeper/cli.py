@@ -20,8 +20,10 @@ from typing import TYPE_CHECKING, Any
 
 from watchkeeper import __version__, logs, report
 from watchkeeper.config import ConfigError, DesiredState, parse_duration
+from watchkeeper.secrets import SecretRefError
 from watchkeeper.statedir import load, state_files
 from watchkeeper.store.errors import StoreError
+from watchkeeper.store.target import PostgresTarget, Target
 from watchkeeper.zoho.errors import ZohoError
 
 if TYPE_CHECKING:
@@ -36,9 +38,18 @@ def _state_path(args: argparse.Namespace) -> Path:
     return Path(args.state or os.environ.get("WATCHKEEPER_STATE") or "state/channels.toml")
 
 
-def _db_override(args: argparse.Namespace) -> Path | None:
+def _db_override(args: argparse.Namespace) -> Target | None:
+    """``--db`` or ``$WATCHKEEPER_DB``: a SQLite path or a postgresql:// URL, given literally or as
+    a secret reference (env:, file:, credential:); its password goes to the log redactor."""
+    from watchkeeper.secrets import resolve
+    from watchkeeper.store import target
+
     explicit = args.db or os.environ.get("WATCHKEEPER_DB")
-    return Path(explicit) if explicit else None
+    if not explicit:
+        return None
+    found = target.parse(resolve(explicit, environ=os.environ, base_dir=Path()), Path())
+    logs.REDACTOR.add(target.secrets(found))
+    return found
 
 
 @dataclass(frozen=True)
@@ -46,7 +57,7 @@ class Session:
     """What every command starts from: the validated state and the database it names."""
 
     state: DesiredState
-    db: Path
+    db: Target
 
     def store(self) -> AbstractContextManager[Store]:
         from watchkeeper.runtime import open_store
@@ -59,7 +70,7 @@ class Session:
         None when no database exists yet, which reads as an empty one and creates nothing."""
         from watchkeeper.runtime import open_store
 
-        if not self.db.exists():
+        if isinstance(self.db, Path) and not self.db.exists():
             yield None
             return
         with open_store(self.state, self.db, readonly=True) as store:
@@ -125,6 +136,8 @@ def cmd_apply(args: argparse.Namespace) -> int:
     session = _session(args)
     if session is None:
         return EX_ERROR
+    if isinstance(session.db, PostgresTarget):
+        return _apply_shared(args, session)
     try:
         lock = InstanceLock(session.db).acquire("apply")
     except LockHeld as exc:
@@ -151,13 +164,48 @@ def cmd_apply(args: argparse.Namespace) -> int:
     return EX_OK if result.ok else EX_ERROR
 
 
+def _apply_shared(args: argparse.Namespace, session: Session) -> int:
+    """``apply`` on a shared database: only while no daemon runs on it (they apply the state file
+    themselves), and as an instance of its own, under the leases like any other (alone, it may
+    create or upgrade the schema, as ``run`` does)."""
+    from watchkeeper.runtime import instance_name, open_engine, open_store
+
+    instance = instance_name(session.state)
+    with open_store(session.state, session.db, migrate="alone", instance=instance) as store:
+        live = store.live_instances()
+    if live:
+        print(
+            f"error: instances {', '.join(live)} run on {session.db}: they apply the state file "
+            "themselves when it is saved (or on `systemctl reload watchkeeper`)",
+            file=sys.stderr,
+        )
+        return EX_ERROR
+    with open_engine(session.state, session.db) as engine:
+        try:
+            confirmed = engine.undesired() if args.allow_mass_delete else frozenset()
+            result = engine.run_pass(datetime.now(UTC), listing=True, confirmed=confirmed)
+        finally:
+            engine.release_leases()
+    doc = report.apply_json(result)
+    _emit(args, doc, report.apply_text(doc))
+    return EX_OK if result.ok else EX_ERROR
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     session = _session(args)
     if session is None:
         return EX_ERROR
+    accounts = None
     with session.reader() as store:
         rows, foreign = (store.status_rows(), store.foreign()) if store else ([], [])
-    _emit(args, report.status_json(rows, foreign), report.status_text(rows, foreign, datetime.now(UTC)))
+        now = datetime.now(UTC)
+        if store is not None and store.shared:  # several instances: who serves which account
+            accounts = report.accounts_rows(sorted(session.state.accounts), store.leases(), now)
+    _emit(
+        args,
+        report.status_json(rows, foreign, accounts),
+        report.status_text(rows, foreign, now, accounts),
+    )
     return EX_OK
 
 
@@ -197,6 +245,11 @@ def cmd_backfill(args: argparse.Namespace) -> int:
         notes = [(g, n) for g, n in found if n is not None]
         _emit(args, report.backfill_json(notes), report.backfill_text(notes))
         return EX_ERROR if unknown else EX_OK
+    if isinstance(session.db, PostgresTarget):  # the instances holding the accounts run them
+        with session.store() as store:
+            count = store.request_backfill((g.id for g in _closed(store, since, args.channel)), now)
+        print(f"requested {count} backfill(s); the instances run them when they next take or reload")
+        return EX_OK
     try:
         lock = InstanceLock(session.db).acquire("backfill")
     except LockHeld as exc:
@@ -239,6 +292,20 @@ def cmd_run(args: argparse.Namespace) -> int:
     return Service(_state_path(args), _db_override(args)).run()
 
 
+def cmd_migrate(args: argparse.Namespace) -> int:
+    """Bring the database's schema to this watchkeeper's head revision (SQLite or PostgreSQL)."""
+    from watchkeeper.runtime import open_store
+    from watchkeeper.store import migrate
+
+    session = _session(args)
+    if session is None:
+        return EX_ERROR
+    with open_store(session.state, session.db, migrate="always"):
+        pass
+    print(f"{session.db}: schema at revision {migrate.head()}")
+    return EX_OK
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from watchkeeper.demo import demo
 
@@ -278,7 +345,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="state file, or a directory of *.toml files "
         "(default $WATCHKEEPER_STATE, else state/channels.toml)",
     )
-    parser.add_argument("--db", help="SQLite database (default $WATCHKEEPER_DB, else [daemon].database)")
+    parser.add_argument(
+        "--db",
+        help="SQLite file or postgresql:// URL, or a secret reference to one "
+        "(default $WATCHKEEPER_DB, else [daemon].database)",
+    )
     parser.add_argument("--log-format", choices=["auto", "json", "console"], default="auto")
     parser.add_argument(
         "--log-level", type=str.lower, choices=["debug", "info", "warning", "error"], default="info"
@@ -311,6 +382,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--channel", help="only this channel id")
     p.add_argument("--dry-run", action="store_true", help="print what would be sent; send nothing")
     p.set_defaults(func=cmd_backfill)
+    p = sub.add_parser("migrate", help="bring the database's schema to this version (both backends)")
+    p.set_defaults(func=cmd_migrate)
     p = sub.add_parser("run", help="the daemon, in the foreground (systemd runs this)")
     p.set_defaults(func=cmd_run)
     p = sub.add_parser(
@@ -345,8 +418,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         code: int = args.func(args)
         sys.stdout.flush()
-    except StoreError as exc:  # corrupt, newer, read-only or missing: the message says which
-        print(f"error: {exc}", file=sys.stderr)
+    except (StoreError, SecretRefError) as exc:  # corrupt, newer, read-only, missing, unreachable:
+        # the message says which, naming the file or the host and database (never a password)
+        print(f"error: {logs.REDACTOR.redact_text(str(exc))}", file=sys.stderr)
         return EX_ERROR
     except BrokenPipeError:
         # `watchkeeper status --json | head`: the reader has gone, so there is nobody to tell.

@@ -30,6 +30,8 @@ from watchkeeper import secrets
 from watchkeeper.logs import MIN_SECRET
 from watchkeeper.model import ChannelSpec, Event, Product, canonical_json, parse_event
 from watchkeeper.policy import Policy
+from watchkeeper.store import target
+from watchkeeper.store.target import Target
 from watchkeeper.zoho.regions import (
     REGIONS,
     TTL_MARGIN,
@@ -47,6 +49,8 @@ Version = tuple[Product, str]
 
 DAEMON_KEYS = (
     "database",
+    "instance",
+    "lease",
     "reconcile_every",
     "renew_window",
     "retry_initial",
@@ -77,6 +81,8 @@ CHANNEL_KEYS = (
 TOP_KEYS = ("daemon", "accounts", "channels")
 
 DEFAULT_DATABASE = "watchkeeper.db"
+DEFAULT_LEASE = timedelta(seconds=60)
+MIN_LEASE = timedelta(seconds=3)
 MIN_TTL = timedelta(seconds=10)
 MAX_TOKEN = 50
 """Zoho answers a longer channel token with INVALID_DATA, maximum_length 50 (recorded)."""
@@ -112,7 +118,8 @@ class DesiredState:
     """What the state file asks for, validated, with every secret resolved."""
 
     path: Path
-    database: Path
+    database: Target
+    """A SQLite file, or a PostgreSQL database shared by several instances (section 8)."""
     policy: Policy
     accounts: Mapping[str, AccountSpec]
     channels: tuple[ChannelSpec, ...] = field(repr=False)
@@ -121,14 +128,19 @@ class DesiredState:
     """``[daemon].metrics``: where /metrics, /livez and /readyz listen; None, nowhere."""
     concurrency: int = DEFAULT_CONCURRENCY
     """``[daemon].concurrency``: how many accounts are served at once (each in order)."""
+    instance: str | None = None
+    """``[daemon].instance``: this instance's name among those sharing a database."""
+    lease: timedelta = DEFAULT_LEASE
+    """``[daemon].lease``: how long an account stays with an instance that went silent."""
 
     def secrets(self) -> frozenset[str]:
         """Every secret value, for the log redactor (which masks the short ones as whole tokens).
 
         A notify_url's query values shorter than MIN_SECRET are left out: the redactor masks every
         query value of every URL anyway, and outside a URL a short one is as often a word as a
-        secret (``?source=crm`` must not mask every "crm" of every line)."""
-        found: set[str | None] = set()
+        secret (``?source=crm`` must not mask every "crm" of every line). The database password
+        is one (several instances on PostgreSQL)."""
+        found: set[str | None] = set(target.secrets(self.database))
         for account in self.accounts.values():
             found |= {account.client_secret, account.refresh_token, account.access_token}
         for channel in self.channels:
@@ -525,21 +537,43 @@ def _build(
     scope = _Scope([])
     scope.unknown_keys(document, TOP_KEYS)
     daemon = scope.table(document.get("daemon", {}), "daemon", "a table ([daemon])")
-    policy, database = _daemon(scope.at("daemon"), daemon)
-    metrics = scope.at("daemon").get(daemon, "metrics", _address, None)
-    concurrency = scope.at("daemon").get(daemon, "concurrency", _concurrency, DEFAULT_CONCURRENCY)
+    base = Path(state_directory.split(":")[0]) if state_directory else path.absolute().parent
+    policy = _daemon(scope.at("daemon"), daemon)
+    where = scope.at("daemon")
+    default: Target = base / DEFAULT_DATABASE
+    db = where.get(daemon, "database", lambda v: target.parse(resolve(_text(v)), base), default)
+    metrics = where.get(daemon, "metrics", _address, None)
+    concurrency = where.get(daemon, "concurrency", _concurrency, DEFAULT_CONCURRENCY)
+    instance = where.get(daemon, "instance", _instance_name, None)
+    lease = where.get(daemon, "lease", _lease, DEFAULT_LEASE)
     accounts, versions = _accounts(scope, document.get("accounts", {}), resolve, outside is None)
     known = versions if outside is None else ChainMap(versions, outside)  # no copy per file
     channels = _channels(scope, document.get("channels", []), known, versions or known, resolve)
     if scope.found:
         return scope.found, None
-    base = Path(state_directory.split(":")[0]) if state_directory else path.absolute().parent
-    return [], DesiredState(
-        path, base / database, policy, MappingProxyType(accounts), channels, metrics, concurrency
-    )
+    state = DesiredState(
+        path, db, policy, MappingProxyType(accounts), channels,
+        metrics=metrics, concurrency=concurrency, instance=instance, lease=lease,
+    )  # fmt: skip
+    return [], state
 
 
-def _daemon(scope: _Scope, table: Mapping[str, Any]) -> tuple[Policy, str]:
+def _lease(value: object) -> timedelta:
+    lease = _positive_duration(value)
+    if lease < MIN_LEASE:
+        raise ValueError(f"must be at least {format_duration(MIN_LEASE)} (renewed every third of it)")
+    return lease
+
+
+def _instance_name(value: object) -> str:
+    """Shown in logs and ``status``: an ESC or a newline in it would forge output."""
+    text = _text(value)
+    if not text or not text.isprintable():
+        raise ValueError("must be a non-empty name without control characters")
+    return text
+
+
+def _daemon(scope: _Scope, table: Mapping[str, Any]) -> Policy:
     scope.unknown_keys(table, DAEMON_KEYS)
     base = Policy()
     policy = Policy(
@@ -556,7 +590,7 @@ def _daemon(scope: _Scope, table: Mapping[str, Any]) -> tuple[Policy, str]:
             f"{format_duration(policy.retry_initial)} is longer than retry_max "
             f"{format_duration(policy.retry_max)}; it must be at most that",
         )
-    return policy, scope.get(table, "database", _text, DEFAULT_DATABASE)
+    return policy
 
 
 def _accounts(

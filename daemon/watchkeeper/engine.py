@@ -5,25 +5,34 @@ commit -> plan -> then for each request: send -> interpret -> commit. The decisi
 (ledger, planner, outcome); this module only moves their results between Zoho, the store and the
 logs. Each commit is one transaction, made before the next call goes out, so a crash at any point
 leaves a state the next pass repairs.
+
+Several instances on PostgreSQL (a ``Cluster``): a lease cycle runs every ``lease``/3, at the start
+of a pass and while its accounts are served, and the engine serves only the units whose lease it
+holds. Every commit of an account is fenced by its lease's epoch (LeaseLost: ``lease.lost``, the
+unit is no longer served), and no call to Zoho starts within the lease's margin of its end. A
+database that cannot be reached ends the pass (``store.unavailable``): nothing more could be
+recorded, so nothing more is sent.
 """
 
 from __future__ import annotations
 
 import random
+import threading
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from watchkeeper import backfill_plan, logs, outcome, planner, policy
+from watchkeeper import backfill_plan, leases, logs, outcome, planner, policy
 from watchkeeper.backfill import Backfiller, collect
+from watchkeeper.cluster import Cluster, Taken
 from watchkeeper.config import AccountSpec, DesiredState
 from watchkeeper.model import ChannelSpec, ObservedChannel, RegistryEntry, WatchItem
 from watchkeeper.outcome import Transition
 from watchkeeper.planner import Action, Method, Plan, Refusal
 from watchkeeper.recorder import Intent, record
-from watchkeeper.store import Gap, Store
+from watchkeeper.store import Gap, LeaseLost, Store, StoreUnavailable
 from watchkeeper.units import Key, Memory, Unit
 from watchkeeper.zoho.client import WatchClient
 from watchkeeper.zoho.errors import ZohoError
@@ -78,6 +87,15 @@ class Engine:
         connect: Callable[[AccountSpec], WatchClient] | None = None,
     ) -> None:
         self.store = store
+        self.cluster: Cluster | None = None
+        """Set by the wiring when several instances share the database: accounts are then served
+        under their leases."""
+        self._cycled_at: datetime | None = None
+        self._cycling = threading.Lock()
+        """One lease cycle at a time, whichever account's worker finds it due."""
+        self._release: tuple[str, ...] = ()
+        self._diverged: tuple[str, ...] = ()
+        self._store_down = False
         self.clock = clock
         self.rng = rng or random.Random()
         self.log = logs.get_logger()
@@ -131,10 +149,14 @@ class Engine:
         return frozenset(self.registry).difference(self.memory.desired)
 
     def next_due(self) -> datetime:
-        """Our-clock instant at which something next needs doing."""
+        """Our-clock instant at which something next needs doing (a lease cycle included)."""
         now = self.clock()
-        units = self.memory.active(self.state)
-        return min((_next_work(u, now, self.state.policy) for u in units), default=now + timedelta(1))
+        units = [u for u in self.memory.active(self.state) if self._serves(u)]
+        due = min((_next_work(u, now, self.state.policy) for u in units), default=now + timedelta(1))
+        if self.cluster is not None:
+            cycle = now if self._cycled_at is None else self._cycled_at + self.cluster.timing.renew_every
+            due = min(due, cycle)
+        return due
 
     def run_due(self, now: datetime | None = None) -> PassReport:
         return self.run_pass(now or self.clock(), listing=None)
@@ -153,6 +175,8 @@ class Engine:
             self.memory.connect(self.state, state, self._connect, now)
         self.state = state
         self.memory.adopt(state)
+        if self.cluster is not None:
+            self.cluster.digest = leases.digest(state)
         self.store.clear_retries()
         self.memory.reset(self.store.registry(), now)
         self._arm_backfills(now)  # a reload may carry a backfill someone requested
@@ -187,11 +211,31 @@ class Engine:
         """Every account in turn; ``listing`` None serves only the accounts with something due (and
         lists those whose listing is due), so an idle tick does nothing at all."""
         report = PassReport(desired=len(self.state.channels))
+        try:
+            self._lease_cycle(now)
+            served = self._pass(now, listing, confirmed, report)
+        except StoreUnavailable as exc:
+            report.failed += 1
+            if not self._store_down:
+                self._store_down = True
+                self.log.warning("store.unavailable", error=str(exc), note="no call until it answers")
+            return report
+        if self._store_down:
+            self._store_down = False
+            self.log.info("store.recovered")
+        if served:
+            self._log_finished(report)
+        return report
+
+    def _pass(
+        self, now: datetime, listing: bool | None, confirmed: frozenset[Key], report: PassReport
+    ) -> bool:
         tuning = self.state.policy
-        active = list(self.memory.active(self.state))
+        active = [u for u in self.memory.active(self.state) if self._serves(u)]
         units = [u for u in active if listing is not None or u.next_due(now, tuning) <= now]
         if not units and not any(_backfill_due(u, now) for u in active):
-            return report
+            self._hand_back()
+            return False
         refused = planner.guard(
             self.memory.desired, self.registry, tuning, confirmed | self._confirmations()
         )
@@ -215,13 +259,17 @@ class Engine:
             report.merge(part)
         deadline = self._backfill_deadline()
         for unit in active:  # after every account's renewals: a backfill never delays one
-            if _backfill_due(unit, now) and not self.stopping:
+            if _backfill_due(unit, now) and not self.stopping and self._serves(unit):
                 self._backfill(unit, now, report, deadline)
+        self._hand_back()
         report.active = sum(
             e.state == "active" and c in u.desired
             for u in self.memory.units.values()
             for c, e in u.entries.items()
         )
+        return True
+
+    def _log_finished(self, report: PassReport) -> None:
         self.log.info(
             "reconcile.finished",
             listed=report.listed,
@@ -235,17 +283,23 @@ class Engine:
             failed=report.failed,
             foreign=report.foreign,
         )
-        return report
 
     def _serve_unit(self, unit: Unit, now: datetime, listing: bool | None) -> PassReport:
         """One account's share of the pass, on its own report: accounts run concurrently (each
         account's calls in order), and a failure of any kind stays with its account."""
         report = PassReport()
+        self._lease_cycle(self.clock())  # a long pass still renews its leases on time
+        if not self._serves(unit):
+            return report
         lists = unit.next_listing <= now if listing is None else listing
         report.listed = lists
         unit.touch()
         try:
             self._serve(unit, now, lists, report)
+        except LeaseLost as exc:
+            self._lost(unit, exc.epoch, "fenced")
+        except StoreUnavailable:
+            raise
         except Exception as exc:
             self.log.exception("engine.account_failed", account=unit.name, error=repr(exc))
             report.failed += 1
@@ -311,7 +365,10 @@ class Engine:
         requested_at = client.server_now()
         sending = outcome.sending(self._at(unit, now), actions)
         self._commit(unit, sending, report, begin=Intent(method, ids, requested_at))
-        stop = self._stop_requested
+
+        def stop() -> bool:  # asked before each chunk: a lease near its end sends no more
+            return not self._may_call(unit, now)
+
         change: Transition
         if method == "DELETE":
             answer = _call(lambda: client.delete(ids, should_stop=stop))
@@ -337,8 +394,10 @@ class Engine:
         done: list[str] | None = None,
         actions: Sequence[Action] = (),
     ) -> None:
-        """Record in one transaction, then let the memory, the logs and the metrics follow."""
-        record(self.store, change, begin=begin, done=done or (), backfilled=unit.backfilled)
+        """Record in one transaction (fenced by the unit's lease), then let the memory, the logs and
+        the metrics follow."""
+        fence = self._fence(unit)
+        record(self.store, change, begin=begin, done=done or (), backfilled=unit.backfilled, fence=fence)
         for closed in change.closed:
             if closed.channel_id in unit.backfilled:
                 ready = backfill_plan.Window(closed.start, closed.end).end - unit.client.skew
@@ -430,7 +489,8 @@ class Engine:
         foreign = [
             ch for c, ch in sorted(listing.items()) if c not in unit.entries and c not in unit.desired
         ]
-        self.store.set_foreign(unit.name, foreign)
+        with self.store.transaction(fence=self._fence(unit)):
+            self.store.set_foreign(unit.name, foreign)
         report.foreign += len(foreign)
         for channel in foreign:
             if channel.channel_id not in unit.foreign_seen:
@@ -458,11 +518,119 @@ class Engine:
 
     def _may_call(self, unit: Unit, now: datetime) -> bool:
         """No call once a stop was asked for (SIGTERM finishes the call in flight, not the pass),
-        nor to an account paused by a 429 or bad credentials."""
-        return not self.stopping and not unit.paused(now)
+        nor to an account paused by a 429 or bad credentials, nor (several instances) without its
+        lease or within the lease's margin of its end, on the clock as it is now."""
+        if self.stopping or unit.paused(now):
+            return False
+        cluster = self.cluster
+        return cluster is None or leases.may_call(unit.lease, self.clock(), cluster.timing)
 
-    def _stop_requested(self) -> bool:
-        return self.stopping
+    # -- leases (several instances) ----------------------------------------------------------------
+
+    def _serves(self, unit: Unit) -> bool:
+        return self.cluster is None or unit.lease is not None
+
+    def _fence(self, unit: Unit) -> tuple[str, int] | None:
+        if self.cluster is None:
+            return None
+        if unit.lease is None:
+            raise LeaseLost(unit.name, 0)
+        return (unit.name, unit.lease.epoch)
+
+    def _lease_cycle(self, now: datetime) -> None:
+        """Renew, beat, take free accounts up to the share (every ``lease``/3)."""
+        cluster = self.cluster
+        if cluster is None or not leases.cycle_due(self._cycled_at, now, cluster.timing):
+            return
+        if not self._cycling.acquire(blocking=False):
+            return  # another account's worker is running it
+        try:
+            self._cycled_at = now
+            self._cycle(cluster)
+        finally:
+            self._cycling.release()
+
+    def _cycle(self, cluster: Cluster) -> None:
+        units = self.memory.units
+        held = {name: u.lease for name, u in units.items() if u.lease is not None}
+        cycle = cluster.cycle(sorted(u.name for u in self.memory.active(self.state)), held)
+        for account, epoch in cycle.lost:
+            self._lost(units[account], epoch, "expired")
+        for account, lease in cycle.renewed.items():
+            units[account].lease = lease
+        for taken in cycle.taken:
+            self._adopt(units[taken.account], taken)
+        self._release = cycle.moves.release
+        if cycle.moves.diverged != self._diverged:
+            self._diverged = cycle.moves.diverged
+            if self._diverged:
+                self.log.warning(
+                    "config.diverged",
+                    instance=cluster.instance,
+                    instances=list(self._diverged),
+                    digest=cluster.digest,
+                    note="these live instances run a different state file",
+                )
+
+    def _adopt(self, unit: Unit, taken: Taken) -> None:
+        """A newly held account: its rows as the last holder left them, listed at once."""
+        assert self.cluster is not None
+        unit.lease = taken.held
+        unit.entries = {cid: e for (_, cid), e in self.store.registry(unit.name).items()}
+        unit.next_listing = min(unit.next_listing, self.clock())
+        unit.paused_until = None
+        unit.touch()
+        self._arm_backfills(self.clock())  # one requested while another instance held it
+        self.log.info(
+            "lease.acquired",
+            account=unit.name,
+            instance=self.cluster.instance,
+            epoch=taken.held.epoch,
+            reason=taken.reason,
+            previous=taken.previous,
+        )
+
+    def _lost(self, unit: Unit, epoch: int, reason: str) -> None:
+        assert self.cluster is not None
+        if unit.lease is None:
+            return  # already known lost (a cycle found it while this unit was being served)
+        unit.lease = None
+        unit.touch()
+        self.log.error(
+            "lease.lost", account=unit.name, instance=self.cluster.instance, epoch=epoch, reason=reason
+        )
+
+    def _hand_back(self, accounts: tuple[str, ...] | None = None, reason: str = "rebalance") -> None:
+        """Give back the excess over the share (after the pass), or ``accounts``."""
+        cluster = self.cluster
+        if cluster is None:
+            return
+        names, self._release = (self._release if accounts is None else accounts), ()
+        for name in names:
+            unit = self.memory.units[name]
+            held = unit.lease
+            if held is None:
+                continue
+            unit.lease = None
+            unit.touch()
+            if cluster.release(name, held.epoch):
+                self.log.info(
+                    "lease.released", account=name, instance=cluster.instance, epoch=held.epoch,
+                    reason=reason,
+                )  # fmt: skip
+
+    def release_leases(self) -> None:
+        """On SIGTERM: give every lease back at once and drop the heartbeat, so that the others
+        take the accounts on their next cycle instead of waiting for the leases to expire."""
+        if self.cluster is None:
+            return
+        held = tuple(name for name, u in self.memory.units.items() if u.lease is not None)
+        self._hand_back(held, "shutdown")
+        self.cluster.leave()
+
+    def held(self) -> int:
+        """Accounts this instance serves: all of them on SQLite, the leased ones otherwise."""
+        return sum(self._serves(u) for u in self.memory.active(self.state))
 
 
 def _backfill_due(unit: Unit, now: datetime) -> bool:

@@ -10,10 +10,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from watchkeeper.config import DesiredState
+from watchkeeper.store.target import Target
 
 if TYPE_CHECKING:
     from watchkeeper.metrics import Meter
@@ -41,7 +41,7 @@ class Health:
         return self.state is not None and self.last_pass is not None
 
 
-def serve(state: DesiredState, db: Path, health: Health) -> AbstractContextManager[Meter | None]:
+def serve(state: DesiredState, db: Target, health: Health) -> AbstractContextManager[Meter | None]:
     """The listener ``[daemon].metrics`` asks for, yielding the counters the engine and its HTTP
     client feed; nothing at all when the key is absent. Raises ListenError on entry."""
     if state.metrics is None:

@@ -25,7 +25,6 @@ from collections import Counter as Tally
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime
-from pathlib import Path
 from socketserver import ThreadingMixIn
 from typing import Any, get_args
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
@@ -42,6 +41,7 @@ from watchkeeper.model import ChannelState
 from watchkeeper.outcome import Transition
 from watchkeeper.planner import Action
 from watchkeeper.store import Gap, StatusRow, Store
+from watchkeeper.store.target import Target
 from watchkeeper.zoho.client import DEFAULT_TIMEOUT
 
 STATES: tuple[str, ...] = get_args(ChannelState)
@@ -339,7 +339,7 @@ def _server_class(address: Address) -> type[WSGIServer]:
 
 
 @contextmanager
-def serve(address: Address, db: Path, health: Health) -> Iterator[Meter]:
+def serve(address: Address, db: Target, health: Health) -> Iterator[Meter]:
     """Listen on ``address`` until the block ends; ListenError (naming the address) if it cannot."""
     registry = CollectorRegistry()
     meter = Meter(registry)

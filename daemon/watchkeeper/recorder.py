@@ -29,11 +29,17 @@ def record(
     begin: Intent | None = None,
     done: Sequence[str] = (),
     backfilled: frozenset[str] = frozenset(),
+    fence: tuple[str, int] | None = None,
 ) -> None:
     """``backfilled``: the channels whose closing gaps are backfilled, requested in the same
-    transaction that closes them so a crash cannot lose one."""
+    transaction that closes them so a crash cannot lose one. ``fence`` (account, epoch): the
+    account's lease is checked in the same transaction, and a lost one (LeaseLost) writes nothing.
+    A change that writes nothing opens no transaction (most passes of an account change nothing;
+    on PostgreSQL each transaction is round trips)."""
     account = change.account
-    with store.transaction():
+    if not (_writes(change) or begin is not None or done):
+        return
+    with store.transaction(fence=fence):
         _gaps(store, change, backfilled)
         _registry(store, change)
         if change.seen and change.seen_at is not None:
@@ -44,6 +50,13 @@ def record(
             store.begin(account, begin.channel_ids, begin.method, begin.at)
         if done:
             store.done(account, done)
+
+
+def _writes(change: Transition) -> bool:
+    seen = bool(change.seen) and change.seen_at is not None
+    return bool(change.entries or change.removed or change.opened or change.closed or seen) or (
+        change.listed
+    )
 
 
 def _gaps(store: Store, change: Transition, backfilled: frozenset[str]) -> None:

@@ -16,6 +16,7 @@ from watchkeeper.backfill_plan import Notification
 from watchkeeper.engine import PassReport
 from watchkeeper.planner import Plan, Refusal
 from watchkeeper.store import Gap, StatusRow
+from watchkeeper.store.values import LeaseState
 
 
 def iso(dt: datetime | None) -> str | None:
@@ -141,10 +142,31 @@ def apply_text(doc: dict[str, Any]) -> str:
 # -- status ----------------------------------------------------------------------------------
 
 
+def accounts_rows(
+    accounts: Sequence[str], leases: Sequence[LeaseState], now: datetime
+) -> list[dict[str, Any]]:
+    """Who serves each account (several instances on PostgreSQL): the holder while its lease is
+    live by ``now``, else None; the lease's expiry as the database recorded it."""
+    by_account = {lease.account: lease for lease in leases}
+    out = []
+    for account in accounts:
+        lease = by_account.get(account)
+        live = lease is not None and lease.holder is not None and lease.expires_at > now
+        out.append({
+            "account": account,
+            "holder": lease.holder if live and lease is not None else None,
+            "lease_expires_at": iso(lease.expires_at) if lease is not None and lease.holder else None,
+        })  # fmt: skip
+    return out
+
+
 def status_json(
-    rows: Sequence[StatusRow], foreign: Sequence[tuple[str, str, list[str]]]
+    rows: Sequence[StatusRow],
+    foreign: Sequence[tuple[str, str, list[str]]],
+    accounts: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    return {
+    """``accounts`` (who holds each account's lease) only on a shared database."""
+    doc = {
         "channels": [
             {
                 "account": r.account,
@@ -161,10 +183,16 @@ def status_json(
         ],
         "foreign": [{"account": a, "channel_id": c, "modules": m} for a, c, m in foreign],
     }
+    if accounts is not None:
+        doc["accounts"] = accounts
+    return doc
 
 
 def status_text(
-    rows: Sequence[StatusRow], foreign: Sequence[tuple[str, str, list[str]]], now: datetime
+    rows: Sequence[StatusRow],
+    foreign: Sequence[tuple[str, str, list[str]]],
+    now: datetime,
+    accounts: list[dict[str, Any]] | None = None,
 ) -> str:
     def until(dt: datetime | None) -> str:
         return "-" if dt is None else human_delta(dt - now)
@@ -200,6 +228,15 @@ def status_text(
                 ["ACCOUNT", "FOREIGN CHANNEL", "MODULES"], [[a, c, ",".join(m)] for a, c, m in foreign]
             )
         )
+    if accounts is not None:
+
+        def left(a: dict[str, Any]) -> str:
+            end = a["lease_expires_at"]
+            return "-" if a["holder"] is None else human_delta(datetime.fromisoformat(end) - now)
+
+        held = [[a["account"], a["holder"] or "(none)", left(a)] for a in accounts]
+        out.append("")
+        out.append(table(["ACCOUNT", "HOLDER", "LEASE EXPIRES IN"], held))
     return "\n".join(out)
 
 

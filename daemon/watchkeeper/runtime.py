@@ -6,23 +6,27 @@ build their engines the same way.
 
 from __future__ import annotations
 
+import os
 import random
+import socket
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import httpx
 
-from watchkeeper import logs
+from watchkeeper import leases, logs
+from watchkeeper.cluster import Cluster
 from watchkeeper.config import AccountSpec, DesiredState
 from watchkeeper.engine import Engine
 from watchkeeper.model import AccessToken
 from watchkeeper.store import Store
+from watchkeeper.store.database import Migrate
+from watchkeeper.store.target import Target
 from watchkeeper.zoho.auth import Credentials, OAuth, StaticToken, TokenCache
-from watchkeeper.zoho.client import DEFAULT_TIMEOUT, WatchClient
+from watchkeeper.zoho.client import DEFAULT_TIMEOUT, USER_AGENT, WatchClient
 
 if TYPE_CHECKING:
     from watchkeeper.metrics import Meter
@@ -37,10 +41,12 @@ def make_client(
     http: httpx.Client,
     clock: Callable[[], datetime] = utcnow,
     cache: TokenCache | None = None,
+    instance: str | None = None,
     sleep: Callable[[float], None] = time.sleep,
 ) -> WatchClient:
-    """The account's watch client; ``cache`` keeps its access token across restarts, ``sleep``
-    waits between the retries of a listing page."""
+    """The account's watch client; ``cache`` keeps its access token across restarts (and, on a
+    shared database, between instances); ``instance`` goes into its User-Agent; ``sleep`` waits
+    between the retries of a listing page."""
     log = logs.get_logger()
 
     def refreshed(token: AccessToken) -> None:
@@ -63,10 +69,18 @@ def make_client(
             cache=cache,
             on_refresh=refreshed,
         )
-    return WatchClient(account.endpoint, auth, http=http, clock=clock, sleep=sleep)
+    client = WatchClient(account.endpoint, auth, http=http, clock=clock, sleep=sleep)
+    if instance is not None:
+        client.session.user_agent = f"{USER_AGENT} ({instance})"
+    return client
 
 
-def database_path(state: DesiredState, override: Path | None = None) -> Path:
+def instance_name(state: DesiredState) -> str:
+    """``[daemon].instance``, else "<hostname>:<pid>" (unique while the process lives)."""
+    return state.instance or f"{socket.gethostname()}:{os.getpid()}"
+
+
+def database_path(state: DesiredState, override: Target | None = None) -> Target:
     """The database every command and the daemon use: ``--db`` (or ``$WATCHKEEPER_DB``, which the
     command line reads) over the state file's ``[daemon].database``. The one place this is decided."""
     return override or state.database
@@ -74,11 +88,18 @@ def database_path(state: DesiredState, override: Path | None = None) -> Path:
 
 @contextmanager
 def open_store(
-    state: DesiredState, db: Path | None = None, *, readonly: bool = False
+    state: DesiredState,
+    db: Target | None = None,
+    *,
+    readonly: bool = False,
+    migrate: Migrate = "never",
+    instance: str | None = None,
 ) -> Iterator[Store]:
-    """The state's store (or ``db``'s), redactor fed with the state's secrets first."""
+    """The state's store (or ``db``'s), redactor fed with the state's secrets first. On
+    PostgreSQL, ``migrate`` says whether opening may upgrade the schema (the one-shot commands
+    never do: ``watchkeeper migrate`` or a lone ``run`` does), ``instance`` being the opener's."""
     logs.REDACTOR.add(state.secrets())
-    store = Store(database_path(state, db), readonly=readonly)
+    store = Store(database_path(state, db), readonly=readonly, migrate=migrate, instance=instance)
     try:
         yield store
     finally:
@@ -88,7 +109,7 @@ def open_store(
 @contextmanager
 def open_engine(
     state: DesiredState,
-    db: Path | None = None,
+    db: Target | None = None,
     *,
     clock: Callable[[], datetime] = utcnow,
     rng: random.Random | None = None,
@@ -97,21 +118,27 @@ def open_engine(
 ) -> Iterator[Engine]:
     """An engine over the state's database (or ``db``), closed with everything it opened;
     ``meter`` counts its writes and each account's requests; ``sleep`` is the clients' (a
-    simulated clock's, under test)."""
+    simulated clock's, under test). On a shared database (PostgreSQL) the engine serves the
+    accounts under leases, as the instance ``instance_name`` names; it never upgrades the schema
+    there (``run`` and ``apply`` have opened it with ``migrate="alone"`` first)."""
     transport = httpx.HTTPTransport()
     with (
         open_store(state, db) as store,
         httpx.Client(timeout=DEFAULT_TIMEOUT, transport=transport) as http,
     ):
+        instance = instance_name(state) if store.shared else None
 
         def connect(account: AccountSpec) -> WatchClient:
             client = http if meter is None else meter.http(transport, account.name)
-            return make_client(account, client, clock, store.token_cache(account.name), sleep)
+            cache = store.token_cache(account.name)
+            return make_client(account, client, clock, cache, instance, sleep)
 
         clients = {name: connect(account) for name, account in state.accounts.items()}
         engine = Engine(state, store, clients, clock=clock, rng=rng, connect=connect)
         if meter is not None:
             engine.on_commit, engine.on_backfilled = meter.committed, meter.backfilled
+        if instance is not None:
+            engine.cluster = Cluster(store, instance, leases.digest(state), state.lease, clock)
         try:
             yield engine
         finally:

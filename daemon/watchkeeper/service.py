@@ -54,9 +54,10 @@ from watchkeeper.health import serve as serve_metrics
 from watchkeeper.lock import InstanceLock, LockHeld
 from watchkeeper.notify import Notifier
 from watchkeeper.report import human_delta
-from watchkeeper.runtime import database_path, open_engine
+from watchkeeper.runtime import database_path, instance_name, open_engine, open_store
 from watchkeeper.statedir import Fingerprint, Loader
 from watchkeeper.store.errors import StoreError
+from watchkeeper.store.target import PostgresTarget, Target
 
 EX_OK, EX_FAILURE, EX_CONFIG = 0, 1, 78
 STOP = 0
@@ -64,6 +65,8 @@ STOP = 0
 CLOCK_JUMP = 5.0
 """Seconds the wall clock may move against the monotonic one before the schedule is redone."""
 FAILED_PASS_DELAY = timedelta(seconds=5)
+DATABASE_RETRY_MAX = 60.0
+"""Seconds between attempts to reach a PostgreSQL database that did not answer at start, at most."""
 
 
 def utcnow() -> datetime:
@@ -124,6 +127,8 @@ def summary(engine: Engine, now: datetime) -> str:
     owned = [e for k, e in engine.registry.items() if k in desired]
     states = [e.state for e in owned]
     parts = [f"{states.count('active')} active", f"{states.count('at_risk')} at risk"]
+    if engine.cluster is not None:
+        parts.insert(0, f"holding {engine.held()} of {len(engine.state.accounts)} accounts")
     parts += [f"{states.count(s)} {s}" for s in ("lapsed", "failed", "pending") if states.count(s)]
     renewals = [e.renew_at for e in owned if e.renew_at is not None]
     if renewals:
@@ -137,7 +142,7 @@ class Service:
     def __init__(
         self,
         state_path: Path,
-        db: Path | None = None,
+        db: Target | None = None,
         *,
         notifier: Notifier | None = None,
         timing: Timing = Timing(),
@@ -181,11 +186,16 @@ class Service:
         if state is None:
             return EX_CONFIG
         db = database_path(state, self.db)
-        try:
-            lock = InstanceLock(db).acquire()
-        except LockHeld as exc:
-            self.log.error("daemon.locked", error=str(exc))
-            return EX_FAILURE
+        lock = None
+        if isinstance(db, PostgresTarget):  # several instances: leases divide the accounts
+            if not self._await_database(state, db, instance_name(state)):
+                return EX_OK
+        else:  # SQLite: one instance, by the lock file
+            try:
+                lock = InstanceLock(db).acquire()
+            except LockHeld as exc:
+                self.log.error("daemon.locked", error=str(exc))
+                return EX_FAILURE
         self.health.state = state
         try:
             with (
@@ -207,7 +217,37 @@ class Service:
             self.log.error("metrics.listen_failed", address=str(state.metrics), error=str(exc))
             return EX_CONFIG
         finally:
-            lock.release()
+            if lock is not None:
+                lock.release()
+
+    def _await_database(self, state: DesiredState, db: PostgresTarget, instance: str) -> bool:
+        """Open the database once (upgrading its schema if no other instance is live), retrying
+        with backoff while it cannot be used (not reached, or refusing us): exiting would have
+        systemd restart the daemon into the same wall. Meanwhile systemd gets READY=1 and a STATUS=
+        saying what is awaited (the daemon is up and acts as soon as it can; a start that blocked
+        would be killed by TimeoutStartSec), and the watchdog is fed. False: stopped meanwhile."""
+        attempt = 0
+        while not self._stop:
+            try:
+                with open_store(state, db, migrate="alone", instance=instance):
+                    return True
+            except StoreError as exc:
+                attempt += 1
+                delay = min(2.0 ** min(attempt - 1, 16), DATABASE_RETRY_MAX)
+                self.log.error("store.unavailable", error=str(exc), attempt=attempt, retry_in=delay)
+                if attempt == 1:
+                    self.notifier.ready()
+                self.notifier.status(f"waiting for the database {db} (attempt {attempt})")
+                self._sleep(delay)
+        return False
+
+    def _sleep(self, seconds: float) -> None:
+        """Wait, feeding the watchdog; SIGTERM (its default action) still ends the process."""
+        end = time.monotonic() + seconds
+        step = self.notifier.watchdog_interval / 2 if self.notifier.watchdog_interval else 1.0
+        while not self._stop and (left := end - time.monotonic()) > 0:
+            self.notifier.watchdog()
+            select.select([self._wake_r], [], [], min(left, step))
 
     def request_stop(self) -> None:
         """Stop as SIGTERM would (the demo's ``--duration``); safe from any thread."""
@@ -251,6 +291,7 @@ class Service:
             self._main_loop(fingerprint)
         finally:
             finished = self._stop_worker(engine, scheduler)
+            self._release_leases(engine)
             signal.set_wakeup_fd(old_fd)
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
@@ -259,6 +300,14 @@ class Service:
         if not finished:
             _exit_now(EX_OK)  # the worker still uses the store and the HTTP client: leave them be
         return EX_OK
+
+    def _release_leases(self, engine: Engine) -> None:
+        """Several instances: hand every account back at once (a pass still in flight past the
+        grace is fenced out of writing, and makes no call without its lease)."""
+        try:
+            engine.release_leases()
+        except StoreError as exc:  # they expire by themselves within one lease
+            self.log.warning("lease.release_failed", error=str(exc))
 
     def _stop_worker(self, engine: Engine, scheduler: BackgroundScheduler) -> bool:
         """Whether the job in flight finished within the grace."""

@@ -15,6 +15,7 @@ from datetime import datetime, timedelta
 
 from watchkeeper import outcome, planner, policy
 from watchkeeper.config import AccountSpec, DesiredState
+from watchkeeper.leases import Held
 from watchkeeper.model import ChannelSpec, RegistryEntry
 from watchkeeper.outcome import Situation
 from watchkeeper.planner import Refusal
@@ -50,6 +51,10 @@ class Unit:
     due_at: datetime | None = None
     """``next_due`` as last computed, None once anything it depends on changed: an idle tick
     costs O(accounts), not O(channels)."""
+    lease: Held | None = None
+    """Several instances on PostgreSQL: this instance's lease of the account, without which the
+    engine neither calls Zoho for it nor writes its rows (unused on SQLite, where one instance
+    serves every account)."""
 
     def paused(self, now: datetime) -> bool:
         return self.paused_until is not None and self.paused_until > now

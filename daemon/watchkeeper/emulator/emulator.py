@@ -438,6 +438,7 @@ class Emulator:
             count,
             ids,
             data,
+            request.headers.get("user-agent"),
         )
         return response, call
 

@@ -98,6 +98,8 @@ class Call:
     items: int
     channel_ids: tuple[str, ...]
     body: dict[str, Any] | None = None
+    agent: str | None = None
+    """The request's User-Agent: which client (which of several instances) made the call."""
 
 
 @dataclass(slots=True)

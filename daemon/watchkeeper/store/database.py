@@ -1,5 +1,10 @@
-"""Store: one database, its transactions, and the queries of registry.py, gaps.py and journal.py
-behind one object, which is all the rest of watchkeeper sees of it."""
+"""Store: one database, its transactions, and the queries of registry.py, gaps.py, journal.py and
+leases.py behind one object, which is all the rest of watchkeeper sees of it.
+
+SQLite (a Path) or PostgreSQL (a PostgresTarget). On PostgreSQL a lost server surfaces as
+StoreUnavailable (nothing was written; try again), and ``transaction(fence=(account, epoch))``
+makes every write inside conditional on the account's lease (LeaseLost otherwise).
+"""
 
 from __future__ import annotations
 
@@ -8,19 +13,33 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import Self
+from typing import Literal, Self
 
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 
 from watchkeeper.model import AccessToken, ObservedChannel, RegistryEntry
-from watchkeeper.store import backfills, gaps, journal, migrate, registry, sqlite
+from watchkeeper.store import backfills, gaps, journal, leases, migrate, postgres, registry, sqlite
 from watchkeeper.store.errors import StoreError
-from watchkeeper.store.values import Backfill, BackfillNote, Gap, Intent, StatusRow
+from watchkeeper.store.target import PostgresTarget, Target
+from watchkeeper.store.values import (
+    Backfill,
+    BackfillNote,
+    Board,
+    Gap,
+    Intent,
+    LeaseState,
+    StatusRow,
+)  # fmt: skip
+
+Migrate = Literal["always", "alone", "never"]
+"""When opening may upgrade the schema (PostgreSQL; a writable SQLite file always upgrades):
+always (``watchkeeper migrate``), only when no other instance is live (``run``), never (the
+one-shot commands, which need the schema at the head revision)."""
 
 
 class Store:
-    """The SQLite store, synchronous. Each method is its own transaction unless called inside
+    """The store, synchronous. Each method is its own transaction unless called inside
     ``transaction()``; a transaction belongs to the thread that began it.
 
     ``readonly=True`` opens the file as it is (``mode=ro``: no file created, no mode, WAL or schema
@@ -28,17 +47,64 @@ class Store:
     the reader may not write. Such a store refuses every write.
     """
 
-    def __init__(self, path: Path, *, readonly: bool = False) -> None:
+    def __init__(
+        self,
+        target: Target,
+        *,
+        readonly: bool = False,
+        migrate: Migrate = "always",
+        instance: str | None = None,
+    ) -> None:
         """Open, creating the file if missing and upgrading its schema to the head revision (unless
-        ``readonly``, which requires it there). A database that cannot be used raises StoreError
-        naming the file; SchemaTooNewError leaves a newer database untouched."""
-        self.path = path
+        ``readonly``, which requires it there; on PostgreSQL as ``migrate`` says, ``instance``
+        being the opener's own heartbeat, not another's). A database that cannot be used raises
+        StoreError naming the file or the host and database (StoreUnavailable when the server
+        cannot be reached); SchemaTooNewError leaves a newer database untouched."""
+        self.target = target
         self.readonly = readonly
         self._local = threading.local()
+        if isinstance(target, PostgresTarget):
+            self.path = Path(target.dbname)
+            self._pg: PostgresTarget | None = target
+            try:
+                self._engine = self._open_postgres(migrate, instance)
+            except DBAPIError as exc:
+                raise postgres.open_error(target, exc) from exc
+            return
+        self._pg = None
+        self.path = target
         try:
             self._engine = self._open()
         except (DBAPIError, OSError) as exc:
-            raise sqlite.open_error(path, exc) from exc
+            raise sqlite.open_error(target, exc) from exc
+
+    @property
+    def where(self) -> str:
+        """The database as errors and logs name it (never with a password)."""
+        return str(self.target)
+
+    @property
+    def shared(self) -> bool:
+        """Several instances may use it (PostgreSQL): leases, not the lock file, divide the work."""
+        return self._pg is not None
+
+    def _open_postgres(self, mode: Migrate, instance: str | None) -> Engine:
+        assert self._pg is not None
+        engine = postgres.open_engine(self._pg)
+        where = str(self._pg)
+        try:
+            with engine.connect() as conn:
+                if self.readonly or mode == "never":
+                    migrate.check(conn, where)
+                elif mode == "alone" and migrate.others_live(conn, instance):
+                    migrate.check(conn, where, hint="run `watchkeeper migrate` to upgrade it")
+                else:
+                    migrate.upgrade(conn, where)
+                conn.commit()
+        except BaseException:
+            engine.dispose()
+            raise
+        return engine
 
     def _open(self) -> Engine:
         if self.readonly and not self.path.exists():
@@ -82,17 +148,24 @@ class Store:
     # --- transactions ---------------------------------------------------------------------------
 
     @contextmanager
-    def transaction(self) -> Iterator[None]:
+    def transaction(self, *, fence: tuple[str, int] | None = None) -> Iterator[None]:
         """Every write inside goes to the database in one transaction, committed when the outermost
         block exits and rolled back if an exception leaves it. A nested block is a savepoint: an
         exception leaving it undoes that block's writes only. It holds the write lock (the other
-        process waits up to BUSY_TIMEOUT_MS), so keep network calls outside it."""
+        process waits up to BUSY_TIMEOUT_MS), so keep network calls outside it.
+
+        ``fence=(account, epoch)``: first check, in the same transaction, that the account's lease
+        is still at that epoch and unexpired, else raise LeaseLost and write nothing."""
         outer: Connection | None = getattr(self._local, "conn", None)
         if outer is not None:
             with outer.begin_nested():
+                if fence is not None:
+                    leases.fence(outer, *fence)
                 yield
             return
-        with self._tx():
+        with self._tx() as conn:
+            if fence is not None:
+                leases.fence(conn, *fence)
             yield
 
     @contextmanager
@@ -106,25 +179,33 @@ class Store:
             yield outer
             return
         if write and self.readonly:
-            raise StoreError(f"{self.path} was opened read-only: this command cannot change it")
-        with self._engine.connect() as conn:
-            conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
-            self._local.conn = conn
-            try:
-                yield conn
-                conn.commit()
-            except BaseException:
-                conn.rollback()
-                raise
-            finally:
-                self._local.conn = None
+            raise StoreError(f"{self.where} was opened read-only: this command cannot change it")
+        try:
+            with self._engine.connect() as conn:
+                if self._pg is None:
+                    conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+                self._local.conn = conn
+                try:
+                    yield conn
+                    conn.commit()
+                except BaseException:
+                    if not conn.invalidated:
+                        conn.rollback()
+                    raise
+                finally:
+                    self._local.conn = None
+        except DBAPIError as exc:
+            if self._pg is not None and postgres.is_lost(exc):
+                raise postgres.unavailable(self._pg, exc) from exc
+            raise
 
     # --- registry -------------------------------------------------------------------------------
 
-    def registry(self) -> dict[tuple[str, str], RegistryEntry]:
-        """Every owned channel; ``lapsed_since`` and the lapsed state come from the open gaps."""
+    def registry(self, account: str | None = None) -> dict[tuple[str, str], RegistryEntry]:
+        """Every owned channel (of ``account`` only, if given); ``lapsed_since`` and the lapsed
+        state come from the open gaps."""
         with self._tx(write=False) as conn:
-            return registry.all_entries(conn)
+            return registry.all_entries(conn, account)
 
     def get(self, account: str, channel_id: str) -> RegistryEntry | None:
         with self._tx(write=False) as conn:
@@ -274,6 +355,38 @@ class Store:
     def _save_token(self, account: str, token: AccessToken) -> None:
         with self._tx() as conn:
             journal.save_token(conn, account, token)
+
+    # --- leases (section 8 of DESIGN.md) ---------------------------------------------------------
+
+    def lease_cycle(self, instance: str, digest: str, ttl: float) -> tuple[dict[str, LeaseState], Board]:
+        """In one transaction: extend every unexpired lease ``instance`` holds for ``ttl`` seconds,
+        record its heartbeat (running state file ``digest``), and read every lease and heartbeat
+        and the database's clock. The leases it still holds, and what it read."""
+        with self._tx() as conn:
+            renewed = leases.renew(conn, instance, ttl)
+            leases.beat(conn, instance, digest, ttl)
+            return renewed, leases.board(conn)
+
+    def take_lease(self, account: str, instance: str, ttl: float) -> LeaseState | None:
+        with self._tx() as conn:
+            return leases.take(conn, account, instance, ttl)
+
+    def release_lease(self, account: str, instance: str, epoch: int) -> bool:
+        with self._tx() as conn:
+            return leases.release(conn, account, instance, epoch)
+
+    def leave(self, instance: str) -> None:
+        """Drop ``instance``'s heartbeat (it stops: the others' shares grow at once)."""
+        with self._tx() as conn:
+            leases.leave(conn, instance)
+
+    def leases(self) -> list[LeaseState]:
+        with self._tx(write=False) as conn:
+            return leases.holders(conn)
+
+    def live_instances(self) -> list[str]:
+        with self._tx(write=False) as conn:
+            return leases.live(conn)
 
     # --- mass-delete confirmations --------------------------------------------------------------
 

@@ -1,17 +1,20 @@
 """Bringing a database to the schema this code declares, with Alembic run in code (no alembic.ini:
 the scripts ship inside the package), and refusing a database that a newer watchkeeper wrote.
 
-An empty database is created from the metadata and recorded at the head revision; an older one is
-upgraded by the scripts in ``migrations/versions``. watchkeeper 0.1.0 predates Alembic: it kept
-its schema version in SQLite's ``PRAGMA user_version`` (1 or 2), which maps to the revision its
-schema is. Every step runs on the caller's connection, inside the caller's transaction, so a
-failing upgrade changes nothing.
+Every database, SQLite or PostgreSQL, empty or old, reaches the head by the scripts in
+``migrations/versions`` (an empty one from revision 0001, which writes out 0.1.0's first schema), so
+``alembic upgrade head`` and ``watchkeeper migrate`` take the one path there is. watchkeeper 0.1.0
+predates Alembic: it kept its schema version in SQLite's ``PRAGMA user_version`` (1 or 2), which
+maps to the revision its schema is. Every step runs on the caller's connection, inside the caller's
+transaction, so a failing upgrade changes nothing; on PostgreSQL an advisory lock held to the end
+of that transaction makes instances that start together migrate one after the other.
 """
 
 from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 from alembic import command
@@ -21,7 +24,7 @@ from sqlalchemy import Connection, inspect, text
 
 from watchkeeper.store import sqlite
 from watchkeeper.store.errors import SchemaTooNewError, StoreError
-from watchkeeper.store.schema import METADATA
+from watchkeeper.store.schema import instant_text
 
 SCRIPTS = Path(__file__).with_name("migrations")
 
@@ -29,10 +32,11 @@ ALEMBIC_MARK = 3
 """SQLite ``user_version`` of every database Alembic manages. watchkeeper 0.1.0 refuses anything
 above its own 2, so it never writes into a database upgraded past it."""
 
-LEGACY_REVISIONS: dict[int, str | None] = {1: None, 2: "0002"}
-"""0.1.0's ``user_version`` -> the revision its schema is (None: the base, before every script)."""
+LEGACY_REVISIONS: dict[int, str] = {1: "0001", 2: "0002"}
+"""0.1.0's ``user_version`` -> the revision its schema is."""
 
 VERSION_TABLE = "alembic_version"
+MIGRATION_LOCK = 0x77617463686B  # "watchk": the advisory lock key of migrations on PostgreSQL
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,7 +56,7 @@ class Steps:
     """What it takes to bring a database to the head revision; all False/None: nothing."""
 
     create: bool = False
-    """Empty: create every table from the metadata and record the head revision."""
+    """Empty: every script runs, from the first."""
     stamp: str | None = None
     """A 0.1.0 database: record the revision its schema is before upgrading."""
     upgrade: bool = False
@@ -72,7 +76,7 @@ def plan(found: Found, known: frozenset[str], head: str, where: str) -> Steps:
     if version in LEGACY_REVISIONS:
         return Steps(stamp=LEGACY_REVISIONS[version], upgrade=True)
     if not found.has_tables and version == 0:
-        return Steps(create=True)
+        return Steps(create=True, upgrade=True)
     raise StoreError(
         f"{where} holds tables but no watchkeeper schema revision: it is not a watchkeeper "
         "database, or it is damaged; restore it from a backup, or point --db at another file"
@@ -102,11 +106,10 @@ def _revisions(scripts: Path) -> tuple[str, frozenset[str]]:
 def upgrade(conn: Connection, where: str) -> Steps:
     """Bring the database to the head revision, inside the transaction ``conn`` is in; the steps
     it took."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
     todo = steps(conn, where)
     config = _config(conn)
-    if todo.create:
-        METADATA.create_all(conn)
-        command.stamp(config, "head")
     if todo.stamp is not None:
         command.stamp(config, todo.stamp)
     if todo.upgrade:
@@ -116,19 +119,46 @@ def upgrade(conn: Connection, where: str) -> Steps:
     return todo
 
 
-def check(conn: Connection, where: str) -> None:
+def check(conn: Connection, where: str, *, hint: str | None = None) -> None:
     """Refuse a database that is not at the head revision, for an open that may not upgrade it."""
     todo = steps(conn, where)
     if todo.create:
-        raise StoreError(f"{where} holds no watchkeeper data yet: nothing has run against it")
+        raise StoreError(
+            f"{where} holds no watchkeeper data yet: "
+            + (hint or "nothing has run against it (`watchkeeper migrate` creates the schema)")
+        )
     if todo != Steps():
         raise StoreError(
-            f"{where} was written by an older watchkeeper: open it once with write access "
-            "(watchkeeper run, or apply) to upgrade it, then read it"
-        )
+            f"{where} was written by an older watchkeeper: "
+            + (hint or "open it once with write access (watchkeeper run, apply or migrate) to "
+               "upgrade it, then read it")
+        )  # fmt: skip
 
 
-def _config(conn: Connection) -> Config:
+def others_live(conn: Connection, instance: str | None) -> bool:
+    """Whether another instance's heartbeat is live (then a starting one must not migrate: the
+    others run the schema as it is). Read under the migration lock."""
+    conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
+    if not inspect(conn).has_table("instances"):
+        return False
+    rows = conn.execute(
+        text("SELECT instance FROM instances WHERE expires_at > :now"),
+        {"now": instant_text(_db_clock(conn))},
+    )
+    return any(row[0] != instance for row in rows)
+
+
+def head() -> str:
+    """The newest revision the scripts know."""
+    return _revisions(SCRIPTS)[0]
+
+
+def _db_clock(conn: Connection) -> datetime:
+    now: datetime = conn.execute(text("SELECT now()")).scalar_one()
+    return now
+
+
+def _config(conn: Connection | None) -> Config:
     config = Config()
     config.set_main_option("script_location", str(SCRIPTS))
     config.attributes["connection"] = conn

@@ -35,8 +35,9 @@ def _entries() -> Select[Any]:
     return select(*columns, GAPS.c.start.label("lapsed_since")).select_from(_with_open_gap())
 
 
-def all_entries(conn: Connection) -> dict[Key, RegistryEntry]:
-    return {(row[0], row[1]): codec.entry(row) for row in conn.execute(_entries())}
+def all_entries(conn: Connection, account: str | None = None) -> dict[Key, RegistryEntry]:
+    query = _entries() if account is None else _entries().where(_R.account == account)
+    return {(row[0], row[1]): codec.entry(row) for row in conn.execute(query)}
 
 
 def one_entry(conn: Connection, account: str, channel_id: str) -> RegistryEntry | None:

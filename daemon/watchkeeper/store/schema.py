@@ -150,9 +150,35 @@ class BackfillNotificationRow(SQLModel, table=True):
     delivered_at: datetime | None = Field(default=None, sa_type=UTCInstant)
 
 
+class LeaseRow(SQLModel, table=True):
+    """Which instance serves an account (section 8 of DESIGN.md). ``epoch`` grows by one each time
+    the account changes hands: every write of the account's rows checks it, so an instance that
+    lost the lease writes nothing. ``holder`` NULL: released. Times are the database's."""
+
+    __tablename__ = "leases"
+
+    account: str = Field(primary_key=True)
+    holder: str | None = None
+    epoch: int = 0
+    expires_at: datetime = Field(sa_type=UTCInstant)
+
+
+class InstanceRow(SQLModel, table=True):
+    """An instance's heartbeat: live while ``expires_at`` (the database's clock) is ahead. The fair
+    share of accounts is counted from the live ones; ``digest`` is that of its state file's
+    accounts and channels, to notice instances running different ones."""
+
+    __tablename__ = "instances"
+
+    instance: str = Field(primary_key=True)
+    expires_at: datetime = Field(sa_type=UTCInstant)
+    digest: str
+    started_at: datetime = Field(sa_type=UTCInstant)
+
+
 TABLES: tuple[type[SQLModel], ...] = (
     RegistryRow, GapRow, AccessTokenRow, ConfirmationRow, IntentRow, ForeignRow, BackfillRow,
-    BackfillNotificationRow,
+    BackfillNotificationRow, LeaseRow, InstanceRow,
 )  # fmt: skip
 
 
@@ -175,6 +201,8 @@ INTENTS = table_of(IntentRow)
 FOREIGN = table_of(ForeignRow)
 BACKFILLS = table_of(BackfillRow)
 BACKFILL_NOTIFICATIONS = table_of(BackfillNotificationRow)
+LEASES = table_of(LeaseRow)
+INSTANCES = table_of(InstanceRow)
 
 Index("gaps_by_channel", GAPS.c.account, GAPS.c.channel_id)
 _OPEN = GAPS.c.end.is_(None)

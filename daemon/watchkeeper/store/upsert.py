@@ -39,3 +39,12 @@ def upsert(
         changed[name] = func.coalesce(excluded[name], table.c[name])
     statement: Insert = insert.on_conflict_do_update(index_elements=list(key), set_=changed)
     return statement
+
+
+def insert_missing(dialect: Dialect, table: Table, key: Sequence[str]) -> Insert:
+    """An insert of ``table`` that does nothing when a row with the same ``key`` exists."""
+    make = _INSERTS.get(dialect.name)
+    if make is None:
+        raise NotImplementedError(f"no insert-if-missing for the {dialect.name} dialect")
+    statement: Insert = make(table).on_conflict_do_nothing(index_elements=list(key))
+    return statement

@@ -73,3 +73,30 @@ class BackfillNote:
     module: str
     operation: str
     ids: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseState:
+    """An account's lease row; ``expires_at`` on the database's clock."""
+
+    account: str
+    holder: str | None
+    epoch: int
+    expires_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceBeat:
+    instance: str
+    expires_at: datetime
+    digest: str
+
+
+@dataclass(frozen=True, slots=True)
+class Board:
+    """What the lease decisions are made from, read in one transaction."""
+
+    now: datetime
+    """The database's clock."""
+    leases: dict[str, LeaseState]
+    instances: list[InstanceBeat]

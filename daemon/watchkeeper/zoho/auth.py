@@ -87,7 +87,8 @@ class OAuth:
         self._on_refresh = on_refresh
         self._lock = threading.Lock()
         self._current: AccessToken | None = None
-        self._loaded = False
+        self._rejected: str | None = None
+        """The last token Zoho refused: a cache still holding it is not believed."""
         self._blocked_until: datetime | None = None
         self.api_domain: str | None = None
         """The ``api_domain`` of the last refresh answer (the DC the token belongs to)."""
@@ -99,16 +100,15 @@ class OAuth:
         """A valid access token: the cached one while it is fresh, else a new one.
 
         A refresh that fails transiently falls back on the cached token while it has not expired;
-        that margin is what refreshing early is for.
+        that margin is what refreshing early is for. Before refreshing, the cache is read again:
+        another process sharing it (an instance that held the account before this one) may have
+        refreshed already, and its token serves as well as a new one.
         """
         with self._lock:
             now = self._clock()
-            if not self._loaded:
-                self._loaded = True
-                cached = self._cache.load() if self._cache is not None else None
-                if cached is not None and now < cached.expires_at:
-                    self._current = cached
             current = self._current
+            if current is None or now >= current.refresh_due():
+                current = self._current = self._cached(now) or current
             if current is not None and now < current.refresh_due():
                 return current.value
             try:
@@ -124,9 +124,16 @@ class OAuth:
                 self._on_refresh(fresh)
             return fresh.value
 
+    def _cached(self, now: datetime) -> AccessToken | None:
+        cached = self._cache.load() if self._cache is not None else None
+        if cached is None or cached.value == self._rejected or now >= cached.expires_at:
+            return None
+        return cached
+
     def invalidate(self, value: str) -> None:
         """Forget ``value`` (Zoho answered INVALID_TOKEN for it); a newer token is kept."""
         with self._lock:
+            self._rejected = value
             if self._current is not None and self._current.value == value:
                 self._current = None
 

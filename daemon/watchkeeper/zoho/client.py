@@ -38,7 +38,7 @@ from watchkeeper.zoho.errors import (
 from watchkeeper.zoho.exchange import DEFAULT_LIMITS, DEFAULT_TIMEOUT, MAX_ITEMS, Answer, Limits
 from watchkeeper.zoho.regions import Endpoint
 from watchkeeper.zoho.results import CallResult
-from watchkeeper.zoho.session import Session, utc_now
+from watchkeeper.zoho.session import USER_AGENT, Session, utc_now
 from watchkeeper.zoho.wire import (
     complains_about_count,
     item_body,
@@ -51,7 +51,7 @@ from watchkeeper.zoho.wire import (
     watch_list,
 )
 
-__all__ = ["DEFAULT_TIMEOUT", "MAX_ITEMS", "Limits", "WatchClient"]
+__all__ = ["DEFAULT_TIMEOUT", "MAX_ITEMS", "USER_AGENT", "Limits", "WatchClient"]
 
 MAX_CHANNEL_IDS_CHARS = 512
 """Longest ``channel_ids`` query value (the v8 OAS limit, UNCONFIRMED)."""

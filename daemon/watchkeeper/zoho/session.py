@@ -47,6 +47,9 @@ class Session:
         limits: Limits = DEFAULT_LIMITS,
     ) -> None:
         self.endpoint = endpoint
+        self.user_agent = USER_AGENT
+        """Several instances name themselves in it, so Zoho's (or the emulator's) record of calls
+        tells them apart."""
         self.base_url = check_base_url(endpoint.api_domain, "api_domain")
         self.limits = limits
         self._auth = auth
@@ -118,7 +121,7 @@ class Session:
         json_body: dict[str, Any] | None,
         extra: dict[str, str] | None,
     ) -> Answer:
-        headers = {"Authorization": f"Zoho-oauthtoken {token}", "User-Agent": USER_AGENT}
+        headers = {"Authorization": f"Zoho-oauthtoken {token}", "User-Agent": self.user_agent}
         headers.update(extra or {})
         url = self.base_url + path
         request = Request(method, url, f"{method} {path}", headers, params, json_body)

@@ -1,6 +1,6 @@
 """Intents, delete confirmations, foreign channels; the registry's name and last_seen_at.
 
-The first revision: it upgrades the schema watchkeeper 0.1.0 created as its ``user_version`` 1
+It upgrades the schema watchkeeper 0.1.0 created as its ``user_version`` 1
 (registry, gaps, access_tokens, which predate Alembic). 0.1.0's ``user_version`` 2 is this
 revision's schema.
 """
@@ -16,7 +16,7 @@ from alembic import op
 from watchkeeper.store.migrations.rows import rewrite_applied
 
 revision = "0002"
-down_revision = None
+down_revision = "0001"
 branch_labels = None
 depends_on = None
 
