@@ -48,7 +48,8 @@ def writes(emu: Emulator) -> list[str]:
 
 def hold_off_cycles(engine: Engine) -> None:
     """No lease cycle for a day: what the engine does with the lease it has in memory."""
-    engine._cycled_at = engine.clock() + timedelta(days=1)
+    assert engine.leasing is not None
+    engine.leasing._cycled_at = engine.clock() + timedelta(days=1)
 
 
 def test_the_engine_serves_under_its_lease_and_names_itself_in_every_call(

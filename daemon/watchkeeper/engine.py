@@ -17,7 +17,6 @@ recorded, so nothing more is sent.
 from __future__ import annotations
 
 import random
-import threading
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -26,8 +25,9 @@ from datetime import UTC, datetime, timedelta
 
 from watchkeeper import backfill_plan, leases, logs, outcome, planner, policy
 from watchkeeper.backfill import Backfiller, collect
-from watchkeeper.cluster import Cluster, Taken
+from watchkeeper.cluster import Cluster
 from watchkeeper.config import AccountSpec, DesiredState
+from watchkeeper.leasing import Leasing
 from watchkeeper.model import ChannelSpec, ObservedChannel, RegistryEntry, WatchItem
 from watchkeeper.outcome import Transition
 from watchkeeper.planner import Action, Method, Plan, Refusal
@@ -87,14 +87,9 @@ class Engine:
         connect: Callable[[AccountSpec], WatchClient] | None = None,
     ) -> None:
         self.store = store
-        self.cluster: Cluster | None = None
-        """Set by the wiring when several instances share the database: accounts are then served
-        under their leases."""
-        self._cycled_at: datetime | None = None
-        self._cycling = threading.Lock()
-        """One lease cycle at a time, whichever account's worker finds it due."""
-        self._release: tuple[str, ...] = ()
-        self._diverged: tuple[str, ...] = ()
+        self.leasing: Leasing | None = None
+        """Set (``lease_with``) when several instances share the database: accounts are then
+        served under their leases."""
         self._store_down = False
         self.clock = clock
         self.rng = rng or random.Random()
@@ -115,6 +110,15 @@ class Engine:
         intents = store.pending_intents()
         if intents:
             self.log.warning("engine.interrupted", calls=len(intents), note="listing before any change")
+
+    def lease_with(self, cluster: Cluster) -> None:
+        self.leasing = Leasing(
+            cluster, self.memory, self.store, self.clock, lambda: self._arm_backfills(self.clock())
+        )
+
+    @property
+    def cluster(self) -> Cluster | None:
+        return None if self.leasing is None else self.leasing.cluster
 
     def close(self) -> None:
         """Close what the engine opened itself (the backfill's receiver connections)."""
@@ -153,9 +157,8 @@ class Engine:
         now = self.clock()
         units = [u for u in self.memory.active(self.state) if self._serves(u)]
         due = min((_next_work(u, now, self.state.policy) for u in units), default=now + timedelta(1))
-        if self.cluster is not None:
-            cycle = now if self._cycled_at is None else self._cycled_at + self.cluster.timing.renew_every
-            due = min(due, cycle)
+        if self.leasing is not None:
+            due = min(due, self.leasing.next_cycle(now))
         return due
 
     def run_due(self, now: datetime | None = None) -> PassReport:
@@ -175,8 +178,8 @@ class Engine:
             self.memory.connect(self.state, state, self._connect, now)
         self.state = state
         self.memory.adopt(state)
-        if self.cluster is not None:
-            self.cluster.digest = leases.digest(state)
+        if self.leasing is not None:
+            self.leasing.cluster.digest = leases.digest(state)
         self.store.clear_retries()
         self.memory.reset(self.store.registry(), now)
         self._arm_backfills(now)  # a reload may carry a backfill someone requested
@@ -297,7 +300,8 @@ class Engine:
         try:
             self._serve(unit, now, lists, report)
         except LeaseLost as exc:
-            self._lost(unit, exc.epoch, "fenced")
+            assert self.leasing is not None, "only a fenced write raises LeaseLost"
+            self.leasing.lost(unit, exc.epoch, "fenced")
         except StoreUnavailable:
             raise
         except Exception as exc:
@@ -522,111 +526,28 @@ class Engine:
         lease or within the lease's margin of its end, on the clock as it is now."""
         if self.stopping or unit.paused(now):
             return False
-        cluster = self.cluster
-        return cluster is None or leases.may_call(unit.lease, self.clock(), cluster.timing)
+        return self.leasing is None or self.leasing.may_call(unit)
 
     # -- leases (several instances) ----------------------------------------------------------------
 
     def _serves(self, unit: Unit) -> bool:
-        return self.cluster is None or unit.lease is not None
+        return self.leasing is None or self.leasing.serves(unit)
 
     def _fence(self, unit: Unit) -> tuple[str, int] | None:
-        if self.cluster is None:
-            return None
-        if unit.lease is None:
-            raise LeaseLost(unit.name, 0)
-        return (unit.name, unit.lease.epoch)
+        return None if self.leasing is None else self.leasing.fence(unit)
 
     def _lease_cycle(self, now: datetime) -> None:
-        """Renew, beat, take free accounts up to the share (every ``lease``/3)."""
-        cluster = self.cluster
-        if cluster is None or not leases.cycle_due(self._cycled_at, now, cluster.timing):
-            return
-        if not self._cycling.acquire(blocking=False):
-            return  # another account's worker is running it
-        try:
-            self._cycled_at = now
-            self._cycle(cluster)
-        finally:
-            self._cycling.release()
+        if self.leasing is not None:
+            self.leasing.cycle(now, [u.name for u in self.memory.active(self.state)])
 
-    def _cycle(self, cluster: Cluster) -> None:
-        units = self.memory.units
-        held = {name: u.lease for name, u in units.items() if u.lease is not None}
-        cycle = cluster.cycle(sorted(u.name for u in self.memory.active(self.state)), held)
-        for account, epoch in cycle.lost:
-            self._lost(units[account], epoch, "expired")
-        for account, lease in cycle.renewed.items():
-            units[account].lease = lease
-        for taken in cycle.taken:
-            self._adopt(units[taken.account], taken)
-        self._release = cycle.moves.release
-        if cycle.moves.diverged != self._diverged:
-            self._diverged = cycle.moves.diverged
-            if self._diverged:
-                self.log.warning(
-                    "config.diverged",
-                    instance=cluster.instance,
-                    instances=list(self._diverged),
-                    digest=cluster.digest,
-                    note="these live instances run a different state file",
-                )
-
-    def _adopt(self, unit: Unit, taken: Taken) -> None:
-        """A newly held account: its rows as the last holder left them, listed at once."""
-        assert self.cluster is not None
-        unit.lease = taken.held
-        unit.entries = {cid: e for (_, cid), e in self.store.registry(unit.name).items()}
-        unit.next_listing = min(unit.next_listing, self.clock())
-        unit.paused_until = None
-        unit.touch()
-        self._arm_backfills(self.clock())  # one requested while another instance held it
-        self.log.info(
-            "lease.acquired",
-            account=unit.name,
-            instance=self.cluster.instance,
-            epoch=taken.held.epoch,
-            reason=taken.reason,
-            previous=taken.previous,
-        )
-
-    def _lost(self, unit: Unit, epoch: int, reason: str) -> None:
-        assert self.cluster is not None
-        if unit.lease is None:
-            return  # already known lost (a cycle found it while this unit was being served)
-        unit.lease = None
-        unit.touch()
-        self.log.error(
-            "lease.lost", account=unit.name, instance=self.cluster.instance, epoch=epoch, reason=reason
-        )
-
-    def _hand_back(self, accounts: tuple[str, ...] | None = None, reason: str = "rebalance") -> None:
-        """Give back the excess over the share (after the pass), or ``accounts``."""
-        cluster = self.cluster
-        if cluster is None:
-            return
-        names, self._release = (self._release if accounts is None else accounts), ()
-        for name in names:
-            unit = self.memory.units[name]
-            held = unit.lease
-            if held is None:
-                continue
-            unit.lease = None
-            unit.touch()
-            if cluster.release(name, held.epoch):
-                self.log.info(
-                    "lease.released", account=name, instance=cluster.instance, epoch=held.epoch,
-                    reason=reason,
-                )  # fmt: skip
+    def _hand_back(self) -> None:
+        if self.leasing is not None:
+            self.leasing.hand_back()
 
     def release_leases(self) -> None:
-        """On SIGTERM: give every lease back at once and drop the heartbeat, so that the others
-        take the accounts on their next cycle instead of waiting for the leases to expire."""
-        if self.cluster is None:
-            return
-        held = tuple(name for name, u in self.memory.units.items() if u.lease is not None)
-        self._hand_back(held, "shutdown")
-        self.cluster.leave()
+        """On SIGTERM: every lease back at once (see Leasing.release_all)."""
+        if self.leasing is not None:
+            self.leasing.release_all()
 
     def held(self) -> int:
         """Accounts this instance serves: all of them on SQLite, the leased ones otherwise."""

@@ -138,7 +138,7 @@ def open_engine(
         if meter is not None:
             engine.on_commit, engine.on_backfilled = meter.committed, meter.backfilled
         if instance is not None:
-            engine.cluster = Cluster(store, instance, leases.digest(state), state.lease, clock)
+            engine.lease_with(Cluster(store, instance, leases.digest(state), state.lease, clock))
         try:
             yield engine
         finally:
