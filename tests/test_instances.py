@@ -200,63 +200,64 @@ def test_instances_running_different_state_files_are_told(fleet: Fleet) -> None:
     assert b.wait_event("config.diverged", timeout=20)["instances"] == ["A"]
 
 
-def test_the_database_going_away_stops_every_write_until_it_is_back(
-    tmp_path: Path, live_emulator: Emulator, daemons: list[DaemonProcess]
-) -> None:
+@pytest.fixture
+def own_server() -> Iterator[PgServer]:
+    """A PostgreSQL server of the test's own, to stop and start (the session's is shared)."""
     bindir = binaries()
     if bindir is None:
         pytest.skip("no PostgreSQL server binaries")
     server = PgServer(bindir).init()
     try:
-        fleet = Fleet(tmp_path, live_emulator, server.url(server.fresh_database()), daemons)
-        a = fleet.start("A")
-        wait_holding(a, 4)
-        for name in fleet.names:
-            a.wait_event("channel.created", account=name, timeout=30)
-        server.stop("immediate")
-        down = fleet.emu.now()
-        a.wait_event("store.unavailable", timeout=20)
-        time.sleep(8)
-        up = fleet.emu.now()
-        server.start()
-        a.wait_event("store.recovered", timeout=30)
-        wait_holding(a, 4, timeout=30)
-        # A write goes out only after its intent was recorded: none while the server was down
-        # (a second of grace for a request whose intent committed just before the stop).
-        writes = [c for c in writes_by(fleet.emu.calls, "A", after=down) if c.at < up]
-        assert [c for c in writes if (c.at - down).total_seconds() > 1] == []
-        for name in fleet.names:
-            a.wait_event("channel.renewed", account=name, after=0, timeout=40)
-        assert a.proc.poll() is None
-        assert_no_password(a)
+        yield server
     finally:
         server.destroy()
+
+
+def test_the_database_going_away_stops_every_write_until_it_is_back(
+    tmp_path: Path, live_emulator: Emulator, daemons: list[DaemonProcess], own_server: PgServer
+) -> None:
+    server = own_server
+    fleet = Fleet(tmp_path, live_emulator, server.url(server.fresh_database()), daemons)
+    a = fleet.start("A")
+    wait_holding(a, 4)
+    for name in fleet.names:
+        a.wait_event("channel.created", account=name, timeout=30)
+    server.stop("immediate")
+    down = fleet.emu.now()
+    a.wait_event("store.unavailable", timeout=20)
+    time.sleep(8)
+    up = fleet.emu.now()
+    server.start()
+    a.wait_event("store.recovered", timeout=30)
+    wait_holding(a, 4, timeout=30)
+    # A write goes out only after its intent was recorded: none while the server was down
+    # (a second of grace for a request whose intent committed just before the stop).
+    writes = [c for c in writes_by(fleet.emu.calls, "A", after=down) if c.at < up]
+    assert [c for c in writes if (c.at - down).total_seconds() > 1] == []
+    for name in fleet.names:
+        a.wait_event("channel.renewed", account=name, after=0, timeout=40)
+    assert a.proc.poll() is None
+    assert_no_password(a)
 
 
 def test_a_database_unreachable_at_start_is_retried_not_crash_looped(
-    tmp_path: Path, live_emulator: Emulator, daemons: list[DaemonProcess]
+    tmp_path: Path, live_emulator: Emulator, daemons: list[DaemonProcess], own_server: PgServer
 ) -> None:
-    bindir = binaries()
-    if bindir is None:
-        pytest.skip("no PostgreSQL server binaries")
-    server = PgServer(bindir).init()
-    try:
-        url = server.url(server.fresh_database())
-        server.stop()
-        fleet = Fleet(tmp_path, live_emulator, url, daemons)
-        a = fleet.start("A")
-        first = a.wait_event("store.unavailable", timeout=20)
-        assert f"127.0.0.1:{server.port} cannot be reached" in first["error"]
-        a.wait_datagram("READY=1", timeout=10)  # up, and saying what it waits for
-        a.wait_datagram("STATUS=waiting for the database", timeout=10)
-        a.wait_event("store.unavailable", attempt=2, timeout=20)
-        assert a.proc.poll() is None
-        server.start()
-        wait_holding(a, 4, timeout=40)
-        a.wait_event("channel.created", timeout=30)
-        assert_no_password(a)
-    finally:
-        server.destroy()
+    server = own_server
+    url = server.url(server.fresh_database())
+    server.stop()
+    fleet = Fleet(tmp_path, live_emulator, url, daemons)
+    a = fleet.start("A")
+    first = a.wait_event("store.unavailable", timeout=20)
+    assert f"127.0.0.1:{server.port} cannot be reached" in first["error"]
+    a.wait_datagram("READY=1", timeout=10)  # up, and saying what it waits for
+    a.wait_datagram("STATUS=waiting for the database", timeout=10)
+    a.wait_event("store.unavailable", attempt=2, timeout=20)
+    assert a.proc.poll() is None
+    server.start()
+    wait_holding(a, 4, timeout=40)
+    a.wait_event("channel.created", timeout=30)
+    assert_no_password(a)
 
 
 def test_apply_on_a_shared_database_acts_alone_or_leaves_it_to_the_daemons(fleet: Fleet) -> None:

@@ -283,6 +283,21 @@ def listening_ports(pid: int) -> set[int]:
 
 
 @pytest.mark.slow
+def wait_writes(
+    daemon: DaemonProcess, port: int, action: str, count: int, timeout: float, what: str
+) -> None:
+    """Until the daemon's /metrics counts ``count`` successful writes of ``action``."""
+
+    def counted() -> bool:
+        samples = scrape(port)[2]
+        found = value(
+            samples, "watchkeeper_channel_writes_total", account="main", action=action, result="ok"
+        )
+        return found == count
+
+    daemon.wait_for(counted, timeout, what)
+
+
 def test_a_scraped_daemon_agrees_with_the_emulator_and_status(
     tmp_path: Path, emu: Emulator, daemons: list[DaemonProcess]
 ) -> None:
@@ -293,20 +308,7 @@ def test_a_scraped_daemon_agrees_with_the_emulator_and_status(
     daemon = DaemonProcess(state)
     daemons.append(daemon)
     daemon.wait_datagram("READY=1", timeout=15)
-    daemon.wait_for(
-        lambda: (
-            value(
-                scrape(port)[2],
-                "watchkeeper_channel_writes_total",
-                account="main",
-                action="create",
-                result="ok",
-            )
-            == 3
-        ),
-        20,
-        "three creations counted",
-    )
+    wait_writes(daemon, port, "create", 3, 20, "three creations counted")
     assert httpx.get(f"http://127.0.0.1:{port}/readyz").status_code == 200
     assert httpx.get(f"http://127.0.0.1:{port}/livez").status_code == 200
 
@@ -380,20 +382,7 @@ def test_a_scraped_daemon_agrees_with_the_emulator_and_status(
     write_state(new, emu.url, chans[:2], daemon=f"{daemon_keys}\nmax_delete_fraction = 0.5")
     new.replace(state)
     daemon.wait_event("channel.deleted", channel_id="7002", timeout=20)
-    daemon.wait_for(
-        lambda: (
-            value(
-                scrape(port)[2],
-                "watchkeeper_channel_writes_total",
-                account="main",
-                action="delete",
-                result="ok",
-            )
-            == 1
-        ),
-        10,
-        "the deletion counted",
-    )
+    wait_writes(daemon, port, "delete", 1, 10, "the deletion counted")
     _, _, samples = scrape(port)
     assert {s["channel_id"] for s in series(samples, "watchkeeper_channel_state")} == {"7000", "7001"}
     assert value(samples, "watchkeeper_config_last_reload_successful") == 1.0

@@ -155,13 +155,9 @@ def cmd_apply(args: argparse.Namespace) -> int:
         return EX_OK
     try:
         with session.engine() as engine:
-            confirmed = engine.undesired() if args.allow_mass_delete else frozenset()
-            result = engine.run_pass(datetime.now(UTC), listing=True, confirmed=confirmed)
+            return _apply_pass(args, engine)
     finally:
         lock.release()
-    doc = report.apply_json(result)
-    _emit(args, doc, report.apply_text(doc))
-    return EX_OK if result.ok else EX_ERROR
 
 
 def _apply_shared(args: argparse.Namespace, session: Session) -> int:
@@ -182,10 +178,15 @@ def _apply_shared(args: argparse.Namespace, session: Session) -> int:
         return EX_ERROR
     with open_engine(session.state, session.db) as engine:
         try:
-            confirmed = engine.undesired() if args.allow_mass_delete else frozenset()
-            result = engine.run_pass(datetime.now(UTC), listing=True, confirmed=confirmed)
+            return _apply_pass(args, engine)
         finally:
             engine.release_leases()
+
+
+def _apply_pass(args: argparse.Namespace, engine: Engine) -> int:
+    """One listing pass (with the mass-delete confirmation when asked), and its report."""
+    confirmed = engine.undesired() if args.allow_mass_delete else frozenset()
+    result = engine.run_pass(datetime.now(UTC), listing=True, confirmed=confirmed)
     doc = report.apply_json(result)
     _emit(args, doc, report.apply_text(doc))
     return EX_OK if result.ok else EX_ERROR
