@@ -97,7 +97,7 @@ def test_a_closed_gap_is_redelivered_in_zohos_shape_once_its_window_has_passed(
 ) -> None:
     delivered: list[tuple[str, str, int]] = []
     with engine_for([chan(receiver)]) as engine, structlog.testing.capture_logs() as logs:
-        engine.on_backfilled = lambda *counted: delivered.append(counted)
+        engine.backfills.on_delivered = lambda *counted: delivered.append(counted)
         outage(engine, emulator, sim_clock)
         emulator.clear_calls()
         engine.run_due()  # re-created: the gap closes, its window ends a minute later

@@ -287,7 +287,7 @@ def test_crash_before_the_post_leaves_nothing_duplicated(
         def crash(*args: object, **kwargs: object) -> None:
             raise KeyboardInterrupt  # the process dies after the store write, before the call
 
-        engine.clients["main"].write = crash  # type: ignore[method-assign]
+        engine.memory.units["main"].client.write = crash  # type: ignore[method-assign]
         with pytest.raises(KeyboardInterrupt):
             engine.run_due()
     assert "POST" not in methods(emulator)
@@ -302,7 +302,7 @@ def test_crash_after_the_post_renews_instead_of_posting_again(
     emulator: Emulator, engine_for: OpenEngine, sim_clock: SimClock
 ) -> None:
     with engine_for([Chan("8600")]) as engine:
-        client = engine.clients["main"]
+        client = engine.memory.units["main"].client
         real = client.write
 
         def crash_after(*args: object, **kwargs: object) -> None:
@@ -757,7 +757,7 @@ def test_one_accounts_failure_of_any_kind_never_stops_the_others(
         def overflow(*args: object, **kwargs: object) -> None:
             raise OverflowError("date value out of range")
 
-        engine.clients["main"].write = overflow  # type: ignore[method-assign]
+        engine.memory.units["main"].client.write = overflow  # type: ignore[method-assign]
         run_until(engine, sim_clock, sim_clock() + timedelta(hours=3))
         gaps = engine.store.gaps()
     assert {g.channel_id for g in gaps} == {"9970"}  # only the broken account's channel lapsed
@@ -896,7 +896,7 @@ def test_accounts_are_served_concurrently_each_in_order(
     with open_engine(
         config.load(path), clock=sim_clock, rng=random.Random(7), sleep=sim_clock.sleep
     ) as engine:
-        for client in engine.clients.values():
+        for client in (u.client for u in engine.memory.units.values()):
             real = client.list
 
             def listing(

@@ -48,8 +48,8 @@ def writes(emu: Emulator) -> list[str]:
 
 def hold_off_cycles(engine: Engine) -> None:
     """No lease cycle for a day: what the engine does with the lease it has in memory."""
-    assert engine.leasing is not None
-    engine.leasing._cycled_at = engine.clock() + timedelta(days=1)
+    assert engine.shell.leasing is not None
+    engine.shell.leasing._cycled_at = engine.clock() + timedelta(days=1)
 
 
 def test_the_engine_serves_under_its_lease_and_names_itself_in_every_call(
@@ -60,7 +60,7 @@ def test_the_engine_serves_under_its_lease_and_names_itself_in_every_call(
         leased_engine(tmp_path, emulator, sim_clock, pg_url) as engine,
     ):
         engine.run_due()
-        assert engine.held() == 1
+        assert len(engine.served()) == 1
     acquired = [e for e in logs if e["event"] == "lease.acquired"]
     assert [(e["account"], e["instance"], e["reason"]) for e in acquired] == [("main", "A", "free")]
     assert writes(emulator) == ["POST"]
@@ -72,8 +72,8 @@ def test_no_call_starts_within_the_margin_of_the_lease(
 ) -> None:
     with leased_engine(tmp_path, emulator, sim_clock, pg_url) as engine:
         engine.run_due()
-        assert engine.cluster is not None
-        margin = engine.cluster.timing.margin
+        assert engine.shell.leasing is not None
+        margin = engine.shell.leasing.cluster.timing.margin
         unit = engine.memory.units["main"]
         assert unit.lease is not None
         epoch = unit.lease.epoch
@@ -108,7 +108,7 @@ def test_a_commit_that_finds_the_lease_taken_writes_nothing_and_stops_serving(
         engine.run_due()
         assert writes(emulator) == []  # its first commit was refused: the PATCH was never sent
         assert engine.store.registry() == before
-        assert engine.held() == 0
+        assert len(engine.served()) == 0
         engine.run_due()
         assert writes(emulator) == []
     lost = [e for e in logs if e["event"] == "lease.lost"]

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from watchkeeper import leases
 from watchkeeper.leases import Held, Timing
-from watchkeeper.store.values import Board, InstanceBeat, LeaseState
+from watchkeeper.values import Board, InstanceBeat, LeaseState
 
 NOW = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
 LATER = NOW + timedelta(seconds=30)

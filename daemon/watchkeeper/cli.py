@@ -236,7 +236,7 @@ def cmd_backfill(args: argparse.Namespace) -> int:
         with session.engine() as engine:
             gaps = _closed(engine.store, since, args.channel)
             try:
-                found = list(engine.preview_backfill(gaps))
+                found = list(engine.backfills.preview(gaps))
             except ZohoError as exc:
                 print(f"error: {exc}", file=sys.stderr)
                 return EX_ERROR

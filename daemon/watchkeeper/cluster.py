@@ -12,7 +12,7 @@ from datetime import datetime, timedelta
 from watchkeeper import leases
 from watchkeeper.leases import Held, Moves, Timing
 from watchkeeper.store import Store
-from watchkeeper.store.values import LeaseState
+from watchkeeper.values import LeaseState
 
 
 @dataclass(frozen=True, slots=True)

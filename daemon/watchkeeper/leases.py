@@ -19,7 +19,7 @@ from datetime import datetime, timedelta
 
 from watchkeeper.config import DesiredState
 from watchkeeper.model import format_events, token_digest, url_digest
-from watchkeeper.store.values import Board, LeaseState
+from watchkeeper.values import Board, LeaseState
 
 
 @dataclass(frozen=True, slots=True)

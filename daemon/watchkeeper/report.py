@@ -8,15 +8,15 @@ cursor, recolour the terminal or forge a table row.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
 from watchkeeper.backfill_plan import Notification
-from watchkeeper.engine import PassReport
 from watchkeeper.planner import Plan, Refusal
-from watchkeeper.store import Gap, StatusRow
-from watchkeeper.store.values import LeaseState
+from watchkeeper.values import Gap, LeaseState, StatusRow
 
 
 def iso(dt: datetime | None) -> str | None:
@@ -113,9 +113,48 @@ def plan_text(doc: dict[str, Any]) -> str:
 # -- apply -----------------------------------------------------------------------------------
 
 
+@dataclass
+class PassReport:
+    """What one pass did: the fields of the ``reconcile.finished`` log event and of ``apply --json``."""
+
+    listed: bool = False
+    desired: int = 0
+    active: int = 0
+    counts: Counter[str] = field(default_factory=Counter)
+    failed: int = 0
+    foreign: int = 0
+    refused: list[Refusal] = field(default_factory=list)
+    list_failed: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed and not self.refused and not self.list_failed
+
+    def merge(self, part: PassReport) -> None:
+        """Add one account's share of the pass."""
+        self.listed |= part.listed
+        self.counts.update(part.counts)
+        self.failed += part.failed
+        self.foreign += part.foreign
+        self.list_failed += part.list_failed
+
+
+def finished_fields(report: PassReport) -> dict[str, Any]:
+    """The ``reconcile.finished`` event's fields."""
+    return {"listed": report.listed, **_tally(report)}
+
+
 def apply_json(report: PassReport) -> dict[str, Any]:
     return {
         "ok": report.ok,
+        **_tally(report),
+        "list_failed": report.list_failed,
+        "refused": refusals_json(report.refused),
+    }
+
+
+def _tally(report: PassReport) -> dict[str, Any]:
+    return {
         "desired": report.desired,
         "active": report.active,
         "created": report.counts["create"],
@@ -125,8 +164,6 @@ def apply_json(report: PassReport) -> dict[str, Any]:
         "deleted": report.counts["delete"],
         "failed": report.failed,
         "foreign": report.foreign,
-        "list_failed": report.list_failed,
-        "refused": refusals_json(report.refused),
     }
 
 

@@ -136,7 +136,7 @@ def open_engine(
         clients = {name: connect(account) for name, account in state.accounts.items()}
         engine = Engine(state, store, clients, clock=clock, rng=rng, connect=connect)
         if meter is not None:
-            engine.on_commit, engine.on_backfilled = meter.committed, meter.backfilled
+            engine.shell.on_commit, engine.backfills.on_delivered = meter.committed, meter.backfilled
         if instance is not None:
             engine.lease_with(Cluster(store, instance, leases.digest(state), state.lease, clock))
         try:

@@ -127,14 +127,13 @@ def summary(engine: Engine, now: datetime) -> str:
     owned = [e for k, e in engine.registry.items() if k in desired]
     states = [e.state for e in owned]
     parts = [f"{states.count('active')} active", f"{states.count('at_risk')} at risk"]
-    if engine.cluster is not None:
-        parts.insert(0, f"holding {engine.held()} of {len(engine.state.accounts)} accounts")
+    if engine.shell.leasing is not None:
+        parts.insert(0, f"holding {len(engine.served())} of {len(engine.state.accounts)} accounts")
     parts += [f"{states.count(s)} {s}" for s in ("lapsed", "failed", "pending") if states.count(s)]
     renewals = [e.renew_at for e in owned if e.renew_at is not None]
     if renewals:
-        parts.append(
-            f"next renewal in {human_delta(max(min(renewals) - engine.skew - now, timedelta(0)))}"
-        )
+        wait = max(min(renewals) - engine.memory.skew() - now, timedelta(0))
+        parts.append(f"next renewal in {human_delta(wait)}")
     return ", ".join(parts)
 
 
@@ -312,7 +311,7 @@ class Service:
     def _stop_worker(self, engine: Engine, scheduler: BackgroundScheduler) -> bool:
         """Whether the job in flight finished within the grace."""
         self._stop_requested()
-        engine.stopping = True
+        engine.shell.stopping = True
         scheduler.shutdown(wait=False)
         with self._worker:
             return self._worker.wait_for(lambda: not self._busy, self.timing.grace)

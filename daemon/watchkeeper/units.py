@@ -190,6 +190,14 @@ class Memory:
         """Units of the state's accounts, plus gone accounts that still own channels to delete."""
         return (u for name, u in self.units.items() if name in state.accounts or u.entries)
 
+    def active_count(self) -> int:
+        """Desired channels that are live: ``reconcile.finished``'s ``active``."""
+        return sum(
+            e.state == "active" and c in u.desired
+            for u in self.units.values()
+            for c, e in u.entries.items()
+        )
+
     def registry(self) -> dict[Key, RegistryEntry]:
         return {(u.name, cid): e for u in self.units.values() for cid, e in u.entries.items()}
 

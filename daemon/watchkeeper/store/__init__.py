@@ -22,7 +22,7 @@ from watchkeeper.store.database import Store, StoreTokenCache
 from watchkeeper.store.errors import LeaseLost, SchemaTooNewError, StoreError, StoreUnavailable
 from watchkeeper.store.schema import TABLES
 from watchkeeper.store.sqlite import BUSY_TIMEOUT_MS
-from watchkeeper.store.values import Backfill, BackfillNote, Gap, Intent, StatusRow
+from watchkeeper.values import Backfill, BackfillNote, Gap, Intent, StatusRow
 
 __all__ = [
     "BUSY_TIMEOUT_MS",

@@ -14,7 +14,7 @@ from sqlalchemy import Connection, delete, select, update
 from watchkeeper.store import codec
 from watchkeeper.store.schema import BACKFILL_NOTIFICATIONS, BACKFILLS, GAPS
 from watchkeeper.store.upsert import upsert
-from watchkeeper.store.values import Backfill, BackfillNote
+from watchkeeper.values import Backfill, BackfillNote
 
 _B = BACKFILLS.c
 _N = BACKFILL_NOTIFICATIONS.c

@@ -18,7 +18,7 @@ from watchkeeper.model import (
 )
 from watchkeeper.secrets import mask_url
 from watchkeeper.store.errors import StoreError
-from watchkeeper.store.values import Gap
+from watchkeeper.values import Gap
 
 _STATES: frozenset[str] = frozenset(get_args(ChannelState))
 _HOLD_THEIR_STATE: frozenset[ChannelState] = frozenset({"failed", "removing"})

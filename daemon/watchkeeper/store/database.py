@@ -22,7 +22,7 @@ from watchkeeper.model import AccessToken, ObservedChannel, RegistryEntry
 from watchkeeper.store import backfills, gaps, journal, leases, migrate, postgres, registry, sqlite
 from watchkeeper.store.errors import StoreError
 from watchkeeper.store.target import PostgresTarget, Target
-from watchkeeper.store.values import (
+from watchkeeper.values import (
     Backfill,
     BackfillNote,
     Board,

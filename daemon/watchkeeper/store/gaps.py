@@ -11,7 +11,7 @@ from watchkeeper.model import utc
 from watchkeeper.store import codec
 from watchkeeper.store.errors import StoreError
 from watchkeeper.store.schema import GAPS, is_channel
-from watchkeeper.store.values import Gap
+from watchkeeper.values import Gap
 
 _G = GAPS.c
 

@@ -12,7 +12,7 @@ from sqlalchemy import Connection, Table, bindparam, delete, select
 from watchkeeper.model import AccessToken, ObservedChannel
 from watchkeeper.store.schema import CONFIRMATIONS, FOREIGN, INTENTS, TOKENS
 from watchkeeper.store.upsert import upsert
-from watchkeeper.store.values import Intent
+from watchkeeper.values import Intent
 
 _KEY = ("account", "channel_id")
 

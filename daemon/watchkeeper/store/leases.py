@@ -15,7 +15,7 @@ from sqlalchemy.engine import Dialect
 from watchkeeper.store.errors import LeaseLost
 from watchkeeper.store.schema import INSTANCES, LEASES, UTCInstant
 from watchkeeper.store.upsert import insert_missing, upsert
-from watchkeeper.store.values import Board, InstanceBeat, LeaseState
+from watchkeeper.values import Board, InstanceBeat, LeaseState
 
 _L = LEASES.c
 _I = INSTANCES.c

@@ -14,7 +14,7 @@ from watchkeeper.model import RegistryEntry
 from watchkeeper.store import codec
 from watchkeeper.store.schema import GAPS, REGISTRY, is_channel
 from watchkeeper.store.upsert import upsert
-from watchkeeper.store.values import StatusRow
+from watchkeeper.values import StatusRow
 
 Key = tuple[str, str]
 

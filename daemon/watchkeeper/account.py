@@ -1,0 +1,226 @@
+"""One account's share of a pass, as one straight line: observe (the listing, when due) -> the
+ledger -> commit -> plan -> then for each request: send -> interpret -> commit.
+
+The decisions are pure (ledger, planner, outcome); this module only moves their results between
+Zoho, the store and the logs. Each commit is one transaction, made before the next call goes out,
+so a crash at any point leaves a state the next pass repairs. Under leases (several instances)
+every commit is fenced by the account's lease, and no call starts within its margin of its end.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from watchkeeper import backfill_plan, outcome, planner, policy
+from watchkeeper.config import DesiredState
+from watchkeeper.leasing import Leasing
+from watchkeeper.model import ObservedChannel, RegistryEntry, WatchItem
+from watchkeeper.outcome import Transition
+from watchkeeper.planner import Action, Method, Plan
+from watchkeeper.policy import Policy
+from watchkeeper.recorder import Intent, record
+from watchkeeper.report import PassReport
+from watchkeeper.store import Store
+from watchkeeper.units import Key, Memory, Unit
+from watchkeeper.zoho.errors import ZohoError
+from watchkeeper.zoho.results import CallResult
+
+Listing = dict[str, ObservedChannel]
+
+
+@dataclass
+class Shell:
+    """What every account's pass shares: the edges, the hooks and the stop flag."""
+
+    store: Store
+    clock: Callable[[], datetime]
+    rng: random.Random
+    policy: Policy
+    log: Any
+    leasing: Leasing | None = None
+    """Set when several instances share the database: accounts are then served under leases."""
+    stopping: bool = False
+    """Set from another thread on SIGTERM: the pass makes no further call."""
+    on_commit: Callable[[Transition, Sequence[Action]], None] | None = None
+    """Told of every recorded change and the requests it answers (the metrics counters)."""
+
+    def serves(self, unit: Unit) -> bool:
+        return self.leasing is None or self.leasing.serves(unit)
+
+    def fence(self, unit: Unit) -> tuple[str, int] | None:
+        return None if self.leasing is None else self.leasing.fence(unit)
+
+    def may_call(self, unit: Unit, now: datetime) -> bool:
+        """No call once a stop was asked for (SIGTERM finishes the call in flight, not the pass),
+        nor to an account paused by a 429 or bad credentials, nor (several instances) without its
+        lease or within the lease's margin of its end, on the clock as it is now."""
+        if self.stopping or unit.paused(now):
+            return False
+        return self.leasing is None or self.leasing.may_call(unit)
+
+
+class AccountPass:
+    """One account, one pass, its own report: accounts run concurrently, each one's calls in order."""
+
+    def __init__(self, shell: Shell, unit: Unit, now: datetime, report: PassReport) -> None:
+        self.shell, self.unit, self.now, self.report = shell, unit, now, report
+
+    def run(self, lists: bool) -> None:
+        unit, shell = self.unit, self.shell
+        listing = self._list() if lists and shell.may_call(unit, self.now) else None
+        self.commit(self._observed(listing))
+        view = planner.AccountView(
+            unit.name, list(unit.desired.values()), listing, unit.entries, unit.refused, unit.retained
+        )
+        actions = planner.plan_account(view, self.now + unit.client.skew, shell.policy)
+        self.commit(outcome.planned(self.situation(), actions, sorted(unit.refused)))
+        batches = planner.batches(actions)
+        while batches and shell.may_call(unit, self.now):
+            method, batch = batches.pop(0)
+            recreate = self._act(method, batch)
+            if recreate:
+                batches.append(("POST", recreate))
+
+    def situation(self, last_seen: Mapping[str, datetime | None] | None = None) -> outcome.Situation:
+        return self.unit.situation(self.now, self.shell.policy, self.shell.rng, last_seen)
+
+    def _list(self) -> Listing | None:
+        unit, now, tuning = self.unit, self.now, self.shell.policy
+        try:
+            if unit.list_failures:  # while Zoho fails, one small page; once it answers, all of them
+                unit.client.probe()
+            listed = unit.client.list()
+        except ZohoError as exc:
+            self.report.list_failed.append(unit.name)
+            unit.failed_listing(now, tuning, self.shell.rng)
+            self.commit(outcome.listing_failed(self.situation(), exc, unit.next_listing))
+            return None
+        unit.list_failures = 0
+        unit.next_listing = policy.next_reconcile(now, tuning, self.shell.rng)
+        unit.touch()
+        # Zoho's time is taken after the listing: a freshly started engine learns the skew from
+        # its Date header, and a channel that expired less than the skew ago is expired, not gone.
+        live = live_only(listed, now + unit.client.skew)
+        unit.listed = frozenset(live)
+        self._record_foreign(live)
+        return live
+
+    def _observed(self, listing: Listing | None) -> Transition:
+        unit = self.unit
+        last_seen = {}
+        if listing is not None:  # where a vanished channel's gap starts
+            zoho_now = self.now + unit.client.skew
+            for cid, e in unit.entries.items():
+                live = e.expires_at is not None and e.expires_at > zoho_now
+                if live and e.lapsed_since is None and cid not in listing:
+                    last_seen[cid] = self.shell.store.last_seen(unit.name, cid)
+        return outcome.observed(self.situation(last_seen), listing, unit.watched())
+
+    def _act(self, method: Method, actions: list[Action]) -> list[Action]:
+        """One request (the client sends it in chunks of 100): journal, send, interpret, record.
+        Returns what must be re-created because Zoho no longer has it."""
+        client, store = self.unit.client, self.shell.store
+        ids = [a.channel_id for a in actions]
+        requested_at = client.server_now()
+        self.commit(outcome.sending(self.situation(), actions), begin=Intent(method, ids, requested_at))
+
+        def stop() -> bool:  # asked before each chunk: a lease near its end sends no more
+            return not self.shell.may_call(self.unit, self.now)
+
+        change: Transition
+        if method == "DELETE":
+            answer = _call(lambda: client.delete(ids, should_stop=stop))
+            change = outcome.deleted(self.situation(), answer, ids)
+        else:
+            items = [WatchItem(a.spec, requested_at + a.spec.ttl) for a in actions if a.spec]
+            request = outcome.Request(method, actions, items)
+            answer = _call(lambda: client.write(method, items, should_stop=stop))
+            gone = [r.channel_id for r in answer.results if r.not_found]  # where their gaps start
+            last_seen = {cid: store.last_seen(self.unit.name, cid) for cid in gone}
+            change = outcome.written(self.situation(last_seen), request, answer, client.server_now())
+        self.commit(change, begin=None, done=ids, actions=actions)
+        return change.recreate
+
+    def commit(
+        self,
+        change: Transition,
+        *,
+        begin: Intent | None = None,
+        done: Sequence[str] = (),
+        actions: Sequence[Action] = (),
+    ) -> None:
+        """Record in one transaction (fenced by the unit's lease), then let the memory, the logs and
+        the metrics follow."""
+        unit, shell = self.unit, self.shell
+        fence = shell.fence(unit)
+        record(shell.store, change, begin=begin, done=done, backfilled=unit.backfilled, fence=fence)
+        for closed in change.closed:
+            if closed.channel_id in unit.backfilled:
+                ready = backfill_plan.Window(closed.start, closed.end).end - unit.client.skew
+                unit.backfill_at = ready if unit.backfill_at is None else min(unit.backfill_at, ready)
+        unit.entries.update(change.entries)
+        for channel_id in change.removed:
+            unit.entries.pop(channel_id, None)
+        unit.touch()
+        if change.pause_until is not None:
+            unit.paused_until = change.pause_until
+        if change.list_soon:
+            unit.next_listing = min(unit.next_listing, shell.clock())
+        self.report.counts.update(change.counts)
+        self.report.failed += change.failed
+        for event in change.events:
+            getattr(shell.log, event.level)(event.event, **event.fields)
+        if shell.on_commit is not None:
+            shell.on_commit(change, actions)
+
+    def _record_foreign(self, listing: Listing) -> None:
+        unit = self.unit
+        foreign = [
+            ch for c, ch in sorted(listing.items()) if c not in unit.entries and c not in unit.desired
+        ]
+        with self.shell.store.transaction(fence=self.shell.fence(unit)):
+            self.shell.store.set_foreign(unit.name, foreign)
+        self.report.foreign += len(foreign)
+        for channel in foreign:
+            if channel.channel_id not in unit.foreign_seen:
+                unit.foreign_seen.add(channel.channel_id)
+                self.shell.log.info(
+                    "channel.foreign",
+                    account=unit.name,
+                    channel_id=channel.channel_id,
+                    modules=channel.modules,
+                )
+
+
+def preview(memory: Memory, state: DesiredState, shell: Shell, now: datetime) -> Plan:
+    """What a pass would do now (``watchkeeper plan``): every account listed, the ledger and the
+    planner run, nothing written and nothing sent. Raises on the first listing that fails."""
+    observed: dict[str, Mapping[str, ObservedChannel] | None] = {}
+    registry: dict[Key, RegistryEntry] = {}
+    for unit in memory.active(state):
+        listing = live_only(unit.client.list(), now + unit.client.skew)
+        situation = unit.situation(now, shell.policy, shell.rng)
+        seen = outcome.observed(situation, listing, unit.watched())
+        observed[unit.name] = listing
+        registry.update(((unit.name, c), e) for c, e in (unit.entries | seen.entries).items())
+    holds = planner.Holds(
+        shell.store.confirmed_deletes().difference(memory.desired),
+        {(u.name, c): s for u in memory.units.values() for c, s in u.retained.items()},
+    )
+    return planner.plan(state.channels, observed, registry, now + memory.skew(), shell.policy, holds)
+
+
+def live_only(listing: Listing, zoho_now: datetime) -> Listing:
+    """An expired row is not a live channel, whether or not Zoho still lists it."""
+    return {cid: ch for cid, ch in listing.items() if ch.expires_at > zoho_now}
+
+
+def _call(send: Callable[[], CallResult]) -> CallResult:
+    try:
+        return send()
+    except ZohoError as exc:  # refused locally, before anything was sent
+        return CallResult((), exc)
