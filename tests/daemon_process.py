@@ -115,6 +115,29 @@ class DaemonProcess:
         event: dict[str, Any] = self.wait_for(found, timeout, f"event {name} {fields}")
         return event
 
+    def renewed(self, after: int = 0, **fields: Any) -> list[str]:
+        """The channels renewed since event ``after``, one id a renewal, as the ``channels.renewed``
+        lines (with these ``fields``) name them. A test's requests are smaller than the ids a line
+        names, so each line must name every channel it counts."""
+        ids: list[str] = []
+        for e in self.events[after:]:
+            if e.get("event") == "channels.renewed" and all(e.get(k) == v for k, v in fields.items()):
+                assert len(e["channel_ids"]) == e["count"], e
+                ids.extend(e["channel_ids"])
+        return ids
+
+    def wait_renewed(
+        self, channel_id: str | None = None, timeout: float = 30, after: int = 0, **fields: Any
+    ) -> None:
+        """Until a ``channels.renewed`` line after event ``after`` names ``channel_id`` (any
+        channel, if None)."""
+
+        def found() -> bool:
+            ids = self.renewed(after, **fields)
+            return channel_id in ids if channel_id is not None else bool(ids)
+
+        self.wait_for(found, timeout, f"a renewal of {channel_id or 'a channel'} {fields}")
+
     def wait_datagram(self, prefix: str, timeout: float = 30, after: int = 0) -> str:
         def found() -> str | None:
             return next((d for _, d in self.datagrams[after:] if d.startswith(prefix)), None)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -73,8 +74,8 @@ def keep_alive_scenario(tmp_path: Path, emu: Emulator, daemons: list[DaemonProce
     reloading = daemon.wait_datagram("RELOADING=1", after=mark)
     assert "MONOTONIC_USEC=" in reloading
     daemon.wait_datagram("READY=1", after=mark + 1)
-    renewed_before = daemon.count("channel.renewed")
-    daemon.wait_for(lambda: daemon.count("channel.renewed") > renewed_before + 2, 25, "renewals")
+    renewed_before = len(daemon.renewed())
+    daemon.wait_for(lambda: len(daemon.renewed()) > renewed_before + 2, 25, "renewals")
 
     # Saving a valid file (atomically, no signal) adds a channel.
     new = tmp_path / "channels.toml.new"
@@ -198,7 +199,7 @@ def test_rate_limit_retry_after_is_honoured(
     emu.add_fault(Fault(status=429, retry_after=6, methods=frozenset({"PATCH"}), count=1))
     limited = daemon.wait_event("api.rate_limited", timeout=70)
     assert limited["retry_after"] == 6
-    daemon.wait_event("channel.renewed", channel_id="5000", timeout=30)
+    daemon.wait_renewed("5000", timeout=30)
     patches = [c for c in emu.calls if c.method == "PATCH"]
     assert [c.status for c in patches[:2]] == [429, 200]
     assert (patches[1].at - patches[0].at).total_seconds() >= 6
@@ -218,7 +219,7 @@ def test_sigkill_then_restart_leaves_no_gap_and_posts_nothing(
     time.sleep(2)
     second = start(daemons, state)
     second.wait_datagram("READY=1", timeout=15)
-    second.wait_for(lambda: second.count("channel.renewed") >= 2, 45, "a renewal of each")
+    second.wait_for(lambda: {"6000", "6001"} <= set(second.renewed()), 45, "a renewal of each")
     assert second.count("channel.created") == 0
     for cid in ("6000", "6001"):
         assert methods_for(emu, cid).count("POST") == 1
@@ -233,9 +234,23 @@ def test_keeps_channels_live_through_reloads_and_stops_cleanly(long_run: Future[
     long_run.result(timeout=180)
 
 
-def test_the_demo_shows_creations_renewals_and_a_notification() -> None:
+@pytest.mark.parametrize(
+    ("level", "renewals"),
+    [
+        pytest.param("info", [r"\[info\s*\] channels\.renewed "], id="info-a-line-a-request"),
+        pytest.param(
+            "debug",
+            [r"\[info\s*\] channels\.renewed ", r"\[debug\s*\] channel\.renewed .*channel_id="],
+            id="debug-a-line-a-channel-too",
+        ),
+    ],
+)
+def test_the_demo_shows_creations_renewals_and_a_notification(level: str, renewals: list[str]) -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "watchkeeper", "demo", "--duration", "9", "--ttl", "10s"],
+        [
+            *(sys.executable, "-m", "watchkeeper", "--log-level", level),
+            *("demo", "--duration", "9", "--ttl", "10s"),
+        ],
         capture_output=True,
         text=True,
         timeout=60,
@@ -244,7 +259,8 @@ def test_the_demo_shows_creations_renewals_and_a_notification() -> None:
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
     assert out.count("channel.created") == 3
-    assert "channel.renewed" in out
+    for renewal in renewals:
+        assert re.search(renewal, out), renewal
     assert "demo.notification_received" in out
     assert not out.lstrip().startswith("{")  # readable console lines, even through a pipe
     assert "demo-verification-token" not in out

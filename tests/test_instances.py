@@ -235,7 +235,7 @@ def test_the_database_going_away_stops_every_write_until_it_is_back(
     writes = [c for c in writes_by(fleet.emu.calls, "A", after=down) if c.at < up]
     assert [c for c in writes if (c.at - down).total_seconds() > 1] == []
     for name in fleet.names:
-        a.wait_event("channel.renewed", account=name, after=0, timeout=40)
+        a.wait_renewed(account=name, timeout=40)
     assert a.proc.poll() is None
     assert_no_password(a)
 

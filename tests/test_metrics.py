@@ -146,7 +146,7 @@ def test_write_results_read_ok_rejected_failed_and_skip_the_unsent() -> None:
         "main",
         entries={"1": entry("1"), "2": entry("2", "failed"), "3": entry("3"), "5": entry("5")},
         events=[
-            LogEvent("info", "channel.renewed", {"channel_id": "1"}),
+            LogEvent("debug", "channel.renewed", {"channel_id": "1"}),
             LogEvent("error", "channel.rejected", {"channel_id": "2", "code": "INVALID_DATA"}),
             LogEvent("warning", "api.retry", {"method": "PATCH"}),
             LogEvent("info", "channel.repaired", {"channel_id": "5"}),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 from datetime import UTC, datetime, timedelta
 
@@ -70,22 +71,38 @@ def events(change: Transition) -> list[str]:
     return [e.event for e in change.events]
 
 
+def levelled(change: Transition) -> list[str]:
+    return [f"{e.level} {e.event}" for e in change.events]
+
+
 # (id, method, answer, entry) -> (state, held until at most, list soon, recreate, events)
 CASES = [
-    ("renewed", "PATCH", answer(ok()), None, ("active", None, False, False, ["channel.renewed"])),
+    (
+        "renewed",
+        "PATCH",
+        answer(ok()),
+        None,
+        ("active", None, False, False, ["debug channel.renewed", "info channels.renewed"]),
+    ),
     (
         "renewed-ends-the-gap",
         "POST",
         answer(ok()),
         entry(state="lapsed", lapsed_since=NOW - HOUR),
-        ("active", None, False, False, ["channel.recovered", "channel.renewed"]),
+        (
+            "active",
+            None,
+            False,
+            False,
+            ["warning channel.recovered", "debug channel.renewed", "info channels.renewed"],
+        ),
     ),
     (
         "gone-on-patch",
         "PATCH",
         answer(refused("NOT_SUBSCRIBED")),
         None,
-        ("lapsed", None, False, True, ["channel.lapsed"]),
+        ("lapsed", None, False, True, ["error channel.lapsed"]),
     ),
     (
         # Zoho's answer to a PATCH of an unknown channel is UNCONFIRMED: held, but the account is
@@ -94,28 +111,28 @@ CASES = [
         "PATCH",
         answer(refused("INVALID_DATA")),
         None,
-        ("failed", NOW + 4 * MIN, True, False, ["channel.rejected"]),
+        ("failed", NOW + 4 * MIN, True, False, ["error channel.rejected"]),
     ),
     (
         "invalid-data-on-post",
         "POST",
         answer(refused("INVALID_DATA")),
         entry(expires_at=None, lifetime=None, state="pending"),
-        ("failed", NOW + HOUR, False, False, ["channel.rejected"]),
+        ("failed", NOW + HOUR, False, False, ["error channel.rejected"]),
     ),
     (
         "internal-error-backs-off",
         "PATCH",
         answer(refused("INTERNAL_ERROR")),
         None,
-        ("active", NOW + 10 * MIN - POLICY.retry_margin, False, False, ["api.retry"]),
+        ("active", NOW + 10 * MIN - POLICY.retry_margin, False, False, ["warning api.retry"]),
     ),
     (
         "no-answer-backs-off",
         "PATCH",
         answer(),
         None,
-        ("active", NOW + 10 * MIN, False, False, ["api.retry"]),
+        ("active", NOW + 10 * MIN, False, False, ["warning api.retry"]),
     ),
     (
         "unsent-is-not-a-failure",
@@ -129,14 +146,14 @@ CASES = [
         "PATCH",
         answer(error=TransientError("PATCH: HTTP 503 server error")),
         None,
-        ("active", NOW + 10 * MIN, False, False, ["api.retry"]),
+        ("active", NOW + 10 * MIN, False, False, ["warning api.retry"]),
     ),
     (
         "auth-failed-holds-until-the-emergency-point",
         "PATCH",
         answer(error=AuthError("PATCH: HTTP 401 INVALID_TOKEN", code="INVALID_TOKEN")),
         None,
-        ("failed", NOW + 4 * MIN, False, False, ["auth.failed"]),
+        ("failed", NOW + 4 * MIN, False, False, ["error auth.failed"]),
     ),
 ]
 
@@ -161,7 +178,137 @@ def test_written(
         assert after.retry_at <= held_until
     assert change.list_soon is list_soon
     assert bool(change.recreate) is recreate
-    assert events(change) == logged
+    assert levelled(change) == logged
+
+
+BASE = 10**18
+"""Channel ids as long as Zoho's: 19 digits."""
+LETTERS = {
+    "r": ("renew", "due"),
+    "a": ("renew", "at_risk"),
+    "c": ("create", "new"),
+    "p": ("repair", "changed"),
+    "d": ("adopt", "found"),
+}
+
+
+def batch(kinds: str, results: dict[int, ItemResult | None]) -> Transition:
+    """A request of one action a letter of ``kinds`` (r renew, a renew at risk, c create, p
+    repair, d adopt), channel ids counted from BASE; ``results`` answers by position (none: not
+    answered)."""
+    actions, items, entries = [], [], {}
+    for i, letter in enumerate(kinds):
+        cid = str(BASE + i)
+        spec = ChannelSpec("main", cid, SPEC.events, SPEC.notify_url, SPEC.ttl, name=f"c{i}")
+        kind, reason = LETTERS[letter]
+        actions.append(Action(kind, "main", cid, spec, reason, at_risk=letter == "a"))  # type: ignore[arg-type]
+        items.append(WatchItem(spec, NOW + spec.ttl))
+        if kind != "create":
+            entries[cid] = entry(channel_id=cid)
+    request = outcome.Request("PATCH", actions, items)
+    answered = tuple(r for r in results.values() if r is not None)
+    return outcome.written(situation(entries), request, answer(*answered), NOW)
+
+
+def granted(i: int, expires_at: datetime = NOW + 2 * HOUR) -> ItemResult:
+    return ItemResult(str(BASE + i), True, "SUCCESS", expires_at=expires_at)
+
+
+def channel_ids(n: int) -> list[str]:
+    return [str(BASE + i) for i in range(n)]
+
+
+# (id, kinds, answers) -> (per-channel success lines as "level event", summary fields or None)
+SUMMARY_CASES = [
+    (
+        "one-renewal",
+        "r",
+        {0: granted(0)},
+        (
+            ["debug channel.renewed"],
+            {"count": 1, "channel_ids": channel_ids(1), "earliest_expires_at": NOW + 2 * HOUR},
+        ),
+    ),
+    (
+        "earliest-of-the-new-expiries",
+        "rrr",
+        {0: granted(0, NOW + 3 * HOUR), 1: granted(1, NOW + HOUR), 2: granted(2, NOW + 2 * HOUR)},
+        (
+            ["debug channel.renewed"] * 3,
+            {"count": 3, "channel_ids": channel_ids(3), "earliest_expires_at": NOW + HOUR},
+        ),
+    ),
+    (
+        "at-risk-renewal-keeps-its-info-line",
+        "ar",
+        {0: granted(0), 1: granted(1)},
+        (
+            ["info channel.renewed", "debug channel.renewed"],
+            {"count": 2, "channel_ids": channel_ids(2), "earliest_expires_at": NOW + 2 * HOUR},
+        ),
+    ),
+    (
+        "only-what-zoho-granted",
+        "rrr",
+        {0: ItemResult(str(BASE), False, "INVALID_DATA"), 1: granted(1), 2: None},
+        (
+            ["debug channel.renewed"],
+            {"count": 1, "channel_ids": [str(BASE + 1)], "earliest_expires_at": NOW + 2 * HOUR},
+        ),
+    ),
+    ("nothing-granted-no-summary", "rr", {}, ([], None)),
+    (
+        "creations-repairs-adoptions-stay-info-unsummarised",
+        "cpd",
+        {0: granted(0), 1: granted(1), 2: granted(2)},
+        (["info channel.created", "info channel.repaired", "info channel.adopted"], None),
+    ),
+    (
+        "a-hundred-name-ten",
+        "r" * 100,
+        {i: granted(i, NOW + HOUR + i * MIN) for i in range(100)},
+        (
+            ["debug channel.renewed"] * 100,
+            {
+                "count": 100,
+                "channel_ids": channel_ids(outcome.SUMMARY_IDS),
+                "earliest_expires_at": NOW + HOUR,
+            },
+        ),
+    ),
+]
+
+SUCCESS_LINES = {"channel.renewed", "channel.created", "channel.repaired", "channel.adopted"}
+
+
+@pytest.mark.parametrize(
+    ("kinds", "results", "expected"), [pytest.param(*c[1:], id=c[0]) for c in SUMMARY_CASES]
+)
+def test_renewals_are_summarised_once_a_request(
+    kinds: str,
+    results: dict[int, ItemResult | None],
+    expected: tuple[list[str], dict[str, object] | None],
+) -> None:
+    lines, summary = expected
+    change = batch(kinds, results)
+    assert [f"{e.level} {e.event}" for e in change.events if e.event in SUCCESS_LINES] == lines
+    summaries = [e for e in change.events if e.event == "channels.renewed"]
+    if summary is None:
+        assert summaries == []
+        return
+    (line,) = summaries
+    assert line.level == "info"
+    assert dict(line.fields) == {"account": "main", **summary}
+
+
+@pytest.mark.parametrize("size", [1, outcome.SUMMARY_IDS, 100, 1000])
+def test_the_summary_line_is_bounded_whatever_the_request_size(size: int) -> None:
+    """With ids as long as Zoho's (19 digits), a few hundred bytes of JSON for any request."""
+    change = batch("r" * size, {i: granted(i) for i in range(size)})
+    (line,) = [e for e in change.events if e.event == "channels.renewed"]
+    assert line.fields["count"] == size
+    assert line.fields["channel_ids"] == channel_ids(min(size, outcome.SUMMARY_IDS))
+    assert len(json.dumps(dict(line.fields), default=str)) < 512
 
 
 def test_a_grant_records_the_spec_digests_and_a_renewal_time_in_the_window() -> None:
@@ -201,7 +348,7 @@ def test_a_clamped_grant_is_announced_once() -> None:
 def test_a_rate_limit_pauses_the_account(retry_after: float | None, expected: datetime) -> None:
     change = write("PATCH", answer(error=RateLimited("PATCH: HTTP 429", retry_after=retry_after)))
     assert change.pause_until == expected
-    assert events(change) == ["api.rate_limited"]
+    assert levelled(change) == ["warning api.rate_limited"]
 
 
 def test_a_pause_past_the_emergency_point_probes_every_minute() -> None:
@@ -230,7 +377,7 @@ def test_a_delete_answered_removes_the_channel_and_closes_its_gap() -> None:
     assert change.removed == ["1"]
     assert "1" not in change.entries
     assert [c.end for c in change.closed] == [NOW]
-    assert events(change) == ["channel.recovered", "channel.deleted"]
+    assert levelled(change) == ["warning channel.recovered", "info channel.deleted"]
 
 
 @pytest.mark.parametrize(

@@ -82,7 +82,7 @@ def test_files_added_broken_and_duplicated_while_running(
     (error,) = invalid["errors"]
     assert error.startswith(f"{beta}: channels[0].events[1] (channel 7100): ")
     daemon.wait_event("channel.deleted", channel_id="7001", timeout=15, after=mark)
-    daemon.wait_event("channel.renewed", channel_id="7100", timeout=30, after=mark)
+    daemon.wait_renewed("7100", timeout=30, after=mark)
     assert "7100" in emu.channels("beta")
 
     # gamma's account declared in a second file (a move begun): an error naming both files,
@@ -97,7 +97,7 @@ def test_files_added_broken_and_duplicated_while_running(
     time.sleep(4)
     (directory / "gamma.toml").unlink()
     daemon.wait_event("config.loaded", timeout=15, after=len(daemon.events))
-    daemon.wait_event("channel.renewed", channel_id="7200", timeout=30, after=mark)
+    daemon.wait_renewed("7200", timeout=30, after=mark)
     assert deletes(emu) == [("7001",)]
     assert set(emu.channels("gamma")) == {"7200"}
     assert set(emu.channels("beta")) == {"7100"}
@@ -128,7 +128,7 @@ def test_a_restart_with_a_file_that_never_validated_deletes_nothing(
     refused = second.wait_event("config.refused", timeout=15, reason="unknown_file")
     assert refused["channels"] == ["7001"]
     assert "beta.toml" in refused["message"]
-    second.wait_event("channel.renewed", channel_id="7001", timeout=30)  # kept alive meanwhile
+    second.wait_renewed("7001", timeout=30)  # kept alive meanwhile
     assert deletes(emu) == []
 
     # beta.toml fixed: the hold ends, and 7001 goes; beta's channel (whose account the daemon did

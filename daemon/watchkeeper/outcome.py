@@ -57,6 +57,9 @@ reload or ``terminal_retry`` (capped by the emergency point). Any other refusal 
 no answer for the item) is retried with backoff, capped before the channel's expiry."""
 
 _SUCCESS_EVENTS = {"create": "channel.created", "adopt": "channel.adopted", "renew": "channel.renewed"}
+SUMMARY_IDS = 10
+"""Channel ids a ``channels.renewed`` line names, the first of the request: the line stays a few
+hundred bytes however many channels the request renewed (its ``count`` says how many)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -273,6 +276,7 @@ def written(at: Situation, request: Request, answer: CallResult, granted_at: dat
             _rejected(out, at, method, entry, result)
         else:
             unsettled.append(action.channel_id)
+    _renewals(out, request)
     out.seen = [cid for cid, result in answered.items() if result.ok]
     out.seen_at = granted_at
     _unsettled(out, at, method, unsettled, answer)
@@ -347,7 +351,7 @@ def _succeeded(
     out.renewed_at[spec.channel_id] = granted_at
     fields: dict[str, Any] = {"drift": list(action.drift)} if action.drift else {}
     out.log(
-        "info",
+        "debug" if action.kind == "renew" and not action.at_risk else "info",
         _SUCCESS_EVENTS.get(action.kind, "channel.repaired"),
         channel_id=spec.channel_id,
         name=spec.name,
@@ -356,6 +360,25 @@ def _succeeded(
         **fields,
     )
     out.counts[action.kind] += 1
+
+
+def _renewals(out: Transition, request: Request) -> None:
+    """One ``channels.renewed`` line (info) for the request's renewals, whose own lines are debug:
+    a routine renewal is most of a fleet's log otherwise (one line a channel every half lifetime).
+    A renewal of a channel ``at_risk`` keeps its info line too: it answers a warning."""
+    renewed = [
+        a.channel_id for a in request.actions if a.kind == "renew" and a.channel_id in out.renewed_at
+    ]
+    if not renewed:
+        return
+    granted = [e for cid in renewed if (e := out.entries[cid].expires_at) is not None]
+    out.log(
+        "info",
+        "channels.renewed",
+        count=len(renewed),
+        channel_ids=renewed[:SUMMARY_IDS],
+        earliest_expires_at=min(granted),
+    )
 
 
 def _rejected(
