@@ -897,11 +897,11 @@ def test_accounts_are_served_concurrently_each_in_order(
         config.load(path), clock=sim_clock, rng=random.Random(7), sleep=sim_clock.sleep
     ) as engine:
         for client in (u.client for u in engine.memory.units.values()):
-            real = client.list
+            real = client.list_counted
 
             def listing(
-                real: Callable[[], dict[str, ObservedChannel]] = real,
-            ) -> dict[str, ObservedChannel]:
+                real: Callable[[], tuple[dict[str, ObservedChannel], int]] = real,
+            ) -> tuple[dict[str, ObservedChannel], int]:
                 with lock:
                     active[0] += 1
                     most[0] = max(most[0], active[0])
@@ -911,7 +911,7 @@ def test_accounts_are_served_concurrently_each_in_order(
                     with lock:
                         active[0] -= 1
 
-            client.list = listing  # type: ignore[method-assign]
+            client.list_counted = listing  # type: ignore[method-assign]
         emulator.add_fault(Fault(status=None, latency=0.3, methods=frozenset({"GET"})))
         report = engine.run_due()
     assert report.counts["create"] == 4

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -309,6 +310,55 @@ def test_the_summary_line_is_bounded_whatever_the_request_size(size: int) -> Non
     assert line.fields["count"] == size
     assert line.fields["channel_ids"] == channel_ids(min(size, outcome.SUMMARY_IDS))
     assert len(json.dumps(dict(line.fields), default=str)) < 512
+
+
+TWO_MODULES = ChannelSpec(
+    "main", "2", frozenset({("Deals", "edit"), ("Leads", "create")}), "https://x.example/", 2 * HOUR
+)
+LISTED = frozenset({"1"})
+"""What the account's last listing showed: channel 1 (of one module), not channel 2 (of two)."""
+
+
+def as_2(result: ItemResult) -> ItemResult:
+    return replace(result, channel_id="2")
+
+
+# (id, method, channel, answer, listed) -> the rows the write added to the account's listing
+ROWS_CASES = [
+    ("renewal", "PATCH", SPEC, answer(ok()), LISTED, 0),
+    ("renewal-unanswered", "PATCH", SPEC, answer(), LISTED, 0),
+    ("renewal-refused-lists-in-full", "PATCH", SPEC, answer(refused("INVALID_DATA")), LISTED, None),
+    ("created-one-row-a-module", "POST", TWO_MODULES, answer(as_2(ok())), LISTED, 2),
+    ("creation-refused", "POST", TWO_MODULES, answer(as_2(refused("INVALID_DATA"))), LISTED, 0),
+    ("creation-unsent", "POST", TWO_MODULES, answer(unsent=("2",)), LISTED, 0),
+    ("creation-unanswered", "POST", TWO_MODULES, answer(), LISTED, None),
+    ("re-created-while-listed", "POST", SPEC, answer(ok()), LISTED, None),
+    ("created-before-any-listing", "POST", TWO_MODULES, answer(as_2(ok())), None, None),
+    ("replaced", "PUT", SPEC, answer(ok()), LISTED, None),
+]
+
+
+@pytest.mark.parametrize(
+    ("method", "spec", "result", "listed", "rows"), [pytest.param(*c[1:], id=c[0]) for c in ROWS_CASES]
+)
+def test_the_rows_a_write_added(
+    method: Method,
+    spec: ChannelSpec,
+    result: CallResult,
+    listed: frozenset[str] | None,
+    rows: int | None,
+) -> None:
+    """What keeps the tally's expected row count right after the daemon's own writes."""
+    cid = spec.channel_id
+    at = situation({cid: entry(channel_id=cid)}, listed=listed)
+    kind = "create" if method == "POST" else "renew"
+    request = outcome.Request(method, [Action(kind, "main", cid, spec, "due")], [WatchItem(spec, NOW)])
+    assert outcome.written(at, request, result, NOW).rows_added == rows
+
+
+def test_a_delete_leaves_the_row_count_to_a_full_listing() -> None:
+    change = outcome.deleted(situation({"1": entry()}), answer(ItemResult("1", True, "SUCCESS")), ["1"])
+    assert change.rows_added is None
 
 
 def test_a_grant_records_the_spec_digests_and_a_renewal_time_in_the_window() -> None:

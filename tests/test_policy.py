@@ -19,6 +19,7 @@ from watchkeeper.policy import (
     next_due,
     next_reconcile,
     next_retry,
+    tallies,
 )
 
 NOW = datetime(2026, 1, 5, 12, 0, tzinfo=UTC)
@@ -172,6 +173,23 @@ def test_next_reconcile_is_jittered_ten_percent() -> None:
     draws = [next_reconcile(NOW, POLICY, random.Random(s)) for s in SEEDS]
     assert all(NOW + 27 * MIN <= d <= NOW + 33 * MIN for d in draws)
     assert max(draws) - min(draws) > 5 * MIN
+
+
+@pytest.mark.parametrize(
+    ("rows", "full_due", "tally"),
+    [
+        pytest.param(201, NOW + HOUR, True, id="two-pages-full-listing-not-due"),
+        pytest.param(20_000, NOW + S, True, id="a-hundred-pages"),
+        pytest.param(201, NOW, False, id="full-listing-due"),
+        pytest.param(201, NOW - HOUR, False, id="full-listing-overdue"),
+        pytest.param(200, NOW + HOUR, False, id="one-page-is-listed-in-full"),
+        pytest.param(0, NOW + HOUR, False, id="nothing-listed"),
+        pytest.param(None, NOW + HOUR, False, id="count-unknown"),
+        pytest.param(201, None, False, id="never-listed-in-full"),
+    ],
+)
+def test_tallies(rows: int | None, full_due: datetime | None, tally: bool) -> None:
+    assert tallies(rows, 200, NOW, full_due) is tally
 
 
 def entry(**kw: object) -> RegistryEntry:

@@ -17,6 +17,7 @@ import httpx
 import pytest
 from watchkeeper import config
 from watchkeeper.emulator import Emulator, Fault
+from watchkeeper.engine import Engine
 from watchkeeper.runtime import open_engine
 from watchkeeper.zoho import client as client_module
 from watchkeeper.zoho.client import WatchClient
@@ -244,3 +245,103 @@ def test_while_listings_fail_the_account_is_probed_and_a_probe_that_answers_list
     assert report.listed
     assert not report.list_failed
     assert gets(emulator) == [("1", "1", 200), ("1", "200", 200)]
+
+
+# -- the tally: one page that says whether the row count moved -----------------------------------
+
+ADDED = "1999999999999"
+
+
+def _move(emu: Emulator, ids: list[str], change: str | None) -> None:
+    if change == "delete":
+        emu.delete_channel(ids[0])
+    elif change == "add":
+        emu.add_foreign_channel(ADDED, ["Deals.create"], NOTIFY_URL)
+    elif change == "modules":
+        emu.change_channel(ids[-1], events=["Deals.create"])
+    elif change == "notify_url":
+        emu.change_channel(ids[-1], notify_url=NOTIFY_URL + "&moved=1")
+
+
+@pytest.mark.parametrize(
+    ("channels", "change", "answer"),
+    [
+        pytest.param(0, None, ("1", 204, True), id="nothing-listed"),
+        pytest.param(67, None, ("2", 200, True), id="201-rows"),
+        pytest.param(67, "delete", ("2", 204, False), id="201-rows-one-deleted"),
+        pytest.param(67, "add", ("2", 200, False), id="201-rows-one-added"),
+        pytest.param(200, None, ("3", 200, True), id="600-rows-last-page-full"),
+        pytest.param(200, "delete", ("3", 200, False), id="600-rows-one-deleted"),
+        pytest.param(200, "add", ("3", 200, False), id="600-rows-one-added"),
+        pytest.param(200, "modules", ("3", 200, False), id="600-rows-modules-changed"),
+        pytest.param(200, "notify_url", ("3", 200, True), id="a-change-that-keeps-the-count"),
+    ],
+)
+def test_the_tally_reads_the_page_holding_the_last_row(
+    emulator: Emulator,
+    client: WatchClient,
+    channels: int,
+    change: str | None,
+    answer: tuple[str, int, bool],
+) -> None:
+    """``answer``: the page read, its status, and whether the count still stands."""
+    page, status, same = answer
+    ids = foreign(emulator, channels)  # three rows a channel
+    listed, rows = client.list_counted()
+    assert (len(listed), rows) == (channels, 3 * channels)
+    _move(emulator, ids, change)
+    emulator.clear_calls()
+    assert client.tally(rows) is same
+    assert gets(emulator) == [(page, "200", status)]
+
+
+def test_a_tally_page_that_fails_is_retried_in_place(
+    emulator: Emulator, http: httpx.Client, client: WatchClient, slept: Sleeps
+) -> None:
+    foreign(emulator, 67)
+    fail_page(emulator, http, "2", times=1)
+    assert client.tally(201)
+    assert gets(emulator) == [("2", "200", 500), ("2", "200", 200)]
+    assert slept == [0.5]
+
+
+# -- the engine tallies an account of several pages between its full listings --------------------
+
+
+FLEET = [Chan(str(7000 + i), ttl="23h") for i in range(101)]
+"""Two modules a channel (the Chan default): 202 rows, two pages; a tally reads page 2 alone."""
+
+
+def look(engine: Engine, sim_clock: SimClock, emu: Emulator) -> tuple[list[str], list[int]]:
+    """The account's next look: the pages it fetched, and the items of each POST after it."""
+    emu.clear_calls()
+    sim_clock.set(engine.next_due())
+    engine.run_due()
+    pages = [c.query["page"] for c in emu.calls if c.method == "GET"]
+    return pages, [c.items for c in emu.calls if c.method == "POST"]
+
+
+def test_between_its_full_listings_an_account_of_several_pages_is_tallied(
+    tmp_path: Path, emulator: Emulator, sim_clock: SimClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for key, value in env().items():
+        monkeypatch.setenv(key, value)
+    state = config.load(write_state(tmp_path / "channels.toml", emulator.url, FLEET))
+    with open_engine(state, clock=sim_clock, rng=random.Random(3), sleep=sim_clock.sleep) as engine:
+        assert look(engine, sim_clock, emulator) == (["1"], [100, 1])  # nothing yet: created
+        assert look(engine, sim_clock, emulator) == (["2"], [])  # the POSTs added 202 rows
+        emulator.delete_channel("7050")
+        assert look(engine, sim_clock, emulator) == (["2", "1"], [1])  # 200 rows now; re-created
+        listed_at = sim_clock()
+        seen = [look(engine, sim_clock, emulator)]  # the count allows for the POST: a tally
+        while sim_clock() < listed_at + state.policy.full_listing_every:
+            seen.append(look(engine, sim_clock, emulator))
+        assert seen[:-1] == [(["2"], [])] * (len(seen) - 1)
+        assert seen[-1] == (["1", "2"], [])  # the full listing due every full_listing_every
+        assert look(engine, sim_clock, emulator) == (["2"], [])
+        emulator.clear_calls()
+        engine.run_pass(sim_clock(), listing=True)  # a listing asked for (``apply``) is a full one
+        assert [c.query["page"] for c in emulator.calls if c.method == "GET"] == ["1", "2"]
+        assert look(engine, sim_clock, emulator) == (["2"], [])
+        engine.reload(state)  # the reload may change what the account holds: listed in full
+        assert look(engine, sim_clock, emulator) == (["1", "2"], [])

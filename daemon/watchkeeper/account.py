@@ -90,10 +90,12 @@ class AccountPass:
 
     def _list(self) -> Listing | None:
         unit, now, tuning = self.unit, self.now, self.shell.policy
+        rows = unit.tally_rows(now)
         try:
             if unit.list_failures:  # while Zoho fails, one small page; once it answers, all of them
                 unit.client.probe()
-            listed = unit.client.list()
+            tallied = rows is not None and unit.client.tally(rows)
+            counted = None if tallied else unit.client.list_counted()
         except ZohoError as exc:
             self.report.list_failed.append(unit.name)
             unit.failed_listing(now, tuning, self.shell.rng)
@@ -102,6 +104,10 @@ class AccountPass:
         unit.list_failures = 0
         unit.next_listing = policy.next_reconcile(now, tuning, self.shell.rng)
         unit.touch()
+        if counted is None:  # the count stands: nothing vanished or appeared since the last listing
+            return None
+        listed, rows = counted
+        unit.listed_in_full(now, rows, tuning)
         # Zoho's time is taken after the listing: a freshly started engine learns the skew from
         # its Date header, and a channel that expired less than the skew ago is expired, not gone.
         live = live_only(listed, now + unit.client.skew)
@@ -170,6 +176,7 @@ class AccountPass:
             unit.paused_until = change.pause_until
         if change.list_soon:
             unit.next_listing = min(unit.next_listing, shell.clock())
+        unit.add_rows(change.rows_added)
         self.report.counts.update(change.counts)
         self.report.failed += change.failed
         for event in change.events:

@@ -220,6 +220,8 @@ class Engine:
         if not self.shell.serves(unit):
             return report
         lists = unit.next_listing <= now if listing is None else listing
+        if listing:  # a listing asked for is a full one
+            unit.rows = None
         report.listed = lists
         unit.touch()
         try:

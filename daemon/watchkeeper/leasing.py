@@ -97,6 +97,7 @@ class Leasing:
         unit.lease = taken.held
         unit.entries = {cid: e for (_, cid), e in self._store.registry(unit.name).items()}
         unit.next_listing = min(unit.next_listing, self._clock())
+        unit.rows = None  # in full: the last holder may have written since this instance listed
         unit.paused_until = None
         unit.touch()
         self._on_taken()

@@ -24,6 +24,7 @@ from watchkeeper.model import (
     ObservedChannel,
     RegistryEntry,
     WatchItem,
+    modules_of,
     token_digest,
     url_digest,
 )
@@ -124,6 +125,10 @@ class Transition:
     """Our-clock instant before which no further request of the account goes out."""
     list_soon: bool = False
     """The account's next pass lists it: an answer raised a question only a listing settles."""
+    rows_added: int | None = 0
+    """How many rows (one per channel and module) this added to the account's listing on Zoho, as
+    far as is known; None: unknown, or only a full listing settles a question, so the account's
+    next look is a full listing rather than a tally of its row count."""
     recreate: list[Action] = field(default_factory=list)
     events: list[LogEvent] = field(default_factory=list)
     counts: Counter[str] = field(default_factory=Counter)
@@ -280,13 +285,36 @@ def written(at: Situation, request: Request, answer: CallResult, granted_at: dat
     out.seen = [cid for cid, result in answered.items() if result.ok]
     out.seen_at = granted_at
     _unsettled(out, at, method, unsettled, answer)
+    out.rows_added = None if out.list_soon else _rows_added(at, request, answered, bool(unsettled))
     return out
+
+
+def _rows_added(
+    at: Situation, request: Request, answered: Mapping[str, ItemResult], unsettled: bool
+) -> int | None:
+    """What a write did to the account's row count: a PATCH (a renewal, an adoption) keeps its
+    channels' modules, applied or not, and a settled POST of channels the last listing did not
+    show adds one row per module of each one Zoho accepted. A PUT may change the modules, and a
+    channel the listing showed may have rows left: unknown."""
+    if request.method == "PATCH":
+        return 0
+    if request.method != "POST" or at.listed is None or unsettled:
+        return None
+    added = 0
+    for action in request.actions:
+        result = answered.get(action.channel_id)
+        if result is None or not result.ok or action.spec is None:
+            continue
+        if action.channel_id in at.listed:
+            return None
+        added += len(modules_of(action.spec.events))
+    return added
 
 
 def deleted(at: Situation, answer: CallResult, ids: Sequence[str]) -> Transition:
     """The answer to a DELETE: a channel Zoho removed (or no longer had) leaves the registry and
     closes its gap, since nothing is desired of it any more."""
-    out = Transition(at.account, at.names)
+    out = Transition(at.account, at.names, rows_added=None)
     answered = answer.answered
     unsettled: list[str] = []
     for channel_id in ids:
@@ -388,7 +416,7 @@ def _rejected(
     ``terminal_retry``, but never past the channel's emergency point (an odd refusal of a channel
     Zoho accepted unchanged before must not cost a lapse). A refused PATCH or PUT may mean that
     Zoho no longer knows the channel (its answer for that is UNCONFIRMED), so the account is listed
-    at once: the listing decides, and a channel it shows gone is re-created by POST."""
+    in full at once: the listing decides, and a channel it shows gone is re-created by POST."""
     tuning = at.policy
     wanted = at.zoho_now + tuning.terminal_retry
     out.put(

@@ -43,6 +43,9 @@ class Policy:
     probe_max: timedelta = timedelta(minutes=2)
     """After a failed listing, the next one comes within this: a failing listing costs one request,
     and it is the probe that ends an outage's holds (so lapsed channels come back at once)."""
+    full_listing_every: timedelta = timedelta(hours=6)
+    """An account whose listing takes several pages is listed in full this often; its other looks
+    (every ``reconcile_every``) are one-page tallies of its row count (``tallies``)."""
     reconcile_jitter: float = 0.10
     """Listings are spread by this fraction either way so several daemons do not list in step."""
     max_rate_limit_pause: timedelta = timedelta(hours=1)
@@ -139,6 +142,16 @@ def next_reconcile(now: datetime, policy: Policy, rng: random.Random) -> datetim
     """The next full listing: ``reconcile_every`` with ±``reconcile_jitter`` spread."""
     spread = policy.reconcile_jitter
     return utc(now) + policy.reconcile_every * rng.uniform(1 - spread, 1 + spread)
+
+
+def tallies(rows: int | None, per_page: int, now: datetime, full_due: datetime | None) -> bool:
+    """Whether a look at the account can be a tally of its row count (one page) rather than a full
+    listing: the count of the last full listing is known (nothing written since can have moved
+    it), that listing took more than one page (a one-page listing costs what a tally does and
+    shows more), and the next full listing is not due (``full_due``, on our clock)."""
+    if rows is None or rows <= per_page or full_due is None:
+        return False
+    return utc(now) < utc(full_due)
 
 
 def entry_due(entry: RegistryEntry, now: datetime, policy: Policy) -> datetime:

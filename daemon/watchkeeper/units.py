@@ -20,7 +20,7 @@ from watchkeeper.model import ChannelSpec, RegistryEntry
 from watchkeeper.outcome import Situation
 from watchkeeper.planner import Refusal
 from watchkeeper.policy import Policy
-from watchkeeper.zoho.client import WatchClient
+from watchkeeper.zoho.client import PER_PAGE, WatchClient
 
 Key = tuple[str, str]
 
@@ -36,6 +36,11 @@ class Unit:
     """Our clock: no request of the account goes out before (429, bad credentials)."""
     listed: frozenset[str] | None = None
     """Channel ids live in the latest successful listing."""
+    rows: int | None = None
+    """Rows (one per channel and module) of the account's latest full listing, while nothing
+    written since can have moved their count; None: its next look is a full listing."""
+    full_due: datetime | None = None
+    """Our clock: when its next full listing is due, whatever the tallies say."""
     foreign_seen: set[str] = field(default_factory=set)
     desired: dict[str, ChannelSpec] = field(default_factory=dict)
     names: dict[str, str | None] = field(default_factory=dict)
@@ -97,6 +102,23 @@ class Unit:
     def touch(self) -> None:
         """Something ``next_due`` depends on changed."""
         self.due_at = None
+
+    def tally_rows(self, now: datetime) -> int | None:
+        """The row count the account's look at ``now`` checks with one page (policy.tallies);
+        None: a full listing (also while its listings fail: the probe, then all of it)."""
+        if self.list_failures or not policy.tallies(self.rows, PER_PAGE, now, self.full_due):
+            return None
+        return self.rows
+
+    def listed_in_full(self, now: datetime, rows: int, tuning: Policy) -> None:
+        """Zoho answered a full listing: its row count is what the tallies check until the next
+        one, due ``full_listing_every`` from now."""
+        self.rows = rows
+        self.full_due = now + tuning.full_listing_every
+
+    def add_rows(self, added: int | None) -> None:
+        """What the daemon's own write did to the row count (None: unknown, list in full)."""
+        self.rows = None if self.rows is None or added is None else self.rows + added
 
     def failed_listing(self, now: datetime, tuning: Policy, rng: random.Random) -> None:
         self.list_failures += 1
@@ -170,6 +192,7 @@ class Memory:
             unit.entries = {cid: e for (acc, cid), e in registry.items() if acc == unit.name}
             unit.paused_until = None
             unit.next_listing = now
+            unit.rows = None  # listed in full: the reload may change what the account holds
             unit.client.clear_block()
             unit.touch()
 

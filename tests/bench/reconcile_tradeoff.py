@@ -1,14 +1,24 @@
 """What ``reconcile_every`` buys: calls per channel-day against how long a channel deleted behind
 the daemon's back stays down.
 
-    python -m tests.bench.reconcile_tradeoff [--every 30m 2h 4h 12h] [--channels 1000]
-                                             [--ttl 23h] [--days 3] [--deletions 20] [--seed 1]
+    python -m tests.bench.reconcile_tradeoff [--rules 30m/each 2h/each 4h/each 12h/each 30m]
+                                             [--channels 1000] [--ttl 23h] [--days 3]
+                                             [--deletions 20] [--seed 1]
 
-The soak's harness (simulated time, the real engine, store and client against the emulator, the
-daemon's 60 s tick) without faults; ``deletions`` channels, chosen and timed by the seed, are
-deleted on Zoho after the first day. Calls count from the end of the first day (the creations are
-not the steady state); a deletion's gap runs from the deletion until the channel is live again,
-read from the emulator's live intervals. Prints the README's trade-off table.
+A rule is ``EVERY[/FULL]``: each account is looked at every EVERY (``reconcile_every``) and listed
+in full every FULL (``Policy.full_listing_every``), its other looks a one-page tally of its row
+count; ``/each`` makes every look a full listing (the daemon before the tallies), no ``/FULL``
+keeps the default.
+
+Each rule runs twice on the soak's harness (simulated time, the real engine, store and client
+against the emulator, the daemon's 60 s tick) without faults: once as it is (the steady state's
+calls), and once with ``deletions`` channels, chosen and timed by the seed, deleted on Zoho after
+the first day (what each costs on top: a tally that sees it lists the account in full, and a
+POST re-creates it). Calls are the watch API's (GET, POST, PUT, PATCH and DELETE on
+actions/watch), counted from the end of the first day (the creations are not the steady state):
+neither token refreshes nor the backfill's records reads, as in the soak's report. A deletion's gap
+runs from the deletion until the channel is live again, read from the emulator's live intervals.
+Prints the README's trade-off table.
 """
 
 from __future__ import annotations
@@ -18,72 +28,98 @@ import random
 import statistics
 import tempfile
 from contextlib import ExitStack
-from dataclasses import replace
-from datetime import timedelta
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
 
-from tests.soak.harness import MAX_SLEEP, Params, Watchkeeper, logging_to, simulation
+from watchkeeper.config import format_duration, parse_duration
+from watchkeeper.policy import Policy
+
+from tests.soak.harness import MAX_SLEEP, Params, Simulation, Watchkeeper, logging_to, simulation
 from tests.soak.profile import Action
 from tests.soak.report import API_METHODS, holes
 from tests.statefiles import org_of
 
 WARM_UP = timedelta(days=1)
+DEFAULT_FULL = Policy().full_listing_every
 
 
-def measure(params: Params, deletions: int, workdir: Path) -> dict[str, Any]:
+@dataclass(frozen=True, slots=True)
+class Measured:
+    calls_per_channel_day: float
+    get_per_channel_day: float
+    gaps_min: list[float]
+    """One per deletion that found its channel live (one that had lapsed just then deletes nothing)."""
+
+
+def measure(params: Params, deletions: int, workdir: Path) -> Measured:
     with (
         simulation(params, workdir / "channels.toml") as sim,
         logging_to(workdir / "watchkeeper.log"),
         ExitStack() as stack,
     ):
-        rng = random.Random(params.seed)
         steady = sim.start + WARM_UP
-        span = (sim.end - steady).total_seconds()
-        picked = rng.sample(sim.keys, deletions)
-        at = sorted(steady + timedelta(seconds=rng.uniform(0, span * 0.9)) for _ in picked)
-        actions = tuple(Action(t, "delete", key) for t, key in zip(at, picked, strict=True))
+        actions = _deletions(sim, steady, deletions, random.Random(params.seed))
         sim.schedule = replace(sim.schedule, actions=actions)
-        policy = Watchkeeper(sim, stack)
-        sim.drive("watchkeeper", policy, tick=MAX_SLEEP)
+        sim.drive("watchkeeper", Watchkeeper(sim, stack), tick=MAX_SLEEP)
         stack.close()
         end = sim.emu.now()
         skew = params.fault_profile.clock_skew
-        calls = [c for c in sim.emu.calls if c.method in API_METHODS and c.at >= steady + skew]
+        calls = [
+            c
+            for c in sim.emu.calls
+            if c.method in API_METHODS and c.path.endswith("/actions/watch") and c.at >= steady + skew
+        ]
         gaps = []
         for action in actions:
             assert action.key is not None
             series = sim.emu.live_intervals(action.key[1], org=org_of(action.key[0]))
             when = action.at + skew
             hole = next((h for h in holes(series, end) if abs((h[0] - when).total_seconds()) <= 1), None)
-            if hole is not None:  # None: it had lapsed just then, and nothing was deleted
+            if hole is not None:
                 gaps.append(((hole[1] or end) - hole[0]).total_seconds() / 60)
     channel_days = len(sim.keys) * (end - steady) / timedelta(days=1)
-    return {
-        "reconcile_every": params.reconcile_every,
-        "calls_per_channel_day": len(calls) / channel_days,
-        "get_per_channel_day": sum(1 for c in calls if c.method == "GET") / channel_days,
-        "deleted": len(gaps),
-        "gap_min": {
-            "median": statistics.median(gaps) if gaps else None,
-            "max": max(gaps, default=None),
-        },
-    }
+    gets = sum(1 for c in calls if c.method == "GET")
+    return Measured(len(calls) / channel_days, gets / channel_days, gaps)
+
+
+def _deletions(sim: Simulation, steady: datetime, count: int, rng: random.Random) -> tuple[Action, ...]:
+    span = (sim.end - steady).total_seconds()
+    picked = rng.sample(sim.keys, count)
+    at = sorted(steady + timedelta(seconds=rng.uniform(0, span * 0.9)) for _ in picked)
+    return tuple(Action(t, "delete", key) for t, key in zip(at, picked, strict=True))
+
+
+def rule(text: str) -> tuple[str, timedelta | None]:
+    """``EVERY[/FULL]`` -> (reconcile_every, full_listing_every: zero for ``each``, None default)."""
+    every, _, full = text.partition("/")
+    parse_duration(every)  # ValueError, worded for the command line
+    if not full:
+        return every, None
+    return every, timedelta(0) if full == "each" else parse_duration(full)
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m tests.bench.reconcile_tradeoff")
-    parser.add_argument("--every", nargs="+", default=["30m", "2h", "4h", "12h"])
+    parser.add_argument("--rules", nargs="+", type=rule, default=None)
     parser.add_argument("--channels", type=int, default=1000)
     parser.add_argument("--ttl", default="23h")
     parser.add_argument("--days", type=float, default=3.0)
     parser.add_argument("--deletions", type=int, default=20)
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args(argv)
-    head = ("`reconcile_every`", "calls per channel-day", "of which GET", "deleted channel's gap")
+    rules = args.rules or [rule(r) for r in ("30m/each", "2h/each", "4h/each", "12h/each", "30m")]
+    head = (
+        "`reconcile_every`",
+        "full listing",
+        "calls per channel-day",
+        "of which GET",
+        f"with {args.deletions} deletions",
+        "deleted channel's gap, median / max",
+    )
     print("| " + " | ".join(head) + " |")
-    print("|---|---|---|---|")
-    for every in args.every:
+    print("|" + "---|" * len(head))
+    for every, full in rules:
         params = Params(
             channels=args.channels,
             days=args.days,
@@ -91,14 +127,19 @@ def main(argv: list[str] | None = None) -> None:
             profile="none",
             seed=args.seed,
             reconcile_every=every,
+            full_listing_every=full,
         )
         with tempfile.TemporaryDirectory(prefix="tradeoff-") as tmp:
-            row = measure(params, args.deletions, Path(tmp))
-        gap = row["gap_min"]
-        shown = "-" if gap["median"] is None else f"{gap['median']:.0f} / {gap['max']:.0f} min"
+            steady = measure(params, 0, Path(tmp))
+        with tempfile.TemporaryDirectory(prefix="tradeoff-") as tmp:
+            deleting = measure(params, args.deletions, Path(tmp))
+        gaps = deleting.gaps_min
+        shown = f"{statistics.median(gaps):.0f} / {max(gaps):.0f} min" if gaps else "-"
+        listing = "each look" if full == timedelta(0) else format_duration(full or DEFAULT_FULL)
         print(
-            f"| {every} | {row['calls_per_channel_day']:.4f} | {row['get_per_channel_day']:.4f} | "
-            f"{shown} ({row['deleted']} deleted) |",
+            f"| {every} | {listing} | {steady.calls_per_channel_day:.4f} | "
+            f"{steady.get_per_channel_day:.4f} | {deleting.calls_per_channel_day:.4f} | "
+            f"{shown} ({len(gaps)} deleted) |",
             flush=True,
         )
 

@@ -17,7 +17,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Protocol, TypeVar
@@ -61,6 +61,9 @@ class Params:
     seed: int = 1
     reconcile_every: str | None = None
     """The state file's ``[daemon] reconcile_every``; None keeps the default (30m)."""
+    full_listing_every: timedelta | None = None
+    """``Policy.full_listing_every`` (no state-file key sets it); None keeps the default (6h),
+    zero makes every look a full listing (the daemon before the tallies)."""
     backfill: bool = True
     """``backfill = true`` on every channel."""
     change_every: str | None = "15m"
@@ -366,6 +369,9 @@ def simulation(params: Params, state_file: Path) -> Iterator[Simulation]:
             daemon += f'reconcile_every = "{params.reconcile_every}"\n'
         write_state(state_file, emu.url, chans, daemon=daemon, accounts=params.account_names)
         state = config.load(state_file, environ=env())
+        if params.full_listing_every is not None:
+            tuning = replace(state.policy, full_listing_every=params.full_listing_every)
+            state = replace(state, policy=tuning)
         yield Simulation(params, clock, start, keys, schedule, emu, state, Tracker(emu), receiver)
 
 

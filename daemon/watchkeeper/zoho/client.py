@@ -1,4 +1,5 @@
-"""The one place that talks to Zoho's ``actions/watch``: list, write (POST/PUT/PATCH) and delete.
+"""The one place that talks to Zoho's ``actions/watch``: list (or tally its rows), write
+(POST/PUT/PATCH) and delete.
 
 A write or delete returns a CallResult: one ItemResult per channel of every chunk Zoho answered, in
 request order, whatever the HTTP status (Zoho reports per-item failures inside 200/201/202/207 and
@@ -116,7 +117,12 @@ class WatchClient:
     # -- listing ---------------------------------------------------------------------------------
 
     def list(self) -> dict[str, ObservedChannel]:
-        """Every live channel, its per-module rows merged (events united, earliest expiry).
+        """Every live channel, its per-module rows merged (events united, earliest expiry)."""
+        return self.list_counted()[0]
+
+    def list_counted(self) -> tuple[dict[str, ObservedChannel], int]:
+        """``list``, and how many rows Zoho listed (one per channel and module, expired rows it
+        still shows included): what a later ``tally`` checks.
 
         A page that fails transiently is retried in place (``Limits.page_retries``), keeping the
         pages already fetched: all or nothing, a 500-page listing would almost never finish under
@@ -136,7 +142,7 @@ class WatchClient:
             seen |= keys
             rows.extend(page_rows)
             if not more:
-                return merge_rows(rows, self.server_now())
+                return merge_rows(rows, self.server_now()), len(rows)
             if len(rows) >= MAX_LISTING_ROWS:
                 raise TransientError(
                     f"GET {self._path}: listing still had more_records after {len(rows)} rows"
@@ -148,6 +154,16 @@ class WatchClient:
         would). While an account's listings fail, this is what it costs, not a full listing."""
         body = self._request("GET", params={"per_page": 1, "page": 1})
         listing_page(body, f"GET {self._path} (probe)")
+
+    def tally(self, rows: int) -> bool:
+        """Whether Zoho still lists exactly ``rows`` rows, in one call: the page that holds the
+        last of them must hold exactly its share and say that no more follow. A channel deleted,
+        added or given other modules moves the count; a change that keeps it (another notify_url,
+        a deletion and an addition of as many rows) is for the next full listing to see. The page
+        is one the full listing fetches too, retried in place like it; errors are ``list``'s."""
+        page = max(1, -(-rows // PER_PAGE))
+        page_rows, more = self._page(page)
+        return not more and len(page_rows) == rows - (page - 1) * PER_PAGE
 
     def _page(self, page: int) -> tuple[Sequence[Any], bool]:
         where = f"GET {self._path} (page {page})"
