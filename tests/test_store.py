@@ -1054,7 +1054,8 @@ def test_report_imports_neither_the_engine_nor_the_store() -> None:
     """The one-shot commands' output is a pure function of value types."""
     code = (
         "import sys, watchkeeper.report; "
-        "print(sorted(m for m in sys.modules if m.startswith(('watchkeeper.engine', 'watchkeeper.store'))))"
+        "print(sorted(m for m in sys.modules"
+        " if m.startswith(('watchkeeper.engine', 'watchkeeper.store'))))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
