@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
@@ -11,7 +12,16 @@ from typing import TYPE_CHECKING
 import httpx
 import pytest
 from watchkeeper.model import AccessToken
-from watchkeeper.zoho.auth import MAX_TOKEN_LIFETIME, REFRESH_BLOCK, Credentials, OAuth, StaticToken
+from watchkeeper.zoho.auth import (
+    MAX_TOKEN_LIFETIME,
+    REFRESH_BLOCK,
+    Credentials,
+    OAuth,
+    StaticToken,
+    refresh_due,
+    refresh_point,
+    refresh_spread,
+)
 from watchkeeper.zoho.errors import AuthError, RateLimited, TransientError
 from watchkeeper.zoho.exchange import Limits
 
@@ -72,31 +82,62 @@ def assert_no_secret(exc: BaseException, *secrets: str) -> None:
             assert secret not in text
 
 
-def test_token_is_cached_until_five_minutes_before_expiry(
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    ("lifetime", "spread", "due_after"),
+    [
+        # Zoho's hour: from 75 % (45 min) to 5 minutes before expiry (55 min)
+        (timedelta(hours=1), 0.0, timedelta(minutes=45)),
+        (timedelta(hours=1), 0.5, timedelta(minutes=50)),
+        (timedelta(hours=1), 1.0, timedelta(minutes=55)),
+        # a short-lived token: from 75 % to 90 % of its life (5 min before expiry would be earlier)
+        (timedelta(minutes=10), 0.0, timedelta(minutes=7, seconds=30)),
+        (timedelta(minutes=10), 1.0, timedelta(minutes=9)),
+        (timedelta(minutes=4), 0.5, timedelta(minutes=3, seconds=18)),
+        # a day (the longest believed): up to 5 minutes before expiry
+        (timedelta(days=1), 0.0, timedelta(hours=18)),
+        (timedelta(days=1), 1.0, timedelta(hours=23, minutes=55)),
+    ],
+)
+def test_refresh_point_spreads_over_the_last_quarter_of_the_lifetime(
+    lifetime: timedelta, spread: float, due_after: timedelta
+) -> None:
+    assert refresh_point(T0, T0 + lifetime, spread) == T0 + due_after
+
+
+def test_each_token_draws_its_own_refresh_spread_once() -> None:
+    """From the token's value: the same every time it is asked (and in every process), and spread
+    evenly over tokens, so accounts whose tokens were issued together refresh apart."""
+    values = [f"1000.{n:032x}.{n * 7919:032x}" for n in range(2000)]
+    spreads = [refresh_spread(v) for v in values]
+    assert spreads == [refresh_spread(v) for v in values]
+    assert all(0.0 <= s < 1.0 for s in spreads)
+    tenths = Counter(int(s * 10) for s in spreads)
+    assert sorted(tenths) == list(range(10))
+    assert all(150 <= n <= 250 for n in tenths.values())  # 200 each if even
+
+
+@pytest.mark.parametrize(
+    "emulator",
+    [{"access_token_lifetime": timedelta(hours=1)}, {"access_token_lifetime": timedelta(minutes=10)}],
+    indirect=True,
+)
+def test_token_is_cached_until_its_refresh_point(
     emulator: Emulator, http: httpx.Client, sim_clock: SimClock
 ) -> None:
-    auth = oauth_for(emulator, http, sim_clock)
+    cache = MemoryCache()
+    auth = oauth_for(emulator, http, sim_clock, cache=cache)
     first = auth.token()
     assert auth.api_domain == emulator.url
-    sim_clock.advance(timedelta(minutes=54, seconds=59))
+    due = refresh_due(cache.saved[0])
+    sim_clock.advance(due - sim_clock.now() - timedelta(seconds=1))
     assert auth.token() == first
     assert refreshes(emulator) == 1
-    sim_clock.advance(timedelta(seconds=2))
+    sim_clock.advance(timedelta(seconds=1))
     second = auth.token()
     assert second != first
-    assert refreshes(emulator) == 2
-
-
-@pytest.mark.parametrize("emulator", [{"access_token_lifetime": timedelta(minutes=10)}], indirect=True)
-def test_short_lived_token_is_used_for_ninety_percent_of_its_life(
-    emulator: Emulator, http: httpx.Client, sim_clock: SimClock
-) -> None:
-    auth = oauth_for(emulator, http, sim_clock)
-    first = auth.token()
-    sim_clock.advance(timedelta(minutes=8, seconds=59))  # past "5 min before expiry", under 90%
-    assert auth.token() == first
-    sim_clock.advance(timedelta(seconds=2))
-    assert auth.token() != first
     assert refreshes(emulator) == 2
 
 

@@ -15,6 +15,7 @@ import os
 import re
 import sys
 import threading
+from collections import Counter
 from collections.abc import Collection, Iterable, Mapping, MutableMapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, TextIO
@@ -54,16 +55,23 @@ class Redactor:
         self._pattern: re.Pattern[str] | None = None
         self._stale = False
         self._rotating: dict[str, tuple[str, ...]] = {}
-        self._rotating_set: frozenset[str] = frozenset()
+        self._holders: Counter[str] = Counter()
+        """Each rotating token masked, with how many owners keep it (two accounts may share one)."""
 
     def add_rotating(self, owner: str, secret: str) -> None:
         """An access token of ``owner`` (an account): masked as a whole run of token characters,
-        looked up in a set rather than compiled into the pattern, so thousands of accounts
-        refreshing every hour cost no recompilation, and only the last ROTATING_KEPT are kept."""
+        looked up in a dict rather than compiled into the pattern, so thousands of accounts
+        refreshing every hour cost no recompilation, and only the last ROTATING_KEPT are kept.
+        Constant time: a fleet's first pass adds one token per account."""
         with self._lock:
-            kept = (secret, *self._rotating.get(owner, ()))
-            self._rotating[owner] = tuple(dict.fromkeys(kept))[:ROTATING_KEPT]
-            self._rotating_set = frozenset(t for ts in self._rotating.values() for t in ts)
+            before = self._rotating.get(owner, ())
+            after = tuple(dict.fromkeys((secret, *before)))[:ROTATING_KEPT]
+            self._rotating[owner] = after
+            self._holders.update(set(after).difference(before))
+            for gone in set(before).difference(after):
+                self._holders[gone] -= 1
+                if not self._holders[gone]:
+                    del self._holders[gone]
 
     def add(self, secrets: Iterable[str | None]) -> None:
         with self._lock:
@@ -76,7 +84,7 @@ class Redactor:
         with self._lock:
             self._secrets.clear()
             self._pattern, self._stale = None, False
-            self._rotating, self._rotating_set = {}, frozenset()
+            self._rotating, self._holders = {}, Counter()
 
     def _compiled(self) -> re.Pattern[str] | None:
         if self._stale:
@@ -90,7 +98,7 @@ class Redactor:
         pattern = self._compiled()
         if pattern is not None:
             text = pattern.sub(MASK, text)
-        rotating = self._rotating_set
+        rotating = self._holders  # read without the lock: a dict lookup is atomic
         if rotating:
             text = _RUN.sub(lambda run: MASK if run.group(0) in rotating else run.group(0), text)
         return text

@@ -221,12 +221,6 @@ class RegistryEntry:
     """url_digest of the applied notify_url: the store keeps that URL with its secrets masked."""
 
 
-EARLY_REFRESH = timedelta(minutes=5)
-"""Refresh this long before the token expires ..."""
-MIN_LIFETIME_USED = 0.9
-"""... or once this fraction of its lifetime has passed, if that is later (short-lived tokens)."""
-
-
 @dataclass(frozen=True, slots=True)
 class AccessToken:
     """A short-lived access token; its value is kept out of the repr."""
@@ -234,8 +228,3 @@ class AccessToken:
     value: str = field(repr=False)
     expires_at: datetime
     issued_at: datetime
-
-    def refresh_due(self) -> datetime:
-        """When a fresh token should be fetched instead of this one."""
-        lifetime = self.expires_at - self.issued_at
-        return max(self.expires_at - EARLY_REFRESH, self.issued_at + lifetime * MIN_LIFETIME_USED)

@@ -5,6 +5,7 @@ dialect's own ``insert``, so the choice is made here, once."""
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from functools import cache
 from typing import Any
 
 from sqlalchemy import Table, func
@@ -28,10 +29,22 @@ def upsert(
 ) -> Insert:
     """An insert of ``table`` that, when a row with the same ``key`` exists, sets ``update`` from
     the new row instead; a column in ``keep_when_null`` keeps its stored value when the new row
-    leaves it NULL. Execute it with one dict of values, or a list of them."""
-    make = _INSERTS.get(dialect.name)
+    leaves it NULL. Execute it with one dict of values, or a list of them. Built once per shape
+    (statements are immutable): building one took a fifth of the CPU of a fleet's first pass."""
+    return _upsert(dialect.name, table, tuple(key), tuple(update), tuple(keep_when_null))
+
+
+@cache
+def _upsert(
+    dialect: str,
+    table: Table,
+    key: tuple[str, ...],
+    update: tuple[str, ...],
+    keep_when_null: tuple[str, ...],
+) -> Insert:
+    make = _INSERTS.get(dialect)
     if make is None:
-        raise NotImplementedError(f"no upsert for the {dialect.name} dialect")
+        raise NotImplementedError(f"no upsert for the {dialect} dialect")
     insert = make(table)
     excluded = insert.excluded
     changed: dict[str, Any] = {name: excluded[name] for name in update}

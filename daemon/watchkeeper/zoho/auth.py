@@ -4,13 +4,16 @@ Zoho's accounts server allows only 10 refreshes per refresh token in 10 minutes 
 rest of the window, so the token is cached (in memory and, through TokenCache, in the store so a
 restarted daemon reuses it), refreshed by one thread at a time, and a refresh answered with "too
 many requests" blocks further attempts locally until the server's delay has passed (at most
-REFRESH_BLOCK; a reload lifts it early through ``clear_block``).
+REFRESH_BLOCK; a reload lifts it early through ``clear_block``). Each token is refreshed at its own
+point of the last quarter of its lifetime (``refresh_due``), so the thousands of accounts of a fleet,
+whose first tokens all come in the first pass, do not refresh together ever after.
 
 No secret (refresh token, client secret, access token) ever appears in a message or a repr.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 import threading
 from collections.abc import Callable
@@ -36,10 +39,39 @@ MAX_TOKEN_LIFETIME = timedelta(days=1)
 token that dies sooner is refreshed on its first 401 anyway."""
 _MS_THRESHOLD = 86400
 """An ``expires_in`` above one day in seconds is the older millisecond form."""
+EARLY_REFRESH = timedelta(minutes=5)
+"""A token is refreshed at the latest this long before it expires ..."""
+MIN_LIFETIME_USED = 0.9
+"""... or once this fraction of its lifetime has passed, if that is later (short-lived tokens)."""
+EARLIEST_REFRESH = 0.75
+"""... and at the earliest once this fraction has passed: 45 to 55 minutes into Zoho's hour."""
 
 
 def _utc_now() -> datetime:
     return datetime.now(UTC)
+
+
+def refresh_due(token: AccessToken) -> datetime:
+    """When a fresh token should be fetched instead of ``token``: at its own point between the
+    earliest and the latest refresh (``refresh_point``)."""
+    return refresh_point(token.issued_at, token.expires_at, refresh_spread(token.value))
+
+
+def refresh_point(issued_at: datetime, expires_at: datetime, spread: float) -> datetime:
+    """``spread`` (0 to 1) of the way from EARLIEST_REFRESH of the lifetime to the latest refresh
+    (EARLY_REFRESH before expiry, or MIN_LIFETIME_USED of the lifetime if that is later)."""
+    lifetime = expires_at - issued_at
+    latest = max(expires_at - EARLY_REFRESH, issued_at + lifetime * MIN_LIFETIME_USED)
+    earliest = issued_at + lifetime * EARLIEST_REFRESH
+    return earliest + (latest - earliest) * spread
+
+
+def refresh_spread(value: str) -> float:
+    """A token's point in its refresh window, in [0, 1), drawn from a hash of its value: once per
+    token, and the same in every process that reads it from the cache (a restarted daemon, another
+    instance on the shared database), which therefore agree on when it is due."""
+    digest = hashlib.blake2b(value.encode(), digest_size=8).digest()
+    return int.from_bytes(digest) / 2**64
 
 
 class TokenCache(Protocol):
@@ -107,9 +139,9 @@ class OAuth:
         with self._lock:
             now = self._clock()
             current = self._current
-            if current is None or now >= current.refresh_due():
+            if current is None or now >= refresh_due(current):
                 current = self._current = self._cached(now) or current
-            if current is not None and now < current.refresh_due():
+            if current is not None and now < refresh_due(current):
                 return current.value
             try:
                 fresh = self._refresh(now)
