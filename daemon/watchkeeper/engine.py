@@ -265,11 +265,7 @@ class Engine:
             if _backfill_due(unit, now) and not self.stopping and self._serves(unit):
                 self._backfill(unit, now, report, deadline)
         self._hand_back()
-        report.active = sum(
-            e.state == "active" and c in u.desired
-            for u in self.memory.units.values()
-            for c, e in u.entries.items()
-        )
+        report.active = self.memory.tally().states["active"]
         return True
 
     def _log_finished(self, report: PassReport) -> None:

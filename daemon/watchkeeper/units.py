@@ -9,7 +9,8 @@ in all.
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections import Counter
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -23,6 +24,27 @@ from watchkeeper.policy import Policy
 from watchkeeper.zoho.client import WatchClient
 
 Key = tuple[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class Tally:
+    """The desired channels an account owns, as ``STATUS=`` and ``reconcile.finished`` count
+    them: how many are in each state, and the earliest renewal time (Zoho's clock)."""
+
+    states: Counter[str] = field(default_factory=Counter)
+    renew_at: datetime | None = None
+
+    def __add__(self, other: Tally) -> Tally:
+        times = [t for t in (self.renew_at, other.renew_at) if t is not None]
+        return Tally(self.states + other.states, min(times, default=None))
+
+
+def tally(entries: Mapping[str, RegistryEntry], desired: Collection[str]) -> Tally:
+    """PURE: the tally of the entries whose channel is desired (a stored state, not one derived
+    from the clock, so it stays true until an entry or the desired set changes)."""
+    owned = [e for c, e in entries.items() if c in desired]
+    renewals = (e.renew_at for e in owned if e.renew_at is not None)
+    return Tally(Counter(e.state for e in owned), min(renewals, default=None))
 
 
 @dataclass
@@ -55,6 +77,9 @@ class Unit:
     """Several instances on PostgreSQL: this instance's lease of the account, without which the
     engine neither calls Zoho for it nor writes its rows (unused on SQLite, where one instance
     serves every account)."""
+    counted: Tally | None = None
+    """``tally`` as last computed, None once an entry or the desired set changed: the status line
+    sent after every pass costs O(accounts) on an idle tick, not O(channels)."""
 
     def paused(self, now: datetime) -> bool:
         return self.paused_until is not None and self.paused_until > now
@@ -94,9 +119,16 @@ class Unit:
             self.due_at = due if self.paused_until is None else max(due, self.paused_until)
         return self.due_at
 
+    def tally(self) -> Tally:
+        """Cached until ``touch``."""
+        if self.counted is None:
+            self.counted = tally(self.entries, self.desired)
+        return self.counted
+
     def touch(self) -> None:
-        """Something ``next_due`` depends on changed."""
+        """Something ``next_due`` or ``tally`` depends on changed."""
         self.due_at = None
+        self.counted = None
 
     def failed_listing(self, now: datetime, tuning: Policy, rng: random.Random) -> None:
         self.list_failures += 1
@@ -189,6 +221,10 @@ class Memory:
     def active(self, state: DesiredState) -> Iterator[Unit]:
         """Units of the state's accounts, plus gone accounts that still own channels to delete."""
         return (u for name, u in self.units.items() if name in state.accounts or u.entries)
+
+    def tally(self) -> Tally:
+        """Every account's tally, summed."""
+        return sum((unit.tally() for unit in self.units.values()), Tally())
 
     def registry(self) -> dict[Key, RegistryEntry]:
         return {(u.name, cid): e for u in self.units.values() for cid, e in u.entries.items()}
