@@ -181,8 +181,9 @@ class Memory:
 
     def adopt(self, state: DesiredState) -> None:
         """Index the desired channels by account, once per load rather than once per pass."""
-        self.known.update({(c.account, c.channel_id): c for c in state.channels})
-        self.desired = frozenset((c.account, c.channel_id) for c in state.channels)
+        keyed = {(c.account, c.channel_id): c for c in state.channels}
+        self.known.update(keyed)
+        self.desired = frozenset(keyed)  # the same key tuples as ``known``'s new ones
         for unit in self.units.values():
             unit.desired = {}
             unit.touch()
