@@ -565,6 +565,19 @@ def test_without_environ_the_process_environment_is_used(
     assert state.channels[0].token == ENV["HOOK"]
 
 
+def test_channels_with_equal_values_share_one_object(tmp_path: Path) -> None:
+    """A fleet of channels naming the same events, URL, token and ttl holds each once in memory."""
+    text = account() + "".join(
+        channel(channel_id=f'"{100 + i}"', events=events, ttl='"1d"')
+        for i, events in enumerate(['["Deals.all", "Contacts.edit"]', '["Contacts.edit", "Deals.all"]'])
+    )
+    first, second = load(write(tmp_path, text), environ=ENV).channels
+    assert first.events is second.events
+    assert first.notify_url is second.notify_url
+    assert first.token is second.token
+    assert first.ttl is second.ttl
+
+
 # -- durations ------------------------------------------------------------------------------------
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import random
 import threading
+from collections import Counter
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from datetime import datetime, timedelta
@@ -919,3 +920,45 @@ def test_accounts_are_served_concurrently_each_in_order(
     for name in names:
         calls = [c for c in emulator.calls if c.org == org_of(name) and c.method in ("GET", "POST")]
         assert [c.method for c in calls] == ["GET", "POST"]
+
+
+@pytest.mark.parametrize("emulator", [{"forbidden_modules": frozenset({"Invoices"})}], indirect=True)
+def test_the_cached_tallies_match_a_recount_after_every_change(
+    emulator: Emulator, engine_for: OpenEngine, sim_clock: SimClock, tmp_path: Path
+) -> None:
+    """The status line counts from the units' cached tallies (an idle tick must not recount every
+    channel): whatever a pass or a reload changed, they say what counting the registry says."""
+
+    def recount(engine: Engine) -> tuple[Counter[str], datetime | None]:
+        desired = {(c.account, c.channel_id) for c in engine.state.channels}
+        owned = [e for k, e in engine.registry.items() if k in desired]
+        renewals = [e.renew_at for e in owned if e.renew_at is not None]
+        return Counter(e.state for e in owned), min(renewals, default=None)
+
+    def check(engine: Engine) -> None:
+        counted = engine.memory.census()
+        assert (counted.states, counted.renew_at) == recount(engine)
+
+    chans = [Chan("9970", ttl="1h"), Chan("9971", events=["Invoices.create"]), Chan("9972", ttl="2h")]
+    with engine_for(chans) as engine:
+        check(engine)  # nothing owned yet
+        engine.run_due()  # two created, one rejected
+        check(engine)
+        assert engine.memory.census().states == Counter(active=2, failed=1)
+        expiry = engine.registry[("main", "9970")].expires_at
+        assert expiry is not None
+        engine.next_reconcile = expiry + timedelta(hours=1)
+        emulator.add_fault(Fault(status=500, methods=frozenset({"PATCH"}), count=2))
+        sim_clock.set(expiry - timedelta(minutes=2))  # inside the last twentieth: at risk
+        engine.run_due()
+        check(engine)
+        assert engine.memory.census().states["at_risk"] >= 1
+        sim_clock.advance(timedelta(minutes=1))
+        run_until(engine, sim_clock, expiry + timedelta(minutes=5))  # renewed once Zoho answers
+        check(engine)
+        path = write_state(tmp_path / "channels.toml", emulator.url, chans[:1])
+        engine.reload(config.load(path))  # two no longer desired: out of the counts at once
+        check(engine)
+        engine.run_due()  # and deleted
+        check(engine)
+    assert engine.memory.census().states == Counter(active=1)

@@ -28,7 +28,14 @@ from urllib.parse import urlsplit
 
 from watchkeeper import secrets
 from watchkeeper.logs import MIN_SECRET
-from watchkeeper.model import ChannelSpec, Event, Product, canonical_json, parse_event
+from watchkeeper.model import (
+    ChannelSpec,
+    Event,
+    Product,
+    canonical_json,
+    parse_event,
+    shared_events,
+)
 from watchkeeper.policy import Policy
 from watchkeeper.store import target
 from watchkeeper.store.target import Target
@@ -223,7 +230,8 @@ def check(
 
     ``outside``: the accounts the other files of a state directory declare, which this file's
     channels may name; None for a file alone, which must declare an account of its own."""
-    resolve = functools.partial(secrets.resolve, environ=environ, base_dir=path.parent)
+    # Cached for the file: 10,000 channels naming one token, or one notify_url, hold one string.
+    resolve = functools.cache(functools.partial(secrets.resolve, environ=environ, base_dir=path.parent))
     try:
         issues, state = _build(document, path, resolve, environ.get("STATE_DIRECTORY"), outside)
     except RecursionError:  # a check below recursed into a deeply nested value
@@ -237,6 +245,7 @@ _DURATION_RE = re.compile(r"(?:([0-9]+)d)?(?:([0-9]+)h)?(?:([0-9]+)m)?(?:([0-9]+
 _UNITS = (("d", 86400), ("h", 3600), ("m", 60), ("s", 1))
 
 
+@functools.lru_cache(maxsize=256)
 def parse_duration(text: str) -> timedelta:
     """``90s``, ``15m``, ``23h``, ``1d``, ``1h30m``: units d h m s in that order, each at most once."""
     match = _DURATION_RE.fullmatch(text) if isinstance(text, str) else None
@@ -756,4 +765,4 @@ def _events(scope: _Scope, table: Mapping[str, Any]) -> frozenset[Event]:
             events |= parse_event(_text(item))
         except ValueError as exc:
             scope.add(f"events[{index}]", str(exc))
-    return frozenset(events)
+    return shared_events(frozenset(events))

@@ -190,7 +190,7 @@ class Engine:
                 lane = AccountPass(self.shell, unit, now, report)
                 self.backfills.step(lane, lambda: self.shell.stopping or self.clock() >= deadline)
         self._hand_back()
-        report.active = self.memory.active_count()
+        report.active = self.memory.census().states["active"]
         return True
 
     def _guard(self, confirmed: frozenset[Key]) -> Sequence[Refusal]:

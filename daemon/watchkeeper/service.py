@@ -58,6 +58,7 @@ from watchkeeper.runtime import database_path, instance_name, open_engine, open_
 from watchkeeper.statedir import Fingerprint, Loader
 from watchkeeper.store.errors import StoreError
 from watchkeeper.store.target import PostgresTarget, Target
+from watchkeeper.units import Census
 
 EX_OK, EX_FAILURE, EX_CONFIG = 0, 1, 78
 STOP = 0
@@ -122,17 +123,25 @@ class ReloadGate:
 
 
 def summary(engine: Engine, now: datetime) -> str:
-    """The one-line ``STATUS=``: what an operator wants from ``systemctl status``."""
-    desired = {(c.account, c.channel_id) for c in engine.state.channels}
-    owned = [e for k, e in engine.registry.items() if k in desired]
-    states = [e.state for e in owned]
-    parts = [f"{states.count('active')} active", f"{states.count('at_risk')} at risk"]
-    if engine.shell.leasing is not None:
-        parts.insert(0, f"holding {len(engine.served())} of {len(engine.state.accounts)} accounts")
-    parts += [f"{states.count(s)} {s}" for s in ("lapsed", "failed", "pending") if states.count(s)]
-    renewals = [e.renew_at for e in owned if e.renew_at is not None]
-    if renewals:
-        wait = max(min(renewals) - engine.memory.skew() - now, timedelta(0))
+    """The one-line ``STATUS=``: what an operator wants from ``systemctl status``. Sent after every
+    pass, so it is made of the units' cached tallies: O(accounts) on an idle tick."""
+    leased = engine.shell.leasing is not None
+    held = (len(engine.served()), len(engine.state.accounts)) if leased else None
+    return status_line(engine.memory.census(), engine.memory.skew(), now, held)
+
+
+def status_line(
+    counted: Census, skew: timedelta, now: datetime, held: tuple[int, int] | None = None
+) -> str:
+    """PURE: the ``STATUS=`` text of a census, ``skew`` (Zoho's clock minus ours) and, several
+    instances sharing the accounts, (held, configured)."""
+    states = counted.states
+    parts = [f"{states['active']} active", f"{states['at_risk']} at risk"]
+    if held is not None:
+        parts.insert(0, f"holding {held[0]} of {held[1]} accounts")
+    parts += [f"{states[s]} {s}" for s in ("lapsed", "failed", "pending") if states[s]]
+    if counted.renew_at is not None:
+        wait = max(counted.renew_at - skew - now, timedelta(0))
         parts.append(f"next renewal in {human_delta(wait)}")
     return ", ".join(parts)
 

@@ -9,7 +9,8 @@ in all.
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections import Counter
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -23,6 +24,27 @@ from watchkeeper.policy import Policy
 from watchkeeper.zoho.client import PER_PAGE, WatchClient
 
 Key = tuple[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class Census:
+    """The desired channels an account owns, as ``STATUS=`` and ``reconcile.finished`` count
+    them: how many are in each state, and the earliest renewal time (Zoho's clock)."""
+
+    states: Counter[str] = field(default_factory=Counter)
+    renew_at: datetime | None = None
+
+    def __add__(self, other: Census) -> Census:
+        times = [t for t in (self.renew_at, other.renew_at) if t is not None]
+        return Census(self.states + other.states, min(times, default=None))
+
+
+def census(entries: Mapping[str, RegistryEntry], desired: Collection[str]) -> Census:
+    """PURE: the census of the entries whose channel is desired (a stored state, not one derived
+    from the clock, so it stays true until an entry or the desired set changes)."""
+    owned = [e for c, e in entries.items() if c in desired]
+    renewals = (e.renew_at for e in owned if e.renew_at is not None)
+    return Census(Counter(e.state for e in owned), min(renewals, default=None))
 
 
 @dataclass
@@ -60,6 +82,9 @@ class Unit:
     """Several instances on PostgreSQL: this instance's lease of the account, without which the
     engine neither calls Zoho for it nor writes its rows (unused on SQLite, where one instance
     serves every account)."""
+    counted: Census | None = None
+    """``census`` as last computed, None once an entry or the desired set changed: the status line
+    sent after every pass costs O(accounts) on an idle tick, not O(channels)."""
 
     def paused(self, now: datetime) -> bool:
         return self.paused_until is not None and self.paused_until > now
@@ -99,9 +124,16 @@ class Unit:
             self.due_at = due if self.paused_until is None else max(due, self.paused_until)
         return self.due_at
 
+    def census(self) -> Census:
+        """Cached until ``touch``."""
+        if self.counted is None:
+            self.counted = census(self.entries, self.desired)
+        return self.counted
+
     def touch(self) -> None:
-        """Something ``next_due`` depends on changed."""
+        """Something ``next_due`` or ``census`` depends on changed."""
         self.due_at = None
+        self.counted = None
 
     def tally_rows(self, now: datetime) -> int | None:
         """The row count the account's look at ``now`` checks with one page (policy.tallies);
@@ -171,8 +203,9 @@ class Memory:
 
     def adopt(self, state: DesiredState) -> None:
         """Index the desired channels by account, once per load rather than once per pass."""
-        self.known.update({(c.account, c.channel_id): c for c in state.channels})
-        self.desired = frozenset((c.account, c.channel_id) for c in state.channels)
+        keyed = {(c.account, c.channel_id): c for c in state.channels}
+        self.known.update(keyed)
+        self.desired = frozenset(keyed)  # the same key tuples as ``known``'s new ones
         for unit in self.units.values():
             unit.desired = {}
             unit.touch()
@@ -213,13 +246,9 @@ class Memory:
         """Units of the state's accounts, plus gone accounts that still own channels to delete."""
         return (u for name, u in self.units.items() if name in state.accounts or u.entries)
 
-    def active_count(self) -> int:
-        """Desired channels that are live: ``reconcile.finished``'s ``active``."""
-        return sum(
-            e.state == "active" and c in u.desired
-            for u in self.units.values()
-            for c, e in u.entries.items()
-        )
+    def census(self) -> Census:
+        """Every account's census, summed."""
+        return sum((unit.census() for unit in self.units.values()), Census())
 
     def registry(self) -> dict[Key, RegistryEntry]:
         return {(u.name, cid): e for u in self.units.values() for cid, e in u.entries.items()}
