@@ -51,7 +51,8 @@ def make_client(
 
     def refreshed(token: AccessToken) -> None:
         logs.REDACTOR.add_rotating(account.name, token.value)
-        log.info("auth.refreshed", account=account.name, expires_at=token.expires_at)
+        # debug: routine, once an hour per account (240,000 lines a day at 10,000 accounts)
+        log.debug("auth.refreshed", account=account.name, expires_at=token.expires_at)
 
     auth: OAuth | StaticToken
     if account.access_token is not None:
