@@ -442,13 +442,8 @@ class Engine:
             for note in collect(RecordsClient(unit.client.session), spec, window):
                 yield gap, note
 
-    def _specs(self, unit: Unit) -> dict[str, ChannelSpec]:
-        """Every spec this process knows for the account's channels, the state file's first: a
-        backfill needs the channel's notify_url and token, which the store never keeps whole."""
-        specs = {c: s for (a, c), s in self.memory.known.items() if a == unit.name}
-        specs.update(unit.retained)
-        specs.update(unit.desired)
-        return specs
+    def _specs(self, unit: Unit) -> Mapping[str, ChannelSpec]:
+        return self.memory.specs(unit)
 
     def _backfill_deadline(self) -> datetime:
         """Backfill runs until a renewal or listing falls due, or, when one is overdue already,
