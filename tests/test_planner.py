@@ -24,7 +24,7 @@ from watchkeeper.model import (
     parse_instant,
     token_digest,
 )
-from watchkeeper.planner import Action, Holds, Plan, Refusal, batches, plan
+from watchkeeper.planner import Action, Holds, Plan, Refusal, plan
 from watchkeeper.policy import Policy, entry_due
 
 NOW = datetime(2026, 1, 5, 12, 0, tzinfo=UTC)
@@ -703,33 +703,3 @@ def test_empty_plan_has_no_changes() -> None:
     assert not Plan((), (), ()).changes
     assert Plan((), (), (Refusal("empty", "main", ("1",), "m"),)).changes
     assert Plan((Action("delete", "main", "1", None, "undesired"),), (), ()).changes
-
-
-@pytest.mark.parametrize(
-    ("kinds", "size", "expect"),
-    [
-        pytest.param({}, 100, [], id="nothing"),
-        pytest.param({"create": 3}, 100, [("POST", 3)], id="one-request"),
-        pytest.param({"create": 250}, 100, [("POST", 100), ("POST", 100), ("POST", 50)], id="split"),
-        pytest.param({"create": 200}, 100, [("POST", 100), ("POST", 100)], id="exact-multiple"),
-        pytest.param(
-            {"delete": 2, "renew": 3, "repair": 1, "create": 1},
-            2,
-            [("POST", 1), ("PUT", 1), ("PATCH", 2), ("PATCH", 1), ("DELETE", 2)],
-            id="method-order-then-size",
-        ),
-    ],
-)
-def test_batches_go_in_method_order_at_most_size_each(
-    kinds: dict[str, int], size: int, expect: list[tuple[str, int]]
-) -> None:
-    actions = [
-        Action(kind, "main", f"{kind}-{i}", None if kind == "delete" else spec(f"{i}"), "r")  # type: ignore[arg-type]
-        for kind, count in kinds.items()
-        for i in range(count)
-    ]
-    out = batches(actions, size)
-    assert [(method, len(batch)) for method, batch in out] == expect
-    assert [a for _, batch in out for a in batch if a.kind == "renew"] == [
-        a for a in actions if a.kind == "renew"
-    ]  # each method's actions keep their order

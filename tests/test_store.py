@@ -44,6 +44,7 @@ from watchkeeper.store import (
     StatusRow,
     Store,
     StoreError,
+    chunks,
     migrate,
 )
 from watchkeeper.store.schema import METADATA, table_of
@@ -809,6 +810,18 @@ def test_intents_survive_a_crash_until_done(db: Path) -> None:
         s.done("main", ["1"])
         s.done("other", ["1"])
         assert s.pending_intents() == []
+
+
+def test_many_rows_are_journalled_seen_and_cleared_past_one_chunk(store: Store) -> None:
+    """Statements over many rows go a chunk at a time (store.chunks): none is left out."""
+    ids = [str(100000 + i) for i in range(2 * chunks.ROWS + 1)]
+    store.put_many([entry(cid) for cid in ids])
+    store.begin("main", ids, "PATCH", T0)
+    assert [i.channel_id for i in store.pending_intents()] == sorted(ids)
+    store.mark_seen("main", ids, T0)
+    assert {store.last_seen("main", cid) for cid in (ids[0], ids[-1])} == {T0}
+    store.done("main", ids)
+    assert store.pending_intents() == []
 
 
 def test_foreign_channels_are_replaced_per_account(store: Store) -> None:

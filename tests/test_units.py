@@ -1,15 +1,20 @@
-"""The status line's counts: a unit's census of the desired channels it owns, and the ``STATUS=``
-text made of it (table-driven; the engine tests check the cached tallies against a recount)."""
+"""What the engine's memory derives for a unit: the status line's counts (a unit's census of the
+desired channels it owns, and the ``STATUS=`` text made of it; the engine tests check the cached
+censuses against a recount), and the specs a backfill looks its channels up in."""
 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from watchkeeper.model import ChannelState, RegistryEntry
+from watchkeeper.model import ChannelSpec, ChannelState, RegistryEntry, parse_events
 from watchkeeper.service import status_line
-from watchkeeper.units import Census, census
+from watchkeeper.units import Census, Memory, Unit, census
+from watchkeeper.zoho.auth import StaticToken
+from watchkeeper.zoho.client import WatchClient
+from watchkeeper.zoho.regions import Endpoint
 
 NOW = datetime(2026, 1, 5, 12, 0, tzinfo=UTC)
 HOUR = timedelta(hours=1)
@@ -56,7 +61,7 @@ def entry(channel_id: str, state: ChannelState, renew_in: timedelta | None = Non
         ),
     ],
 )
-def test_tally_counts_the_owned_desired_channels(
+def test_census_counts_the_owned_desired_channels(
     entries: list[RegistryEntry],
     desired: list[str],
     states: dict[str, int],
@@ -76,7 +81,7 @@ def test_tally_counts_the_owned_desired_channels(
         pytest.param(2 * HOUR, HOUR, HOUR, id="earliest-of-both"),
     ],
 )
-def test_tallies_add_counts_and_keep_the_earliest_renewal(
+def test_censuses_add_counts_and_keep_the_earliest_renewal(
     left: timedelta | None, right: timedelta | None, renew_in: timedelta | None
 ) -> None:
     a = Census(Counter(active=2, failed=1), None if left is None else NOW + left)
@@ -141,3 +146,45 @@ def test_status_line(
 ) -> None:
     counted = Census(Counter(states), None if renew_in is None else NOW + renew_in)
     assert status_line(counted, skew, NOW, held) == expect
+
+
+@pytest.fixture
+def unit() -> Iterator[Unit]:
+    client = WatchClient(
+        Endpoint("crm", "v8", "https://zoho.invalid", "https://accounts.invalid"), StaticToken("t")
+    )
+    try:
+        yield Unit("main", client, {}, NOW)
+    finally:
+        client.close()
+
+
+def given(channel_id: str, source: str, account: str = "main") -> ChannelSpec:
+    """A spec whose name says where it came from."""
+    events = parse_events(["Deals.all"])
+    return ChannelSpec(account, channel_id, events, "https://hooks.example.com/", HOUR, name=source)
+
+
+@pytest.mark.parametrize(
+    ("desired", "retained", "known", "expect"),
+    [
+        pytest.param([], [], [], {}, id="nothing"),
+        pytest.param(["1"], [], ["1"], {"1": "desired"}, id="desired-first"),
+        pytest.param([], ["1"], ["1"], {"1": "retained"}, id="held-back-before-known"),
+        pytest.param([], [], ["1"], {"1": "known"}, id="given-before"),
+        pytest.param(
+            ["1"], ["2"], ["1", "2", "3"], {"1": "desired", "2": "retained", "3": "known"}, id="mixed"
+        ),
+    ],
+)
+def test_specs_are_looked_up_state_file_first(
+    unit: Unit, desired: list[str], retained: list[str], known: list[str], expect: dict[str, str]
+) -> None:
+    unit.desired = {c: given(c, "desired") for c in desired}
+    unit.retained = {c: given(c, "retained") for c in retained}
+    memory = Memory({"main": unit}, {("main", c): given(c, "known") for c in known})
+    memory.known[("other", "9")] = given("9", "other account", account="other")
+    specs = memory.specs(unit)
+    assert {c: s.name for c, s in specs.items()} == expect
+    assert len(specs) == len(expect)
+    assert specs.get("9") is None  # another account's channel

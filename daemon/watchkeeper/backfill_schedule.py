@@ -14,7 +14,6 @@ from datetime import datetime, timedelta
 from watchkeeper import backfill_plan
 from watchkeeper.account import AccountPass
 from watchkeeper.backfill import Backfiller, collect
-from watchkeeper.model import ChannelSpec
 from watchkeeper.policy import Policy
 from watchkeeper.store import Store
 from watchkeeper.units import Memory, Unit
@@ -56,7 +55,7 @@ class BackfillSchedule:
         if self._backfiller is None:
             self._backfiller = Backfiller(self._store, rng=self._rng, on_delivered=self.on_delivered)
         unit.backfill_at = None
-        progress = self._backfiller.run(unit, lane.situation(), self._specs(unit), interrupted)
+        progress = self._backfiller.run(unit, lane.situation(), self._memory.specs(unit), interrupted)
         for change in progress.transitions:
             lane.commit(change)
         if progress.next_at is not None:
@@ -68,21 +67,13 @@ class BackfillSchedule:
         sent or written. A gap whose channel has no spec here yields None."""
         for gap in gaps:
             unit = self._memory.units.get(gap.account)
-            spec = self._specs(unit).get(gap.channel_id) if unit is not None else None
+            spec = self._memory.specs(unit).get(gap.channel_id) if unit is not None else None
             if unit is None or spec is None or gap.end is None:
                 yield gap, None
                 continue
             window = backfill_plan.Window(gap.start, gap.end)
             for note in collect(RecordsClient(unit.client.session), spec, window):
                 yield gap, note
-
-    def _specs(self, unit: Unit) -> dict[str, ChannelSpec]:
-        """Every spec this process knows for the account's channels, the state file's first: a
-        backfill needs the channel's notify_url and token, which the store never keeps whole."""
-        specs = {c: s for (a, c), s in self._memory.known.items() if a == unit.name}
-        specs.update(unit.retained)
-        specs.update(unit.desired)
-        return specs
 
 
 def due(unit: Unit, now: datetime) -> bool:

@@ -76,11 +76,6 @@ METHOD_ORDER: tuple[Method, ...] = ("POST", "PUT", "PATCH", "DELETE")
 """The order an account's requests go out in: creations first (nothing is live without them),
 deletions last."""
 
-BATCH = 100
-"""Actions to a batch: one request's worth (Zoho takes at most 100 items), each journalled, sent
-and recorded in turn. A fleet's first pass once went out as one batch of 10,000, and every answer,
-log event and row of it was held at once: the heap it grew stayed the daemon's for good."""
-
 
 @dataclass(frozen=True, slots=True)
 class Refusal:
@@ -395,16 +390,12 @@ def guard(
     return ()
 
 
-def batches(actions: Iterable[Action], size: int = BATCH) -> list[tuple[Method, list[Action]]]:
-    """The actions by request, in METHOD_ORDER, at most ``size`` to a batch."""
+def batches(actions: Iterable[Action]) -> list[tuple[Method, list[Action]]]:
+    """The actions by request, in METHOD_ORDER (the client chunks each into 100s)."""
     by_method: dict[Method, list[Action]] = {method: [] for method in METHOD_ORDER}
     for action in actions:
         by_method[action.method].append(action)
-    return [
-        (method, chosen[i : i + size])
-        for method, chosen in by_method.items()
-        for i in range(0, len(chosen), size)
-    ]
+    return [(method, chosen) for method, chosen in by_method.items() if chosen]
 
 
 def refused_keys(refusals: Iterable[Refusal]) -> frozenset[Key]:

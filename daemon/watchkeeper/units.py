@@ -158,6 +158,33 @@ class Unit:
         self.touch()
 
 
+@dataclass(frozen=True)
+class Specs(Mapping[str, ChannelSpec]):
+    """Every spec this process knows for a unit's channels, the state file's first, then the held
+    back ones', then any it was given before: a backfill needs the channel's notify_url and token,
+    which the store never keeps whole. Looked up, not copied: a backfill step asks for the few
+    channels it serves, and copying every known spec made each step cost O(channels)."""
+
+    unit: Unit
+    known: Mapping[Key, ChannelSpec]
+
+    def __getitem__(self, channel_id: str) -> ChannelSpec:
+        for specs in (self.unit.desired, self.unit.retained):
+            if channel_id in specs:
+                return specs[channel_id]
+        return self.known[(self.unit.name, channel_id)]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._ids())
+
+    def __len__(self) -> int:
+        return len(self._ids())
+
+    def _ids(self) -> set[str]:
+        mine = {c for a, c in self.known if a == self.unit.name}
+        return mine | self.unit.desired.keys() | self.unit.retained.keys()
+
+
 @dataclass
 class Memory:
     """Everything the engine remembers between passes."""
@@ -230,17 +257,21 @@ class Memory:
             unit.touch()
 
     def hold_back(self, refused: Iterable[Refusal]) -> None:
-        """What the guards refuse to delete stays owned, kept alive with the last spec known."""
+        """What the guards refuse to delete stays owned, kept alive with the last spec known. A unit
+        is touched only when what it holds back changed: every pass runs the guards, and touching
+        every unit each time had each backfill step recount every channel."""
         keys = planner.refused_keys(refused)
         for unit in self.units.values():
-            unit.refused = frozenset(c for a, c in keys if a == unit.name and c in unit.entries)
-            unit.retained = {}
-            for channel_id in unit.refused:
+            held = frozenset(c for a, c in keys if a == unit.name and c in unit.entries)
+            retained = {}
+            for channel_id in held:
                 known = self.known.get((unit.name, channel_id))
                 spec = outcome.spec_for_retained(unit.entries[channel_id], known)
                 if spec is not None:
-                    unit.retained[channel_id] = spec
-            unit.touch()
+                    retained[channel_id] = spec
+            if (held, retained) != (unit.refused, unit.retained):
+                unit.refused, unit.retained = held, retained
+                unit.touch()
 
     def active(self, state: DesiredState) -> Iterator[Unit]:
         """Units of the state's accounts, plus gone accounts that still own channels to delete."""
@@ -249,6 +280,9 @@ class Memory:
     def census(self) -> Census:
         """Every account's census, summed."""
         return sum((unit.census() for unit in self.units.values()), Census())
+
+    def specs(self, unit: Unit) -> Specs:
+        return Specs(unit, self.known)
 
     def registry(self) -> dict[Key, RegistryEntry]:
         return {(u.name, cid): e for u in self.units.values() for cid, e in u.entries.items()}

@@ -10,6 +10,7 @@ from datetime import datetime
 from sqlalchemy import Connection, Table, bindparam, delete, select
 
 from watchkeeper.model import AccessToken, ObservedChannel
+from watchkeeper.store import chunks
 from watchkeeper.store.schema import CONFIRMATIONS, FOREIGN, INTENTS, TOKENS
 from watchkeeper.store.upsert import upsert
 from watchkeeper.values import Intent
@@ -20,9 +21,8 @@ _KEY = ("account", "channel_id")
 
 
 def begin(conn: Connection, account: str, channel_ids: Iterable[str], action: str, at: datetime) -> None:
-    values = [{"account": account, "channel_id": cid, "action": action, "at": at} for cid in channel_ids]
-    if values:
-        conn.execute(upsert(conn.dialect, INTENTS, _KEY, ("action", "at")), values)
+    rows = ({"account": account, "channel_id": cid, "action": action, "at": at} for cid in channel_ids)
+    chunks.execute(conn, upsert(conn.dialect, INTENTS, _KEY, ("action", "at")), rows)
 
 
 def done(conn: Connection, account: str, channel_ids: Iterable[str]) -> None:
@@ -102,9 +102,7 @@ def save_token(conn: Connection, account: str, token: AccessToken) -> None:
 
 def _delete_keys(conn: Connection, table: Table, keys: list[tuple[str, str]]) -> None:
     """Delete the rows of these (account, channel_id) keys (one statement, run once per key)."""
-    if not keys:
-        return
     statement = delete(table).where(
         table.c.account == bindparam("k_account"), table.c.channel_id == bindparam("k_channel")
     )
-    conn.execute(statement, [{"k_account": a, "k_channel": c} for a, c in keys])
+    chunks.execute(conn, statement, ({"k_account": a, "k_channel": c} for a, c in keys))

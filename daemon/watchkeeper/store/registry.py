@@ -5,13 +5,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from datetime import datetime
+from itertools import chain
 from typing import Any
 
 from sqlalchemy import Connection, Select, and_, bindparam, delete, select, update
 from sqlalchemy.sql.selectable import Join
 
 from watchkeeper.model import RegistryEntry
-from watchkeeper.store import codec
+from watchkeeper.store import chunks, codec
 from watchkeeper.store.schema import GAPS, REGISTRY, is_channel
 from watchkeeper.store.upsert import upsert
 from watchkeeper.values import StatusRow
@@ -46,12 +47,13 @@ def one_entry(conn: Connection, account: str, channel_id: str) -> RegistryEntry 
 
 
 def put(conn: Connection, entries: Iterable[RegistryEntry], last_renewed_at: datetime | None) -> None:
-    values = [codec.registry_values(entry, last_renewed_at) for entry in entries]
-    if not values:
+    rows = (codec.registry_values(entry, last_renewed_at) for entry in entries)
+    first = next(rows, None)
+    if first is None:
         return
-    columns = [name for name in values[0] if name not in _KEY and name != "last_renewed_at"]
+    columns = [name for name in first if name not in _KEY and name != "last_renewed_at"]
     statement = upsert(conn.dialect, REGISTRY, _KEY, columns, keep_when_null=("last_renewed_at",))
-    conn.execute(statement, values)
+    chunks.execute(conn, statement, chain([first], rows))
 
 
 def remove(conn: Connection, account: str, channel_id: str) -> None:
@@ -59,15 +61,12 @@ def remove(conn: Connection, account: str, channel_id: str) -> None:
 
 
 def mark_seen(conn: Connection, account: str, channel_ids: Iterable[str], at: datetime) -> None:
-    params = [{"k_account": account, "k_channel": cid} for cid in channel_ids]
-    if not params:
-        return
     statement = (
         update(REGISTRY)
         .where(_R.account == bindparam("k_account"), _R.channel_id == bindparam("k_channel"))
         .values(last_seen_at=at)
     )
-    conn.execute(statement, params)
+    chunks.execute(conn, statement, ({"k_account": account, "k_channel": c} for c in channel_ids))
 
 
 def last_seen(conn: Connection, account: str, channel_id: str) -> datetime | None:
