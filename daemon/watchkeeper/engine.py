@@ -239,9 +239,7 @@ class Engine:
         if not units and not any(_backfill_due(u, now) for u in active):
             self._hand_back()
             return False
-        refused = planner.guard(
-            self.memory.desired, self.registry, tuning, confirmed | self._confirmations()
-        )
+        refused = self.memory.guard(tuning, confirmed | self._confirmations())
         self.memory.hold_back(refused)
         for refusal in refused:
             self.log.error(
