@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import structlog.testing
-from watchkeeper import config
+from watchkeeper import config, planner
 from watchkeeper.emulator import Emulator, Fault
 from watchkeeper.engine import Engine
 from watchkeeper.model import ObservedChannel
@@ -923,11 +923,12 @@ def test_accounts_are_served_concurrently_each_in_order(
 
 
 @pytest.mark.parametrize("emulator", [{"forbidden_modules": frozenset({"Invoices"})}], indirect=True)
-def test_the_cached_tallies_match_a_recount_after_every_change(
+def test_the_cached_censuses_match_a_recount_after_every_change(
     emulator: Emulator, engine_for: OpenEngine, sim_clock: SimClock, tmp_path: Path
 ) -> None:
-    """The status line counts from the units' cached tallies (an idle tick must not recount every
-    channel): whatever a pass or a reload changed, they say what counting the registry says."""
+    """The status line and the deletion guards count from the units' cached censuses (an idle tick
+    must not recount every channel): whatever a pass or a reload changed, they say what counting
+    the registry says."""
 
     def recount(engine: Engine) -> tuple[Counter[str], datetime | None]:
         desired = {(c.account, c.channel_id) for c in engine.state.channels}
@@ -938,6 +939,9 @@ def test_the_cached_tallies_match_a_recount_after_every_change(
     def check(engine: Engine) -> None:
         counted = engine.memory.census()
         assert (counted.states, counted.renew_at) == recount(engine)
+        policy = engine.state.policy
+        guarded = planner.guard(engine.memory.desired, engine.registry, policy)
+        assert engine.memory.guard(policy, frozenset()) == guarded
 
     chans = [Chan("9970", ttl="1h"), Chan("9971", events=["Invoices.create"]), Chan("9972", ttl="2h")]
     with engine_for(chans) as engine:

@@ -26,16 +26,17 @@ def entry(channel_id: str, state: ChannelState, renew_in: timedelta | None = Non
 
 
 @pytest.mark.parametrize(
-    ("entries", "desired", "states", "renew_in"),
+    ("entries", "desired", "states", "renew_in", "undesired"),
     [
-        pytest.param([], [], {}, None, id="nothing"),
-        pytest.param([], ["1"], {}, None, id="desired-not-owned-yet"),
-        pytest.param([entry("1", "active", HOUR)], ["1"], {"active": 1}, HOUR, id="one-active"),
+        pytest.param([], [], {}, None, [], id="nothing"),
+        pytest.param([], ["1"], {}, None, [], id="desired-not-owned-yet"),
+        pytest.param([entry("1", "active", HOUR)], ["1"], {"active": 1}, HOUR, [], id="one-active"),
         pytest.param(
             [entry("1", "active", HOUR), entry("2", "at_risk", -HOUR)],
             ["1", "2"],
             {"active": 1, "at_risk": 1},
             -HOUR,
+            [],
             id="earliest-renewal-even-overdue",
         ),
         pytest.param(
@@ -43,6 +44,7 @@ def entry(channel_id: str, state: ChannelState, renew_in: timedelta | None = Non
             ["1"],
             {"active": 1},
             2 * HOUR,
+            ["2"],
             id="undesired-left-out-of-counts-and-renewal",
         ),
         pytest.param(
@@ -50,14 +52,16 @@ def entry(channel_id: str, state: ChannelState, renew_in: timedelta | None = Non
             ["1", "2", "3"],
             {"pending": 1, "failed": 1, "lapsed": 1},
             3 * HOUR,
+            [],
             id="no-renewal-time-is-skipped",
         ),
         pytest.param(
             [entry("1", "pending"), entry("2", "failed")],
-            ["1", "2"],
-            {"pending": 1, "failed": 1},
+            [],
+            {},
             None,
-            id="no-renewal-at-all",
+            ["1", "2"],
+            id="nothing-desired-all-undesired",
         ),
     ],
 )
@@ -66,10 +70,13 @@ def test_census_counts_the_owned_desired_channels(
     desired: list[str],
     states: dict[str, int],
     renew_in: timedelta | None,
+    undesired: list[str],
 ) -> None:
-    counted = census({e.channel_id: e for e in entries}, frozenset(desired))
+    counted = census("main", {e.channel_id: e for e in entries}, frozenset(desired))
     assert counted.states == Counter(states)
     assert counted.renew_at == (None if renew_in is None else NOW + renew_in)
+    assert counted.owned == len(entries)
+    assert counted.undesired == {("main", c) for c in undesired}
 
 
 @pytest.mark.parametrize(
@@ -81,14 +88,19 @@ def test_census_counts_the_owned_desired_channels(
         pytest.param(2 * HOUR, HOUR, HOUR, id="earliest-of-both"),
     ],
 )
-def test_censuses_add_counts_and_keep_the_earliest_renewal(
+def test_censuses_add_up(
     left: timedelta | None, right: timedelta | None, renew_in: timedelta | None
 ) -> None:
-    a = Census(Counter(active=2, failed=1), None if left is None else NOW + left)
-    b = Census(Counter(active=1, pending=1), None if right is None else NOW + right)
+    a = Census(
+        Counter(active=2, failed=1), None if left is None else NOW + left, 3, frozenset({("a", "1")})
+    )
+    b = Census(
+        Counter(active=1, pending=1), None if right is None else NOW + right, 2, frozenset({("b", "1")})
+    )
     total = a + b
     assert total.states == Counter(active=3, failed=1, pending=1)
     assert total.renew_at == (None if renew_in is None else NOW + renew_in)
+    assert (total.owned, total.undesired) == (5, {("a", "1"), ("b", "1")})
 
 
 @pytest.mark.parametrize(

@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
-from watchkeeper import backfill_schedule, leases, logs, planner, policy
+from watchkeeper import backfill_schedule, leases, logs, policy
 from watchkeeper.account import AccountPass, Shell, preview
 from watchkeeper.backfill_schedule import BackfillSchedule
 from watchkeeper.cluster import Cluster
@@ -201,7 +201,7 @@ class Engine:
         if stale:
             self.store.clear_confirmations(stale)
         approved = confirmed | confirmations.difference(stale)
-        refused = planner.guard(self.memory.desired, self.registry, self.state.policy, approved)
+        refused = self.memory.guard(self.state.policy, approved)
         self.memory.hold_back(refused)
         for r in refused:
             self.log.error(

@@ -364,7 +364,19 @@ def guard(
     wanted = set(desired)
     managed_keys = list(owned)
     undesired = sorted(key for key in managed_keys if key not in wanted)
-    managed = len(managed_keys)
+    return guard_undesired(undesired, len(managed_keys), len(wanted), policy, confirmed)
+
+
+def guard_undesired(
+    undesired: Sequence[Key],
+    managed: int,
+    desired: int,
+    policy: Policy,
+    confirmed: frozenset[Key] = frozenset(),
+) -> tuple[Refusal, ...]:
+    """``guard`` from what it counts: the owned channels no longer desired (sorted), how many are
+    owned and how many desired (the engine keeps them counted per account: a pass need not go
+    over every channel)."""
     if not undesired:
         return ()
     if policy.deletions_held:
@@ -374,7 +386,7 @@ def guard(
             "channels they declare are unknown (fix them, or remove them)"
         )
         return _refusals("unknown_file", undesired, message)
-    if not wanted and not policy.allow_empty:
+    if not desired and not policy.allow_empty:
         message = (
             f"the state file lists no channels: refusing to delete all {managed} managed channel(s) "
             "(set allow_empty = true in [daemon] to allow it)"
@@ -404,7 +416,7 @@ def refused_keys(refusals: Iterable[Refusal]) -> frozenset[Key]:
 
 
 def _refusals(
-    reason: Literal["empty", "mass_delete", "unknown_file"], keys: list[Key], message: str
+    reason: Literal["empty", "mass_delete", "unknown_file"], keys: Sequence[Key], message: str
 ) -> tuple[Refusal, ...]:
     by_account: dict[str, list[str]] = {}
     for account, channel_id in keys:

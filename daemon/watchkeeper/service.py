@@ -124,7 +124,7 @@ class ReloadGate:
 
 def summary(engine: Engine, now: datetime) -> str:
     """The one-line ``STATUS=``: what an operator wants from ``systemctl status``. Sent after every
-    pass, so it is made of the units' cached tallies: O(accounts) on an idle tick."""
+    pass, so it is made of the units' cached censuses: O(accounts) on an idle tick."""
     leased = engine.shell.leasing is not None
     held = (len(engine.served()), len(engine.state.accounts)) if leased else None
     return status_line(engine.memory.census(), engine.memory.skew(), now, held)

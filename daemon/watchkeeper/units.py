@@ -28,23 +28,32 @@ Key = tuple[str, str]
 
 @dataclass(frozen=True, slots=True)
 class Census:
-    """The desired channels an account owns, as ``STATUS=`` and ``reconcile.finished`` count
-    them: how many are in each state, and the earliest renewal time (Zoho's clock)."""
+    """What an account owns, as ``STATUS=``, ``reconcile.finished`` and the deletion guards count
+    it: its desired channels by state and their earliest renewal time (Zoho's clock), how many
+    channels it owns in all, and the owned ones no longer desired."""
 
     states: Counter[str] = field(default_factory=Counter)
     renew_at: datetime | None = None
+    owned: int = 0
+    undesired: frozenset[Key] = frozenset()
 
     def __add__(self, other: Census) -> Census:
         times = [t for t in (self.renew_at, other.renew_at) if t is not None]
-        return Census(self.states + other.states, min(times, default=None))
+        return Census(
+            self.states + other.states,
+            min(times, default=None),
+            self.owned + other.owned,
+            self.undesired | other.undesired,
+        )
 
 
-def census(entries: Mapping[str, RegistryEntry], desired: Collection[str]) -> Census:
-    """PURE: the census of the entries whose channel is desired (a stored state, not one derived
-    from the clock, so it stays true until an entry or the desired set changes)."""
-    owned = [e for c, e in entries.items() if c in desired]
-    renewals = (e.renew_at for e in owned if e.renew_at is not None)
-    return Census(Counter(e.state for e in owned), min(renewals, default=None))
+def census(account: str, entries: Mapping[str, RegistryEntry], desired: Collection[str]) -> Census:
+    """PURE: the census of an account's entries against its desired channels (states as stored,
+    not derived from the clock, so it stays true until an entry or the desired set changes)."""
+    kept = [e for c, e in entries.items() if c in desired]
+    renewals = (e.renew_at for e in kept if e.renew_at is not None)
+    undesired = frozenset((account, c) for c in entries if c not in desired)
+    return Census(Counter(e.state for e in kept), min(renewals, default=None), len(entries), undesired)
 
 
 @dataclass
@@ -127,7 +136,7 @@ class Unit:
     def census(self) -> Census:
         """Cached until ``touch``."""
         if self.counted is None:
-            self.counted = census(self.entries, self.desired)
+            self.counted = census(self.name, self.entries, self.desired)
         return self.counted
 
     def touch(self) -> None:
@@ -280,6 +289,13 @@ class Memory:
     def census(self) -> Census:
         """Every account's census, summed."""
         return sum((unit.census() for unit in self.units.values()), Census())
+
+    def guard(self, tuning: Policy, confirmed: frozenset[Key]) -> tuple[Refusal, ...]:
+        """``planner.guard`` of the desired set against the registry, from the units' cached
+        censuses: every pass runs it, and it cost a pass O(channels)."""
+        counted = self.census()
+        undesired = sorted(counted.undesired)
+        return planner.guard_undesired(undesired, counted.owned, len(self.desired), tuning, confirmed)
 
     def specs(self, unit: Unit) -> Specs:
         return Specs(unit, self.known)
