@@ -4,6 +4,7 @@ when a pass fails, when the state file is written in steps, and when the schedul
 from __future__ import annotations
 
 import contextlib
+import gc
 import multiprocessing
 import re
 import signal
@@ -69,6 +70,28 @@ def test_a_failing_pass_is_retried_after_a_pause_not_at_once(
     assert [e["consecutive"] for e in logs if e["event"] == "engine.failed"] == list(
         range(1, len(calls) + 1)
     )
+
+
+def test_the_heap_is_frozen_after_the_first_pass_and_thawed_when_the_service_ends(
+    tmp_path: Path, live_emulator: Emulator
+) -> None:
+    state = write_state(tmp_path / "channels.toml", live_emulator.url, [Chan("1")])
+    service = Service(state, notifier=Notifier({}))
+    frozen: list[int] = []
+
+    def look() -> None:
+        deadline = time.monotonic() + 2.5
+        while service.health.last_pass is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.5)  # the status line, then the freeze, follow the pass
+        frozen.append(gc.get_freeze_count())
+
+    watcher = threading.Thread(target=look)
+    watcher.start()
+    assert run_for(service, 3) == 0
+    watcher.join()
+    assert frozen[0] > 0
+    assert gc.get_freeze_count() == 0
 
 
 def test_a_state_file_written_in_steps_is_applied_once_it_settles(

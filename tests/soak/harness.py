@@ -10,6 +10,7 @@ from the daemon's own bookkeeping, except the gap ledger, which is what gets che
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import random
@@ -426,6 +427,8 @@ class Watchkeeper:
         self.rng = random.Random(sim.params.seed)
         self.cpu = 0.0
         self.engine = self._timed(self._open)
+        self.started = False
+        """Whether the first pass since (re)start ran, after which the daemon freezes its heap."""
 
     def _open(self) -> Engine:
         sim = self.sim
@@ -443,11 +446,15 @@ class Watchkeeper:
         return self._timed(self.engine.next_due)
 
     def run_due(self, now: datetime) -> None:
-        """The service's pass: the engine's, then the ``STATUS=`` line it sends systemd."""
+        """The service's pass: the engine's, then the ``STATUS=`` line it sends systemd, and after
+        the first, the heap frozen."""
 
         def tick() -> None:
             self.engine.run_due(now)
             service.summary(self.engine, now)
+            if not self.started:
+                service.freeze_heap()
+                self.started = True
 
         self._timed(tick)
 
@@ -455,9 +462,11 @@ class Watchkeeper:
         """As the daemon starts: a new engine on the database, and its first pass at once."""
 
         def reopen() -> Engine:
+            gc.unfreeze()  # a restarted daemon is a new process: what the old one froze is gone
             self.stack.close()
             return self._open()
 
+        self.started = False
         self.engine = self._timed(reopen)
         self.run_due(now)
 
