@@ -10,6 +10,7 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 import structlog.testing
@@ -278,6 +279,28 @@ def test_rate_limit_pauses_the_account_until_retry_after(
         engine.run_due()
     statuses = [(c.method, c.status) for c in emulator.calls if c.method == "PATCH"]
     assert statuses == [("PATCH", 429), ("PATCH", 200)]
+
+
+def test_a_rate_limit_pause_counts_from_the_answer_not_from_the_start_of_the_pass(
+    emulator: Emulator, engine_for: OpenEngine, sim_clock: SimClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The 429 comes 30 s into the pass (a slow Zoho): its Retry-After counts from then."""
+    with engine_for([Chan("8410")]) as engine:
+        engine.run_due()
+        engine.next_reconcile = sim_clock() + timedelta(days=1)
+        emulator.add_fault(Fault(status=429, retry_after=120, methods=frozenset({"PATCH"}), count=1))
+        sim_clock.set(engine.next_due())
+        unit = next(iter(engine.memory.units.values()))
+        send = unit.client.write
+
+        def slow_write(*args: Any, **kwargs: Any) -> Any:
+            sim_clock.advance(timedelta(seconds=30))
+            return send(*args, **kwargs)
+
+        monkeypatch.setattr(unit.client, "write", slow_write)
+        answered = sim_clock() + timedelta(seconds=30)
+        engine.run_due()
+        assert engine.next_due() >= answered + timedelta(seconds=120)
 
 
 def test_crash_before_the_post_leaves_nothing_duplicated(

@@ -85,8 +85,13 @@ class AccountPass:
             if recreate:
                 batches.append(("POST", recreate))
 
-    def situation(self, last_seen: Mapping[str, datetime | None] | None = None) -> outcome.Situation:
-        return self.unit.situation(self.now, self.shell.policy, self.shell.rng, last_seen)
+    def situation(
+        self, last_seen: Mapping[str, datetime | None] | None = None, now: datetime | None = None
+    ) -> outcome.Situation:
+        """``now`` is when an answer came, for the pauses and retries that count from it (a
+        Retry-After counts from the 429, not from the start of the pass)."""
+        when = self.now if now is None else now
+        return self.unit.situation(when, self.shell.policy, self.shell.rng, last_seen)
 
     def _list(self) -> Listing | None:
         unit, now, tuning = self.unit, self.now, self.shell.policy
@@ -97,9 +102,11 @@ class AccountPass:
             tallied = rows is not None and unit.client.tally(rows)
             counted = None if tallied else unit.client.list_counted()
         except ZohoError as exc:
+            failed_at = self.shell.clock()
             self.report.list_failed.append(unit.name)
-            unit.failed_listing(now, tuning, self.shell.rng)
-            self.commit(outcome.listing_failed(self.situation(), exc, unit.next_listing))
+            unit.failed_listing(failed_at, tuning, self.shell.rng)
+            situation = self.situation(now=failed_at)
+            self.commit(outcome.listing_failed(situation, exc, unit.next_listing))
             return None
         unit.list_failures = 0
         unit.next_listing = policy.next_reconcile(now, tuning, self.shell.rng)
@@ -140,14 +147,15 @@ class AccountPass:
         change: Transition
         if method == "DELETE":
             answer = _call(lambda: client.delete(ids, should_stop=stop))
-            change = outcome.deleted(self.situation(), answer, ids)
+            change = outcome.deleted(self.situation(now=self.shell.clock()), answer, ids)
         else:
             items = [WatchItem(a.spec, requested_at + a.spec.ttl) for a in actions if a.spec]
             request = outcome.Request(method, actions, items)
             answer = _call(lambda: client.write(method, items, should_stop=stop))
             gone = [r.channel_id for r in answer.results if r.not_found]  # where their gaps start
             last_seen = {cid: store.last_seen(self.unit.name, cid) for cid in gone}
-            change = outcome.written(self.situation(last_seen), request, answer, client.server_now())
+            answered = self.situation(last_seen, now=self.shell.clock())
+            change = outcome.written(answered, request, answer, client.server_now())
         self.commit(change, begin=None, done=ids, actions=actions)
         return change.recreate
 
