@@ -945,6 +945,41 @@ def test_accounts_are_served_concurrently_each_in_order(
         assert [c.method for c in calls] == ["GET", "POST"]
 
 
+def test_a_pass_also_serves_an_account_that_falls_due_while_it_runs(
+    emulator: Emulator, tmp_path: Path, sim_clock: SimClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first account's renewal takes 10 minutes (a slow Zoho, a fleet of thousands): the
+    second account's renewal, due meanwhile, is made in the same pass, not left for the next."""
+    emulator.add_org(org_of("second"))
+    chans = [Chan("9950", account="main"), Chan("9951", account="second")]
+    path = write_state(tmp_path / "channels.toml", emulator.url, chans, accounts=("main", "second"))
+    with open_engine(
+        config.load(path), clock=sim_clock, rng=random.Random(7), sleep=sim_clock.sleep
+    ) as engine:
+        engine.run_due()
+        engine.next_reconcile = sim_clock() + timedelta(days=1)
+        first, other = sorted(
+            engine.memory.units.values(), key=lambda u: u.next_due(sim_clock(), engine.state.policy)
+        )
+        assert other.next_due(sim_clock(), engine.state.policy) < first.next_due(
+            sim_clock(), engine.state.policy
+        ) + timedelta(minutes=10)
+        send = first.client.write
+
+        def slow_write(*args: Any, **kwargs: Any) -> Any:
+            sim_clock.advance(timedelta(minutes=10))
+            return send(*args, **kwargs)
+
+        monkeypatch.setattr(first.client, "write", slow_write)
+        sim_clock.set(engine.next_due())
+        report = engine.run_due()
+    assert report.counts["renew"] == 2
+    assert [c.org for c in emulator.calls if c.method == "PATCH"] == [
+        org_of(first.name),
+        org_of(other.name),
+    ]
+
+
 @pytest.mark.parametrize("emulator", [{"forbidden_modules": frozenset({"Invoices"})}], indirect=True)
 def test_the_cached_censuses_match_a_recount_after_every_change(
     emulator: Emulator, engine_for: OpenEngine, sim_clock: SimClock, tmp_path: Path
