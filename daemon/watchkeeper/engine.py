@@ -33,6 +33,7 @@ from watchkeeper.zoho.client import WatchClient
 
 TOP_UP_EVERY = 1.0
 """Seconds between a long pass's looks for units that fell due while it ran."""
+TOP_UP_PERIOD = timedelta(seconds=TOP_UP_EVERY)
 
 
 def utcnow() -> datetime:
@@ -218,20 +219,20 @@ class Engine:
             return []
         parts: list[PassReport] = []
         with ThreadPoolExecutor(self.state.concurrency, thread_name_prefix="account") as pool:
-            running = {pool.submit(self._serve, u, now, listing): u for u in units}
+            running = {pool.submit(self._serve, u, now, listing) for u in units}
             taken = {u.name for u in units}
+            looked = now
             while running:
-                done, _ = wait(running, timeout=TOP_UP_EVERY, return_when=FIRST_COMPLETED)
-                for future in done:
-                    del running[future]
-                    parts.append(future.result())
-                if listing is not None or self.shell.stopping:
-                    continue
+                done, running = wait(running, timeout=TOP_UP_EVERY, return_when=FIRST_COMPLETED)
+                parts.extend(future.result() for future in done)
                 at = self.clock()
+                if listing is not None or self.shell.stopping or at < looked + TOP_UP_PERIOD:
+                    continue
+                looked = at  # a look scans every unit: not at each of hundreds of answers a second
                 for unit in self.served():
                     if unit.name not in taken and unit.next_due(at, self.state.policy) <= at:
                         taken.add(unit.name)
-                        running[pool.submit(self._serve, unit, at, listing)] = unit
+                        running.add(pool.submit(self._serve, unit, at, listing))
         return parts
 
     def _serve(self, unit: Unit, now: datetime, listing: bool | None) -> PassReport:
