@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Executor, Future, ThreadPoolExecutor, wait
 from datetime import UTC, datetime, timedelta
+from typing import ParamSpec, TypeVar
 
 from watchkeeper import backfill_schedule, leases, logs, policy
 from watchkeeper.account import AccountPass, Shell, preview
@@ -31,9 +32,24 @@ from watchkeeper.store import LeaseLost, Store, StoreUnavailable
 from watchkeeper.units import Key, Memory, Unit
 from watchkeeper.zoho.client import WatchClient
 
+P = ParamSpec("P")
+T = TypeVar("T")
 TOP_UP_EVERY = 1.0
 """Seconds between a long pass's looks for units that fell due while it ran."""
 TOP_UP_PERIOD = timedelta(seconds=TOP_UP_EVERY)
+
+
+class Inline(Executor):
+    """``concurrency = 1``: each unit served on the calling thread as it is submitted (no thread
+    to start per pass, and the soak's per-thread CPU clock sees the work)."""
+
+    def submit(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> Future[T]:
+        done: Future[T] = Future()
+        try:
+            done.set_result(fn(*args, **kwargs))
+        except BaseException as exc:  # as a pool would: the caller's result() raises it
+            done.set_exception(exc)
+        return done
 
 
 def utcnow() -> datetime:
@@ -218,7 +234,9 @@ class Engine:
         if not units:  # only a backfill is due
             return []
         parts: list[PassReport] = []
-        with ThreadPoolExecutor(self.state.concurrency, thread_name_prefix="account") as pool:
+        workers = self.state.concurrency
+        pool = Inline() if workers == 1 else ThreadPoolExecutor(workers, thread_name_prefix="account")
+        with pool:
             running = {pool.submit(self._serve, u, now, listing) for u in units}
             taken = {u.name for u in units}
             looked = now
