@@ -177,7 +177,7 @@ def observed(
     the end of their backoff). ``listing`` already leaves out expired rows."""
     out = Transition(at.account, at.names)
     live = dict(listing) if listing is not None else None
-    for channel_id, entry in at.entries.items():
+    for channel_id, entry in _observable(at, listing is not None):
         step = ledger.observe(
             entry, live, at.last_seen.get(channel_id), at.zoho_now, watched=channel_id in watched
         )
@@ -191,6 +191,16 @@ def observed(
         out.seen_at = at.zoho_now
         out.listed = True
     return out
+
+
+def _observable(at: Situation, listed: bool) -> Iterable[tuple[str, RegistryEntry]]:
+    """The entries the ledger may change: all of them after a listing; otherwise only those whose
+    expiry passed (ledger.observe leaves the others as they are), so that a pass without a listing
+    does not call it for each of an account's thousands of channels."""
+    if listed:
+        return at.entries.items()
+    now = at.zoho_now
+    return ((c, e) for c, e in at.entries.items() if e.expires_at is not None and e.expires_at <= now)
 
 
 def listing_failed(at: Situation, exc: ZohoError, next_listing: datetime) -> Transition:
