@@ -35,7 +35,7 @@ REQUEST_SLICE = 500
 """Channels of a request sent and recorded at a time (five of the client's chunks): what a pass
 holds of a request at once (bodies, answers, entries, log lines) is bounded by it, not by the
 account's size. A first pass creating 10,000 channels in one go held them all, and the heap it
-grew to stayed the daemon's (idle RSS 110.5 -> 10x.x MB)."""
+grew to stayed the daemon's (idle RSS 110.5 -> 102.8 MB)."""
 
 
 @dataclass
