@@ -63,6 +63,63 @@ def test_first_pass_creates_every_channel_in_one_post(
     assert {e.state for e in engine.registry.values()} == {"active"}
 
 
+def after_first_post(engine: Engine, then: Callable[[], None]) -> None:
+    """Run ``then`` once the account's first write has been answered."""
+    client = engine.memory.units["main"].client
+    write = client.write
+
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        answer = write(*args, **kwargs)
+        then()
+        client.write = write  # type: ignore[method-assign]
+        return answer
+
+    client.write = wrapped  # type: ignore[method-assign]
+
+
+@pytest.mark.parametrize("stop", [False, True], ids=["failed", "stopped"])
+def test_a_request_is_recorded_a_slice_at_a_time_and_its_rest_goes_with_a_failed_slice(
+    emulator: Emulator, engine_for: OpenEngine, monkeypatch: pytest.MonkeyPatch, stop: bool
+) -> None:
+    """After a failed slice the rest of the request backs off with it (one backoff, as one
+    request); after a stop it is unsent (nothing held back). Either way no intent is left."""
+    monkeypatch.setattr("watchkeeper.account.REQUEST_SLICE", 2)
+    chans = [Chan(str(1100 + i)) for i in range(5)]
+    with engine_for(chans) as engine:
+        if stop:
+            after_first_post(engine, lambda: setattr(engine.shell, "stopping", True))
+        else:
+            fault = Fault(status=503, methods=frozenset({"POST"}), count=1)
+            after_first_post(engine, lambda: emulator.add_fault(fault))
+        report = engine.run_due()
+        entries = [engine.registry[("main", c.channel_id)] for c in chans]
+        intents = engine.store.pending_intents()
+    assert methods(emulator) == ["GET", "POST"] + ([] if stop else ["POST"])
+    assert set(emulator.channels()) == {"1100", "1101"}
+    assert [e.state for e in entries] == ["active"] * 2 + ["pending"] * 3
+    assert [e.failures for e in entries[2:]] == [0 if stop else 1] * 3
+    assert len({e.retry_at for e in entries[2:]}) == 1
+    assert (entries[2].retry_at is None) == stop
+    assert report.failed == (0 if stop else 3)
+    assert intents == []
+
+
+def test_a_request_of_several_slices_creates_every_channel(
+    emulator: Emulator, engine_for: OpenEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("watchkeeper.account.REQUEST_SLICE", 2)
+    chans = [Chan(str(1200 + i)) for i in range(5)]
+    with engine_for(chans) as engine:
+        report = engine.run_due()
+        states = {e.state for e in engine.registry.values()}
+        intents = engine.store.pending_intents()
+    assert methods(emulator) == ["GET", "POST", "POST", "POST"]
+    assert report.counts["create"] == 5
+    assert set(emulator.channels()) == {c.channel_id for c in chans}
+    assert states == {"active"}
+    assert intents == []
+
+
 def test_second_pass_sees_no_drift_from_all_expansion_or_offsets(
     emulator: Emulator, engine_for: OpenEngine, sim_clock: SimClock
 ) -> None:

@@ -23,6 +23,7 @@ from watchkeeper.model import (
     parse_events,
     parse_instant,
     token_digest,
+    url_digest,
 )
 from watchkeeper.planner import Action, Holds, Plan, Refusal, plan
 from watchkeeper.policy import Policy, entry_due
@@ -72,6 +73,15 @@ def spec(cid: str = "1001", account: str = "main", **kw: object) -> ChannelSpec:
     }
     base.update(kw)
     return ChannelSpec(account=account, channel_id=cid, **base)  # type: ignore[arg-type]
+
+
+def test_a_specs_digests_are_of_its_token_and_url_and_leave_equality_alone() -> None:
+    one, other = spec(), spec()
+    assert one.digests() == (token_digest("main", "1001", "tok-1001"), url_digest("main", "1001", URL))
+    assert one == other  # one keeps its digests, the other has none
+    assert hash(one) == hash(other)
+    assert replace(one, token="new").digests()[0] == token_digest("main", "1001", "new")
+    assert replace(one, notify_url=URL + "&x=1").digests()[1] == url_digest("main", "1001", URL + "&x=1")
 
 
 def seen(cid: str = "1001", *, expires: datetime = NOW + 5 * HOUR, **kw: object) -> ObservedChannel:

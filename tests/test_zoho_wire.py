@@ -8,17 +8,17 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from watchkeeper.model import format_instant, parse_events
+from watchkeeper.model import ObservedChannel, format_instant, parse_events, parse_instant
 from watchkeeper.zoho.errors import TransientError
 from watchkeeper.zoho.skew import MAX_JUMP, SkewEstimate
 from watchkeeper.zoho.wire import (
     MAX_RETRY_AFTER,
     UNKNOWN_CHANNEL,
+    RowMerger,
     json_object,
     listing_page,
     map_delete_results,
     map_write_results,
-    merge_rows,
     retry_after_seconds,
 )
 
@@ -84,6 +84,25 @@ def test_json_object_says_why_a_body_is_unusable(content: bytes, reason: str) ->
 
 
 # -- listings ------------------------------------------------------------------------------------
+
+
+def merge_rows(rows: list[Any], now: datetime) -> dict[str, ObservedChannel]:
+    """A listing of one page."""
+    merger = RowMerger(now)
+    merger.add(rows)
+    return merger.result()
+
+
+def test_rows_merge_across_pages_and_count_rows_from_the_first_page() -> None:
+    merger = RowMerger(NOW)
+    merger.add([{**ROW, "events": ["Deals.create"]}, {**ROW, "channel_id": "2"}])
+    merger.add([{**ROW, "events": ["Contacts.edit"], "channel_expiry": "2026-01-05T14:00:00+05:30"}])
+    merged = merger.result()
+    assert merged["1"].events == {("Deals", "create"), ("Contacts", "edit")}
+    assert merged["1"].expires_at == parse_instant("2026-01-05T14:00:00+05:30")
+    merger.add([ROW])
+    with pytest.raises(TransientError, match="row 4 has no channel_id"):
+        merger.add([{"channel_expiry": ROW["channel_expiry"]}])
 
 
 def test_merge_rows_is_linear_and_keeps_the_earliest_expiry() -> None:

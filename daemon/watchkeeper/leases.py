@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from watchkeeper.config import DesiredState
-from watchkeeper.model import format_events, token_digest, url_digest
+from watchkeeper.model import format_events
 from watchkeeper.values import Board, LeaseState
 
 
@@ -117,8 +117,7 @@ def digest(state: DesiredState) -> str:
     }
     channels = [
         [c.account, c.channel_id, c.name, format_events(c.events),
-         url_digest(c.account, c.channel_id, c.notify_url),
-         token_digest(c.account, c.channel_id, c.token), c.ttl.total_seconds(),
+         c.digests()[1], c.digests()[0], c.ttl.total_seconds(),
          c.notify_on_related_action, c.return_affected_field_values, c.notification_condition]
         for c in sorted(state.channels, key=lambda c: (c.account, c.channel_id))
     ]  # fmt: skip

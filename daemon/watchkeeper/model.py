@@ -122,10 +122,24 @@ class ChannelSpec:
     """canonical_json of the list as written in the state file, passed through to Zoho."""
     backfill: bool = False
     """Redeliver what changed in each gap once it closes (DESIGN.md section 9); never sent to Zoho."""
+    _digests: tuple[str | None, str] | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def label(self) -> str:
         return self.name or self.channel_id
+
+    def digests(self) -> tuple[str | None, str]:
+        """(token_digest, url_digest) of this spec, computed on first use and kept: the planner
+        compares them with the applied ones on every pass (a sha256 per channel per pass was a
+        fifth of its time), and a registry entry granted from this spec shares the two strings.
+        Kept here rather than in a cache keyed by (account, channel_id, secret), whose keys and
+        links cost the daemon 300 bytes per channel."""
+        digests = self._digests
+        if digests is None:
+            key = (self.account, self.channel_id)
+            digests = (token_digest(*key, self.token), url_digest(*key, self.notify_url))
+            object.__setattr__(self, "_digests", digests)
+        return digests
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,18 +189,16 @@ class ItemResult:
         return self.code in NOT_FOUND_CODES
 
 
-@functools.lru_cache(maxsize=65536)
 def token_digest(account: str, channel_id: str, token: str | None) -> str | None:
     """A one-way fingerprint of a channel token, so the store can notice a changed token without
-    keeping it (DESIGN.md section 5: verification tokens are never stored). Cached: the planner
-    compares digests on every pass, and a sha256 per channel per pass was a fifth of its time."""
+    keeping it (DESIGN.md section 5: verification tokens are never stored). A desired spec keeps
+    its own: ``ChannelSpec.digests``."""
     if token is None:
         return None
     material = "\0".join(("watchkeeper-token-v1", account, channel_id, token)).encode()
     return hashlib.sha256(material).hexdigest()
 
 
-@functools.lru_cache(maxsize=65536)
 def url_digest(account: str, channel_id: str, url: str) -> str:
     """A one-way fingerprint of a notify_url, whose query values and password are secrets: the store
     keeps the URL masked, and a changed URL is noticed by comparing digests."""

@@ -25,7 +25,6 @@ from watchkeeper.model import (
     RegistryEntry,
     WatchItem,
     modules_of,
-    token_digest,
     url_digest,
 )
 from watchkeeper.planner import Action, Method
@@ -373,13 +372,14 @@ def _succeeded(
             granted=lifetime,
             expires_at=expires_at,
         )
+    token, url = spec.digests()
     granted = RegistryEntry(
         account=at.account,
         channel_id=spec.channel_id,
         state="active",
         applied=replace(spec, token=None),
-        applied_token_digest=token_digest(at.account, spec.channel_id, spec.token),
-        applied_url_digest=url_digest(at.account, spec.channel_id, spec.notify_url),
+        applied_token_digest=token,
+        applied_url_digest=url,
         expires_at=expires_at,
         lifetime=lifetime,
         renew_at=policy.draw_renew_at(granted_at, expires_at, tuning, at.rng),

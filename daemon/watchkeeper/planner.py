@@ -17,8 +17,6 @@ from watchkeeper.model import (
     ObservedChannel,
     RegistryEntry,
     canonical_json,
-    token_digest,
-    url_digest,
     utc,
 )
 from watchkeeper.policy import Policy, batch_horizon, is_at_risk
@@ -213,12 +211,12 @@ def applied_drift(spec: ChannelSpec, entry: RegistryEntry) -> tuple[str, ...]:
     applied = entry.applied
     if applied is None:
         return ()
-    key = (entry.account, entry.channel_id)
+    token, url = spec.digests()
     if entry.applied_url_digest is not None:
-        url_differs = url_digest(*key, spec.notify_url) != entry.applied_url_digest
+        url_differs = url != entry.applied_url_digest
     else:
         url_differs = applied.notify_url != spec.notify_url
-    token_differs = token_digest(*key, spec.token) != entry.applied_token_digest
+    token_differs = token != entry.applied_token_digest
     return _diff(spec, applied, url_differs, token_differs)
 
 

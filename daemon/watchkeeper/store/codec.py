@@ -4,6 +4,7 @@ state as read back against the gap ledger. Pure functions, no database."""
 from __future__ import annotations
 
 import json
+import sys
 from datetime import datetime, timedelta
 from typing import Any, get_args
 
@@ -20,7 +21,9 @@ from watchkeeper.secrets import mask_url
 from watchkeeper.store.errors import StoreError
 from watchkeeper.values import Gap
 
-_STATES: frozenset[str] = frozenset(get_args(ChannelState))
+_STATES: dict[str, ChannelState] = {state: state for state in get_args(ChannelState)}
+"""Each state's one string: a registry read back shares them (and the account's name, and a
+masked notify_url) instead of holding a copy of each per channel."""
 _HOLD_THEIR_STATE: frozenset[ChannelState] = frozenset({"failed", "removing"})
 """States an open gap does not override: the channel is lapsed, but what is being done about it
 (held back after a failure, being deleted) is what ``status`` and the planner need."""
@@ -59,7 +62,7 @@ def json_spec(account: str, channel_id: str, text: str) -> ChannelSpec:
         account=account,
         channel_id=channel_id,
         events=parse_events(data["events"]),
-        notify_url=data["notify_url"],
+        notify_url=sys.intern(data["notify_url"]),
         ttl=timedelta(seconds=data["ttl"]),
         name=data["name"],
         notify_on_related_action=data["notify_on_related_action"],
@@ -102,7 +105,7 @@ def registry_values(entry: RegistryEntry, last_renewed_at: datetime | None) -> d
 def checked_state(state: str) -> ChannelState:
     if state not in _STATES:
         raise StoreError(f"registry holds unknown channel state {state!r}")
-    return state  # type: ignore[return-value]
+    return _STATES[state]
 
 
 def read_state(stored: str, lapsed_since: datetime | None) -> ChannelState:
@@ -118,6 +121,7 @@ def entry(row: Any) -> RegistryEntry:
     """A RegistryEntry from ENTRY_COLUMNS followed by the open gap's start (or None)."""
     (account, channel_id, state, applied, token, url, expires_at, lifetime, renew_at, failures,
      retry_at, last_error, terminal, lapsed_since) = row  # fmt: skip
+    account = sys.intern(account)
     return RegistryEntry(
         account=account,
         channel_id=channel_id,

@@ -41,13 +41,13 @@ from watchkeeper.zoho.regions import Endpoint
 from watchkeeper.zoho.results import CallResult
 from watchkeeper.zoho.session import USER_AGENT, Session, utc_now
 from watchkeeper.zoho.wire import (
+    RowMerger,
     complains_about_count,
     item_body,
     json_object,
     listing_page,
     map_delete_results,
     map_write_results,
-    merge_rows,
     text,
     watch_list,
 )
@@ -130,7 +130,8 @@ class WatchClient:
         ``page`` (a page whose every row came before) or a listing past MAX_LISTING_ROWS is a
         server bug: a TransientError, not an endless loop.
         """
-        rows: list[Any] = []
+        merger: RowMerger | None = None
+        rows = 0
         seen: set[object] = set()
         page = 1
         while True:
@@ -140,12 +141,16 @@ class WatchClient:
                 where = f"GET {self._path} (page {page})"
                 raise TransientError(f"{where}: every row repeats an earlier page")
             seen |= keys
-            rows.extend(page_rows)
+            # Zoho's clock as the first page's Date header gave it: a listing takes minutes at
+            # most, and a plausible expiry is within days of it.
+            merger = merger or RowMerger(self.server_now())
+            merger.add(page_rows)
+            rows += len(page_rows)
             if not more:
-                return merge_rows(rows, self.server_now()), len(rows)
-            if len(rows) >= MAX_LISTING_ROWS:
+                return merger.result(), rows
+            if rows >= MAX_LISTING_ROWS:
                 raise TransientError(
-                    f"GET {self._path}: listing still had more_records after {len(rows)} rows"
+                    f"GET {self._path}: listing still had more_records after {rows} rows"
                 )
             page += 1
 
