@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import FIRST_COMPLETED, Executor, Future, ThreadPoolExecutor, wait
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
+from contextlib import suppress
 from datetime import UTC, datetime, timedelta
+from queue import Empty, SimpleQueue
 from typing import ParamSpec, TypeVar
 
 from watchkeeper import backfill_schedule, leases, logs, policy
@@ -234,23 +236,30 @@ class Engine:
         if not units:  # only a backfill is due
             return []
         parts: list[PassReport] = []
+        finished: SimpleQueue[Future[PassReport]] = SimpleQueue()
         workers = self.state.concurrency
         pool = Inline() if workers == 1 else ThreadPoolExecutor(workers, thread_name_prefix="account")
         with pool:
-            running = {pool.submit(self._serve, u, now, listing) for u in units}
-            taken = {u.name for u in units}
-            looked = now
-            while running:
-                done, running = wait(running, timeout=TOP_UP_EVERY, return_when=FIRST_COMPLETED)
-                parts.extend(future.result() for future in done)
+
+            def serve(unit: Unit, at: datetime) -> None:
+                pool.submit(self._serve, unit, at, listing).add_done_callback(finished.put)
+
+            for unit in units:
+                serve(unit, now)
+            taken, looked = {u.name for u in units}, now
+            while len(parts) < len(taken):
+                # A queue of the finished, not wait() on every future: that costs O(futures) at
+                # each answer, hundreds of answers a second over 10,000 accounts.
+                with suppress(Empty):
+                    parts.append(finished.get(timeout=TOP_UP_EVERY).result())
                 at = self.clock()
                 if listing is not None or self.shell.stopping or at < looked + TOP_UP_PERIOD:
                     continue
-                looked = at  # a look scans every unit: not at each of hundreds of answers a second
+                looked = at  # a look scans every unit: once a second at most
                 for unit in self.served():
                     if unit.name not in taken and unit.next_due(at, self.state.policy) <= at:
                         taken.add(unit.name)
-                        running.add(pool.submit(self._serve, unit, at, listing))
+                        serve(unit, at)
         return parts
 
     def _serve(self, unit: Unit, now: datetime, listing: bool | None) -> PassReport:
