@@ -719,24 +719,45 @@ def test_once_zoho_answers_again_held_back_channels_go_at_once(
     """After an outage the first successful listing ends the transient holds of its account: the
     lapsed channels are re-created in that pass, not at the end of a 15-minute backoff."""
     with engine_for([Chan("9930", ttl="1h"), Chan("9931", ttl="1h")]) as engine:
-        engine.run_due()
-        expiry = engine.registry[("main", "9930")].expires_at
-        assert expiry is not None
-        outage_end = expiry + timedelta(hours=1)
-        emulator.add_fault(Fault(status=503, paths="any", end=outage_end))
-        while sim_clock() < outage_end:
-            sim_clock.set(min(engine.next_due(), outage_end))
-            engine.run_due()
-        first_listing = outage_end + timedelta(seconds=1)
-        engine.next_reconcile = first_listing  # the listing comes before the holds end
-        held = [e.retry_at for e in engine.registry.values()]
-        assert all(at is not None and at > first_listing for at in held)
-        sim_clock.set(first_listing)
+        first_listing = _through_an_outage(engine, emulator, sim_clock)
         engine.run_due()
     for cid in ("9930", "9931"):
         intervals = emulator.live_intervals(cid)
         assert len(intervals) == 2
         assert intervals[1][0] == first_listing
+
+
+def test_a_5xx_on_the_first_re_creation_after_an_outage_backs_off_afresh(
+    emulator: Emulator, engine_for: OpenEngine, sim_clock: SimClock
+) -> None:
+    """The failures of the outage are over with it: one 5xx on the POST that re-creates the lapsed
+    channels retries them within retry_initial, not on the outage's streak (up to 15 minutes)."""
+    with engine_for([Chan("9930", ttl="1h"), Chan("9931", ttl="1h")]) as engine:
+        first_listing = _through_an_outage(engine, emulator, sim_clock)
+        emulator.add_fault(Fault(status=500, methods=frozenset({"POST"}), count=1))
+        engine.run_due()
+        retries = [e.retry_at for e in engine.registry.values()]
+    soon = first_listing + engine.state.policy.retry_initial
+    assert all(at is not None and at <= soon for at in retries)
+
+
+def _through_an_outage(engine: Engine, emulator: Emulator, sim_clock: SimClock) -> datetime:
+    """Channels lapse in a 503 outage of every path; the clock stops at the first listing after it,
+    which comes before the channels' holds end. Returns that instant."""
+    engine.run_due()
+    expiry = engine.registry[("main", "9930")].expires_at
+    assert expiry is not None
+    outage_end = expiry + timedelta(hours=1)
+    emulator.add_fault(Fault(status=503, paths="any", end=outage_end))
+    while sim_clock() < outage_end:
+        sim_clock.set(min(engine.next_due(), outage_end))
+        engine.run_due()
+    first_listing = outage_end + timedelta(seconds=1)
+    engine.next_reconcile = first_listing
+    held = [e.retry_at for e in engine.registry.values()]
+    assert all(at is not None and at > first_listing for at in held)
+    sim_clock.set(first_listing)
+    return first_listing
 
 
 def test_a_confirmation_lapses_once_its_channel_is_wanted_again(

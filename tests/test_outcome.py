@@ -421,6 +421,50 @@ def test_a_listing_answered_ends_transient_holds_and_marks_seen() -> None:
     assert change.seen == ["1", "2"]
 
 
+HELD = entry(retry_at=NOW + 10 * MIN, failures=9)
+LISTED = {"1": outcome.ObservedChannel("1", frozenset(), "https://x.example/", NOW + HOUR)}
+
+
+# (id, the listing ends an outage, entry) -> failures after the listing
+@pytest.mark.parametrize(
+    ("outage_over", "given", "failures"),
+    [
+        pytest.param(True, HELD, 0, id="the-outage-is-over-the-streak-starts-again"),
+        pytest.param(False, HELD, 9, id="a-routine-listing-keeps-the-streak"),
+        pytest.param(
+            True,
+            entry(retry_at=NOW + HOUR, failures=9, terminal=True, state="failed"),
+            9,
+            id="a-terminal-failure-keeps-its-hold-and-count",
+        ),
+    ],
+)
+def test_the_listing_that_ends_an_outage_restarts_the_backoff(
+    outage_over: bool, given: RegistryEntry, failures: int
+) -> None:
+    change = outcome.observed(situation({"1": given}), LISTED, frozenset({"1"}), outage_over=outage_over)
+    assert change.entries.get("1", given).failures == failures
+
+
+@pytest.mark.parametrize("outage_over", [True, False])
+def test_a_5xx_right_after_an_outage_retries_on_the_first_backoff_step(outage_over: bool) -> None:
+    """The soak's slowest recoveries: the POST that re-creates the lapsed channels meets one 5xx,
+    and every channel of the request waited up to ``retry_max`` on the outage's streak."""
+    lapsed = entry(
+        state="lapsed", expires_at=NOW - HOUR, lapsed_since=NOW - HOUR, retry_at=NOW + 10 * MIN
+    )
+    lapsed = replace(lapsed, failures=12)
+    freed = outcome.observed(
+        situation({"1": lapsed}), {}, frozenset({"1"}), outage_over=outage_over
+    ).entries["1"]
+    assert freed.retry_at is None
+    change = write("POST", answer(error=TransientError("POST: HTTP 500")), freed, kind="create")
+    retry_at = change.entries["1"].retry_at
+    assert retry_at is not None
+    # random.Random(1) draws 0.134 of the cap: 4 s on the first step, 2 minutes on the 13th
+    assert (retry_at <= NOW + POLICY.retry_initial) == outage_over
+
+
 def test_a_delete_answered_removes_the_channel_and_closes_its_gap() -> None:
     gone = entry(state="lapsed", lapsed_since=NOW - HOUR)
     change = outcome.deleted(situation({"1": gone}), answer(ItemResult("1", True, "SUCCESS")), ["1"])

@@ -77,8 +77,9 @@ class AccountPass:
 
     def run(self, lists: bool) -> None:
         unit, shell = self.unit, self.shell
+        outage_over = unit.list_failures > 0  # its listings failed: one that answers ends it
         listing = self._list() if lists and shell.may_call(unit, self.now) else None
-        self.commit(self._observed(listing))
+        self.commit(self._observed(listing, outage_over))
         view = planner.AccountView(
             unit.name, list(unit.desired.values()), listing, unit.entries, unit.refused, unit.retained
         )
@@ -128,7 +129,7 @@ class AccountPass:
         self._record_foreign(live)
         return live
 
-    def _observed(self, listing: Listing | None) -> Transition:
+    def _observed(self, listing: Listing | None, outage_over: bool) -> Transition:
         unit = self.unit
         last_seen = {}
         if listing is not None:  # where a vanished channel's gap starts
@@ -137,7 +138,8 @@ class AccountPass:
                 live = e.expires_at is not None and e.expires_at > zoho_now
                 if live and e.lapsed_since is None and cid not in listing:
                     last_seen[cid] = self.shell.store.last_seen(unit.name, cid)
-        return outcome.observed(self.situation(last_seen), listing, unit.watched())
+        situation = self.situation(last_seen)
+        return outcome.observed(situation, listing, unit.watched(), outage_over=outage_over)
 
     def _act(self, method: Method, actions: list[Action]) -> list[Action]:
         """One request: journalled whole, then sent and its answer recorded a slice at a time (the

@@ -169,11 +169,20 @@ class Transition:
 
 
 def observed(
-    at: Situation, listing: Mapping[str, ObservedChannel] | None, watched: frozenset[str]
+    at: Situation,
+    listing: Mapping[str, ObservedChannel] | None,
+    watched: frozenset[str],
+    *,
+    outage_over: bool = False,
 ) -> Transition:
     """A pass's look at the account: the ledger over every owned channel, and, when Zoho answered a
     listing, the end of the holds an outage put on them (so they are tried in this pass, not at
-    the end of their backoff). ``listing`` already leaves out expired rows."""
+    the end of their backoff). ``listing`` already leaves out expired rows.
+
+    ``outage_over``: the listing is the first Zoho answered after failed ones. The failures of the
+    channels it frees were the outage's, so their streak starts again: one 5xx on the re-creation
+    that follows backs off on the first step (``retry_initial``), not on the outage's (up to
+    ``retry_max``, 15 minutes by default, for every channel of that request)."""
     out = Transition(at.account, at.names)
     live = dict(listing) if listing is not None else None
     for channel_id, entry in _observable(at, listing is not None):
@@ -182,7 +191,8 @@ def observed(
         )
         current = step.entry
         if listing is not None and current.retry_at is not None and not current.terminal:
-            current = replace(current, retry_at=None)
+            failures = 0 if outage_over else current.failures
+            current = replace(current, retry_at=None, failures=failures)
         if current != entry:
             out.step(replace(step, entry=current))
     if listing is not None:
