@@ -165,6 +165,7 @@ class AccountPass:
         after a stop."""
         client, store = self.unit.client, self.shell.store
         part = actions[:REQUEST_SLICE]
+        items = [] if method == "DELETE" else _items(part, requested_at)
 
         def stop() -> bool:  # asked before each chunk: a lease near its end sends no more
             return not self.shell.may_call(self.unit, self.now)
@@ -172,18 +173,19 @@ class AccountPass:
         if method == "DELETE":
             answer = _call(lambda: client.delete([a.channel_id for a in part], should_stop=stop))
         else:
-            items = _items(part, requested_at)
             answer = _call(lambda: client.write(method, items, should_stop=stop))
         if answer.error is not None or answer.unsent:
-            rest = [a.channel_id for a in actions[len(part) :]]
-            answer = replace(answer, unsent=answer.unsent + tuple(rest)) if answer.unsent else answer
+            rest = actions[len(part) :]
+            unsent = answer.unsent + tuple(a.channel_id for a in rest)
+            answer = replace(answer, unsent=unsent) if answer.unsent else answer
             part = actions
+            items = items + ([] if method == "DELETE" else _items(rest, requested_at))
         ids = [a.channel_id for a in part]
         change: Transition
         if method == "DELETE":
             change = outcome.deleted(self.situation(now=self.shell.clock()), answer, ids)
         else:
-            request = outcome.Request(method, part, _items(part, requested_at))
+            request = outcome.Request(method, part, items)
             gone = [r.channel_id for r in answer.results if r.not_found]  # where their gaps start
             last_seen = {cid: store.last_seen(self.unit.name, cid) for cid in gone}
             answered = self.situation(last_seen, now=self.shell.clock())

@@ -117,7 +117,7 @@ def digest(state: DesiredState) -> str:
     }
     channels = [
         [c.account, c.channel_id, c.name, format_events(c.events),
-         c.digests()[1], c.digests()[0], c.ttl.total_seconds(),
+         c.digests().url, c.digests().token, c.ttl.total_seconds(),
          c.notify_on_related_action, c.return_affected_field_values, c.notification_condition]
         for c in sorted(state.channels, key=lambda c: (c.account, c.channel_id))
     ]  # fmt: skip

@@ -14,7 +14,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, timezone
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 OPS: tuple[str, ...] = ("create", "edit", "delete")
 """The operations ``Module.all`` stands for."""
@@ -105,6 +105,13 @@ def canonical_json(value: Any) -> str | None:
 Product = Literal["crm", "bigin"]
 
 
+class Digests(NamedTuple):
+    """A spec's fingerprints of its secrets (see token_digest and url_digest)."""
+
+    token: str | None
+    url: str
+
+
 @dataclass(frozen=True, slots=True)
 class ChannelSpec:
     """One desired channel, secrets already resolved (never log ``token``)."""
@@ -122,14 +129,14 @@ class ChannelSpec:
     """canonical_json of the list as written in the state file, passed through to Zoho."""
     backfill: bool = False
     """Redeliver what changed in each gap once it closes (DESIGN.md section 9); never sent to Zoho."""
-    _digests: tuple[str | None, str] | None = field(default=None, init=False, repr=False, compare=False)
+    _digests: Digests | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def label(self) -> str:
         return self.name or self.channel_id
 
-    def digests(self) -> tuple[str | None, str]:
-        """(token_digest, url_digest) of this spec, computed on first use and kept: the planner
+    def digests(self) -> Digests:
+        """The token and URL digests of this spec, computed on first use and kept: the planner
         compares them with the applied ones on every pass (a sha256 per channel per pass was a
         fifth of its time), and a registry entry granted from this spec shares the two strings.
         Kept here rather than in a cache keyed by (account, channel_id, secret), whose keys and
@@ -137,7 +144,7 @@ class ChannelSpec:
         digests = self._digests
         if digests is None:
             key = (self.account, self.channel_id)
-            digests = (token_digest(*key, self.token), url_digest(*key, self.notify_url))
+            digests = Digests(token_digest(*key, self.token), url_digest(*key, self.notify_url))
             object.__setattr__(self, "_digests", digests)
         return digests
 

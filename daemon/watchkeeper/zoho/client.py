@@ -131,7 +131,6 @@ class WatchClient:
         server bug: a TransientError, not an endless loop.
         """
         merger: RowMerger | None = None
-        rows = 0
         seen: set[object] = set()
         page = 1
         while True:
@@ -145,12 +144,11 @@ class WatchClient:
             # most, and a plausible expiry is within days of it.
             merger = merger or RowMerger(self.server_now())
             merger.add(page_rows)
-            rows += len(page_rows)
             if not more:
-                return merger.result(), rows
-            if rows >= MAX_LISTING_ROWS:
+                return merger.result(), merger.rows
+            if merger.rows >= MAX_LISTING_ROWS:
                 raise TransientError(
-                    f"GET {self._path}: listing still had more_records after {rows} rows"
+                    f"GET {self._path}: listing still had more_records after {merger.rows} rows"
                 )
             page += 1
 

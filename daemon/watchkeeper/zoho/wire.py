@@ -361,8 +361,8 @@ class _Merged:
         "token",
     )  # fmt: skip
 
-    def __init__(self, first: dict[str, Any], expires_at: datetime) -> None:
-        self.channel_id = text(first.get("channel_id"))
+    def __init__(self, channel_id: str, first: dict[str, Any], expires_at: datetime) -> None:
+        self.channel_id = channel_id
         self.notify_url = text(first.get("notify_url"))
         self.token = _str_or_none(first.get("token"))
         self.related = _bool_or_none(first.get("notify_on_related_action"))
@@ -440,11 +440,12 @@ class RowMerger:
     def __init__(self, now: datetime) -> None:
         self._merged: dict[str, _Merged] = {}
         self._reader = _RowReader(now)
-        self._rows = 0
+        self.rows = 0
+        """Rows merged so far (one per channel and module): what a tally compares."""
 
     def add(self, rows: Iterable[Any]) -> None:
         merged, reader = self._merged, self._reader
-        for n, row in enumerate(rows, self._rows):
+        for n, row in enumerate(rows, self.rows):
             if not isinstance(row, dict):
                 raise TransientError(f"GET listing: row {n} is not an object")
             channel_id = text(row.get("channel_id"))
@@ -457,10 +458,10 @@ class RowMerger:
                 )
             entry = merged.get(channel_id)
             if entry is None:
-                entry = merged[channel_id] = _Merged(row, expires_at)
+                entry = merged[channel_id] = _Merged(channel_id, row, expires_at)
             entry.expires_at = min(entry.expires_at, expires_at)
             entry.events |= reader.events(row.get("events"))
-            self._rows = n + 1
+            self.rows = n + 1
 
     def result(self) -> dict[str, ObservedChannel]:
         return {channel_id: entry.freeze() for channel_id, entry in self._merged.items()}
