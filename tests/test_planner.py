@@ -25,8 +25,19 @@ from watchkeeper.model import (
     token_digest,
     url_digest,
 )
-from watchkeeper.planner import Action, Holds, Plan, Refusal, plan
-from watchkeeper.policy import Policy, entry_due
+from watchkeeper.planner import (
+    ALWAYS,
+    AccountView,
+    Action,
+    Due,
+    Holds,
+    Plan,
+    Refusal,
+    due,
+    plan,
+    plan_account,
+)
+from watchkeeper.policy import Policy
 
 NOW = datetime(2026, 1, 5, 12, 0, tzinfo=UTC)
 IST = timezone(timedelta(hours=5, minutes=30))
@@ -623,22 +634,73 @@ def test_a_foreign_channel_is_never_in_an_action_random_scenarios() -> None:
             assert a.kind != "delete" or key not in wanted
 
 
-def test_entry_due_now_means_the_planner_acts() -> None:
-    """What the engine's next_due builds on must agree with the planner, or the engine would wake
-    for nothing forever: a desired channel whose entry_due has come always gets an action."""
+@pytest.mark.parametrize(
+    ("entry", "expect"),
+    [
+        pytest.param(owned(), Due(NOW + 2 * HOUR, NOW + HOUR), id="renew-at-joins-a-tenth-before"),
+        pytest.param(
+            owned(renew_at=NOW + 6 * HOUR),
+            Due(NOW + 4 * HOUR + 30 * MIN, NOW + 5 * HOUR),
+            id="emergency-first",
+        ),
+        pytest.param(owned(renew_at=NOW - MIN), Due(NOW - MIN, NOW - HOUR - MIN), id="overdue"),
+        pytest.param(
+            owned(retry_at=NOW + 2 * MIN, renew_at=NOW - MIN),
+            Due(NOW + 2 * MIN, NOW + 2 * MIN),
+            id="held-back-until-its-retry",
+        ),
+        pytest.param(
+            owned(retry_at=NOW - MIN), Due(NOW + 2 * HOUR, NOW + HOUR), id="retry-passed-renew-at"
+        ),
+        pytest.param(owned(renew_at=None), Due(ALWAYS, ALWAYS), id="no-renew-at"),
+        pytest.param(owned(expires_at=None, state="pending"), Due(ALWAYS, ALWAYS), id="never-granted"),
+        pytest.param(owned(state="lapsed"), Due(ALWAYS, ALWAYS), id="lapsed"),
+        pytest.param(
+            owned(state="failed", expires_at=None, retry_at=NOW + MIN),
+            Due(NOW + MIN, NOW + MIN),
+            id="failed-create-waits-for-its-retry",
+        ),
+        pytest.param(
+            owned(lifetime=None, renew_at=NOW + 7 * HOUR),
+            Due(NOW + 4 * HOUR + 30 * MIN, NOW + 6 * HOUR),
+            id="lifetime-unknown-uses-the-ttl",
+        ),
+        pytest.param(
+            owned(was=spec(events=parse_events(["Leads.create"]))), Due(ALWAYS, ALWAYS), id="changed"
+        ),
+        pytest.param(owned(was=spec(token="old")), Due(ALWAYS, ALWAYS), id="token-changed"),
+    ],
+)
+def test_due(entry: RegistryEntry, expect: Due) -> None:
+    assert due(spec(), entry, POLICY) == expect
+
+
+def test_due_says_exactly_when_the_planner_acts() -> None:
+    """What the engine indexes a channel by must agree with the planner both ways: an act that has
+    come always has an action (or the engine would wake for nothing forever), one still to come
+    never has (or a pass planning only what is due would miss it), and a channel taken along in a
+    due renewal has its join passed."""
     rng = random.Random(7)
     offsets = [None, -HOUR, -S, timedelta(0), S, 20 * MIN, 2 * HOUR, 6 * HOUR]
-    for _ in range(500):
+    for _ in range(2000):
+        desired = spec(ttl=rng.choice([LIFE, HOUR]))
         entry = owned(
-            state=rng.choice(["active", "lapsed", "failed", "pending"]),
+            was=rng.choice([desired, spec(token="old"), spec(events=parse_events(["Leads.create"]))]),
+            state=rng.choice(["active", "at_risk", "lapsed", "failed", "pending"]),
             expires_at=_maybe(NOW, rng.choice(offsets)),
             renew_at=_maybe(NOW, rng.choice(offsets)),
             retry_at=_maybe(NOW, rng.choice(offsets)),
             lifetime=rng.choice([None, LIFE, HOUR]),
         )
-        result = plan([spec()], UNLISTED, registry(entry), NOW, POLICY)
-        if entry_due(entry, NOW, POLICY) <= NOW:
-            assert len(result.actions) == 1, entry
+        now = NOW + rng.choice([-HOUR, timedelta(0), 30 * MIN, 3 * HOUR])
+        overdue = owned("2000", renew_at=now - MIN)  # a due renewal for the first to join
+        view = AccountView("main", {"1001": desired, "2000": spec("2000")}, None, {})
+        alone = plan_account(replace(view, entries={"1001": entry}), now, POLICY)
+        joined = plan_account(replace(view, entries={"1001": entry, "2000": overdue}), now, POLICY)
+        when = due(desired, entry, POLICY)
+        assert bool(alone) == (when.act <= now), (entry, now)
+        if any(a.channel_id == "1001" and a.reason == "batched" for a in joined):
+            assert when.join <= now, (entry, now)
 
 
 def _maybe(base: datetime, offset: timedelta | None) -> datetime | None:

@@ -6,17 +6,14 @@ import random
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
-from watchkeeper.model import RegistryEntry
 from watchkeeper.policy import (
     Policy,
     backoff,
     batch_horizon,
     draw_renew_at,
     emergency_at,
-    entry_due,
     expiry_clamped,
     is_at_risk,
-    next_due,
     next_reconcile,
     next_retry,
     tallies,
@@ -190,47 +187,3 @@ def test_next_reconcile_is_jittered_ten_percent() -> None:
 )
 def test_tallies(rows: int | None, full_due: datetime | None, tally: bool) -> None:
     assert tallies(rows, 200, NOW, full_due) is tally
-
-
-def entry(**kw: object) -> RegistryEntry:
-    base: dict[str, object] = {
-        "account": "main",
-        "channel_id": "1001",
-        "state": "active",
-        "expires_at": NOW + 5 * HOUR,
-        "lifetime": 10 * HOUR,
-        "renew_at": NOW + HOUR,
-    }
-    base.update(kw)
-    return RegistryEntry(**base)  # type: ignore[arg-type]
-
-
-@pytest.mark.parametrize(
-    ("item", "due"),
-    [
-        pytest.param(entry(), NOW + HOUR, id="renew-at"),
-        pytest.param(entry(renew_at=NOW + 6 * HOUR), NOW + 4 * HOUR + 30 * MIN, id="emergency-first"),
-        pytest.param(entry(renew_at=NOW - MIN), NOW - MIN, id="overdue"),
-        pytest.param(entry(retry_at=NOW + 2 * MIN, renew_at=NOW - MIN), NOW + 2 * MIN, id="held-back"),
-        pytest.param(entry(retry_at=NOW - MIN), NOW + HOUR, id="retry-passed"),
-        pytest.param(entry(renew_at=None), NOW, id="no-renew-at"),
-        pytest.param(entry(expires_at=None, state="pending"), NOW, id="never-granted"),
-        pytest.param(entry(state="lapsed", lapsed_since=NOW - HOUR), NOW, id="lapsed"),
-        pytest.param(
-            entry(lifetime=None, renew_at=NOW + 7 * HOUR), NOW + 5 * HOUR, id="lifetime-unknown"
-        ),
-    ],
-)
-def test_entry_due(item: RegistryEntry, due: datetime) -> None:
-    assert entry_due(item, NOW, POLICY) == due
-
-
-def test_next_due_is_the_earliest() -> None:
-    entries = [
-        entry(channel_id="1", renew_at=NOW + 3 * HOUR),
-        entry(channel_id="2", renew_at=NOW + 2 * HOUR),
-        entry(channel_id="3", retry_at=NOW + 90 * MIN, renew_at=NOW - HOUR),
-    ]
-    assert next_due(entries, NOW, POLICY) == NOW + 90 * MIN
-    assert next_due(entries[:2], NOW, POLICY) == NOW + 2 * HOUR
-    assert next_due([], NOW, POLICY) is None

@@ -4,12 +4,16 @@ censuses against a recount), and the specs a backfill looks its channels up in."
 
 from __future__ import annotations
 
+import random
 from collections import Counter
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
 from watchkeeper.model import ChannelSpec, ChannelState, RegistryEntry, parse_events
+from watchkeeper.planner import plan_account
+from watchkeeper.policy import Policy
 from watchkeeper.service import status_line
 from watchkeeper.units import Census, Memory, Unit, census
 from watchkeeper.zoho.auth import StaticToken
@@ -17,6 +21,7 @@ from watchkeeper.zoho.client import WatchClient
 from watchkeeper.zoho.regions import Endpoint
 
 NOW = datetime(2026, 1, 5, 12, 0, tzinfo=UTC)
+MIN = timedelta(minutes=1)
 HOUR = timedelta(hours=1)
 
 
@@ -200,3 +205,46 @@ def test_specs_are_looked_up_state_file_first(
     assert {c: s.name for c, s in specs.items()} == expect
     assert len(specs) == len(expect)
     assert specs.get("9") is None  # another account's channel
+
+
+def test_a_unit_plans_what_is_due_as_a_full_plan_would(unit: Unit) -> None:
+    """The index as a property: over random accounts (desired, orphaned, refused and retained
+    channels at every stage) and answers that change some entries, planning only the channels the
+    unit's index says are due gives exactly the actions a plan of every channel gives, and the
+    unit wakes when the earliest of them acts."""
+    rng = random.Random(5)
+    offsets = [None, -HOUR, timedelta(0), 20 * MIN, 2 * HOUR, 6 * HOUR]
+    tuning = Policy()
+    unit.next_listing = NOW + 100 * HOUR  # only its channels wake it
+
+    def maybe(offset: timedelta | None) -> datetime | None:
+        return None if offset is None else NOW + offset
+
+    def drawn(channel_id: str) -> RegistryEntry:
+        return RegistryEntry(
+            "main",
+            channel_id,
+            rng.choice(["active", "at_risk", "lapsed", "failed", "pending", "removing"]),
+            expires_at=maybe(rng.choice(offsets)),
+            renew_at=maybe(rng.choice(offsets)),
+            retry_at=maybe(rng.choice(offsets)),
+            lifetime=rng.choice([None, 10 * HOUR]),
+        )
+
+    for _ in range(300):
+        ids = [str(1000 + i) for i in range(12)]
+        unit.desired = {c: given(c, "desired") for c in ids if rng.random() < 0.7}
+        unit.reload({c: drawn(c) for c in ids if rng.random() < 0.8})
+        unit.refused = frozenset(c for c in unit.entries if c not in unit.desired and rng.random() < 0.5)
+        unit.retained = {c: given(c, "retained") for c in unit.refused if rng.random() < 0.5}
+        unit.reindex()
+        for _ in range(3):
+            now = NOW + rng.choice([-HOUR, timedelta(0), 30 * MIN, 3 * HOUR])
+            full = replace(unit.view(None, now, tuning), candidates=None)
+            assert plan_account(unit.view(None, now, tuning), now, tuning) == plan_account(
+                full, now, tuning
+            )
+            wake = unit.next_due(now, tuning)
+            assert (wake <= now) == any(a.kind != "delete" for a in plan_account(full, now, tuning))
+            changed = {c: drawn(c) for c in ids if rng.random() < 0.3}
+            unit.record(changed, [c for c in ids if rng.random() < 0.1], tuning)

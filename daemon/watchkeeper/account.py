@@ -80,10 +80,9 @@ class AccountPass:
         outage_over = unit.list_failures > 0  # its listings failed: one that answers ends it
         listing = self._list() if lists and shell.may_call(unit, self.now) else None
         self.commit(self._observed(listing, outage_over))
-        view = planner.AccountView(
-            unit.name, list(unit.desired.values()), listing, unit.entries, unit.refused, unit.retained
-        )
-        actions = planner.plan_account(view, self.now + unit.client.skew, shell.policy)
+        zoho_now = self.now + unit.client.skew
+        view = unit.view(listing, zoho_now, shell.policy)
+        actions = planner.plan_account(view, zoho_now, shell.policy)
         self.commit(outcome.planned(self.situation(), actions, sorted(unit.refused)))
         batches = planner.batches(actions)
         while batches and shell.may_call(unit, self.now):
@@ -210,10 +209,7 @@ class AccountPass:
             if closed.channel_id in unit.backfilled:
                 ready = backfill_plan.Window(closed.start, closed.end).end - unit.client.skew
                 unit.backfill_at = ready if unit.backfill_at is None else min(unit.backfill_at, ready)
-        unit.entries.update(change.entries)
-        for channel_id in change.removed:
-            unit.entries.pop(channel_id, None)
-        unit.touch()
+        unit.record(change.entries, change.removed, shell.policy)
         if change.pause_until is not None:
             unit.paused_until = change.pause_until
         if change.list_soon:

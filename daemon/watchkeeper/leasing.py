@@ -95,7 +95,7 @@ class Leasing:
     def _adopt(self, unit: Unit, taken: Taken) -> None:
         """A newly held account: its rows as the last holder left them, listed at once."""
         unit.lease = taken.held
-        unit.entries = {cid: e for (_, cid), e in self._store.registry(unit.name).items()}
+        unit.reload({cid: e for (_, cid), e in self._store.registry(unit.name).items()})
         unit.next_listing = min(unit.next_listing, self._clock())
         unit.rows = None  # in full: the last holder may have written since this instance listed
         unit.paused_until = None

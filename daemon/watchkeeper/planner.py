@@ -7,9 +7,9 @@ the clock nor does I/O, so tests and the soak harness can replay any situation e
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 from watchkeeper.model import (
@@ -19,7 +19,7 @@ from watchkeeper.model import (
     canonical_json,
     utc,
 )
-from watchkeeper.policy import Policy, batch_horizon, is_at_risk
+from watchkeeper.policy import Policy, batch_horizon, emergency_at, is_at_risk
 
 ActionKind = Literal["create", "adopt", "renew", "repair", "delete"]
 Method = Literal["POST", "PUT", "PATCH", "DELETE"]
@@ -111,12 +111,29 @@ class Holds:
     retained: Mapping[Key, ChannelSpec] = field(default_factory=dict)
 
 
+ALWAYS = datetime.min.replace(tzinfo=UTC)
+"""A ``Due`` instant that has always come: the channel needs the planner whatever the time."""
+
+
+@dataclass(frozen=True, slots=True)
+class Due:
+    """When an owned channel next needs the planner on a pass without a listing, as long as neither
+    its entry nor its spec changes (instants on Zoho's clock): the engine keeps its channels
+    indexed by these, so a pass plans only what is due and the next wake-up is a heap's top."""
+
+    act: datetime
+    """From this instant on the planner has an action for it (and before it, none)."""
+    join: datetime
+    """From this instant on it may be taken along in a due renewal of its account."""
+
+
 @dataclass(frozen=True, slots=True)
 class AccountView:
     """Everything one account's plan depends on, besides the time and the policy."""
 
     account: str
-    desired: Sequence[ChannelSpec]
+    desired: Mapping[str, ChannelSpec]
+    """By channel id."""
     listing: Mapping[str, ObservedChannel] | None
     """None: not listed this pass, so nothing is created for the first time."""
     entries: Mapping[str, RegistryEntry]
@@ -124,6 +141,10 @@ class AccountView:
     """Owned channels whose deletion a guard holds back (see ``guard``)."""
     retained: Mapping[str, ChannelSpec] = field(default_factory=dict)
     """The refused ones to keep alive, with the spec to renew them with."""
+    candidates: Collection[str] | None = None
+    """Without a listing, the only channels that can have an action: those whose ``due`` has come
+    (act or join) and the owned ones no longer kept; the others are left out unplanned. None: every
+    channel is planned (a listing may change any of them)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,7 +181,7 @@ def plan(
     for account in accounts:
         view = AccountView(
             account,
-            [spec for key, spec in wanted.items() if key[0] == account],
+            {cid: spec for (acc, cid), spec in wanted.items() if acc == account},
             observed.get(account),
             {cid: entry for (acc, cid), entry in registry.items() if acc == account},
             frozenset(cid for acc, cid in held if acc == account),
@@ -175,25 +196,59 @@ def plan_account(view: AccountView, now: datetime, policy: Policy) -> list[Actio
     every account at once) that have a retained spec are renewed like desired ones; the others are
     left alone."""
     now = utc(now)
-    account, listing, entries, refused = view.account, view.listing, view.entries, view.refused
-    kept = {spec.channel_id: spec for spec in view.desired}
-    kept.update((cid, spec) for cid, spec in view.retained.items() if cid in refused)
+    listing, entries, refused = view.listing, view.entries, view.refused
     actions: list[Action] = []
     idle: list[_Idle] = []
-    for channel_id, spec in kept.items():
-        outcome = _for_desired(spec, listing, entries.get(channel_id), now, policy)
-        if isinstance(outcome, Action):
-            actions.append(outcome)
-        elif outcome is not None:
-            idle.append(outcome)
+    for channel_id in _planned(view):
+        spec = kept_spec(view, channel_id)
+        entry = entries.get(channel_id)
+        if spec is not None:
+            outcome = _for_desired(spec, listing, entry, now, policy)
+            if isinstance(outcome, Action):
+                actions.append(outcome)
+            elif outcome is not None:
+                idle.append(outcome)
+        elif entry is not None and channel_id not in refused and not _held_back(entry, now):
+            actions.append(Action("delete", view.account, channel_id, None, "undesired"))
     actions += _batched(idle, actions, now, policy)
-    actions += [
-        Action("delete", account, channel_id, None, "undesired")
-        for channel_id, entry in entries.items()
-        if channel_id not in kept and channel_id not in refused and not _held_back(entry, now)
-    ]
     actions.sort(key=lambda a: (a.kind, a.channel_id))
     return actions
+
+
+def kept_spec(view: AccountView, channel_id: str) -> ChannelSpec | None:
+    """The spec a channel is renewed with: desired, or retained while its deletion is refused."""
+    if channel_id in view.refused and channel_id in view.retained:
+        return view.retained[channel_id]
+    return view.desired.get(channel_id)
+
+
+def _planned(view: AccountView) -> Collection[str]:
+    if view.candidates is not None:
+        return view.candidates
+    return view.desired.keys() | view.entries.keys() | (view.retained.keys() & view.refused)
+
+
+def due(spec: ChannelSpec, entry: RegistryEntry, policy: Policy) -> Due:
+    """PURE: ``Due`` of an owned channel kept with ``spec``, from exactly the conditions under
+    which ``_for_desired`` acts without a listing: held back until its retry_at; otherwise at once
+    when it was never granted, lapsed, has no renewal time or was changed in the state file since
+    Zoho accepted it; else at its renew_at or its emergency point, whichever comes first."""
+    lifetime = entry.lifetime or spec.ttl
+    if (
+        entry.expires_at is None
+        or entry.renew_at is None
+        or entry.state == "lapsed"
+        or applied_drift(spec, entry)
+    ):
+        act = join = ALWAYS
+    else:
+        renew_at = utc(entry.renew_at)
+        act = min(renew_at, emergency_at(entry.expires_at, lifetime, policy))
+        join = renew_at - batch_horizon(lifetime, policy)
+    if entry.retry_at is None:
+        return Due(act, join)
+    held = utc(entry.retry_at)
+    return Due(max(act, held), max(join, held))
 
 
 def observed_drift(spec: ChannelSpec, seen: ObservedChannel) -> tuple[str, ...]:

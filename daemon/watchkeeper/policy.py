@@ -154,32 +154,6 @@ def tallies(rows: int | None, per_page: int, now: datetime, full_due: datetime |
     return utc(now) < utc(full_due)
 
 
-def entry_due(entry: RegistryEntry, now: datetime, policy: Policy) -> datetime:
-    """When the planner will next have something to do for this channel, all else unchanged.
-
-    Held back: its retry_at (nothing happens before). Otherwise its renew_at, or its emergency time
-    if that comes first; a lapsed channel, or one with no schedule (never granted, no renew_at), is
-    due now.
-    """
-    now = utc(now)
-    if entry.retry_at is not None and utc(entry.retry_at) > now:
-        return utc(entry.retry_at)
-    if entry.lapsed_since is not None or entry.expires_at is None or entry.renew_at is None:
-        return now
-    if entry.lifetime is None:  # no emergency tier to compute: at the latest, notice the lapse
-        return min(utc(entry.renew_at), utc(entry.expires_at))
-    return min(utc(entry.renew_at), emergency_at(entry.expires_at, entry.lifetime, policy))
-
-
-def next_due(entries: Iterable[RegistryEntry], now: datetime, policy: Policy) -> datetime | None:
-    """The earliest entry_due over ``entries``; None when there are none.
-
-    Pass only channels the planner can act on: a channel whose deletion was refused keeps a past
-    renew_at and would otherwise make every instant due.
-    """
-    return min((entry_due(entry, now, policy) for entry in entries), default=None)
-
-
 def capped_hold(now: datetime, wanted: datetime, entry: RegistryEntry, policy: Policy) -> datetime:
     """No pause or hold outlasts the emergency point of a channel it holds back: until then it
     lasts as ``wanted``; past it, the channel is probed every ``probe_every`` until it expires

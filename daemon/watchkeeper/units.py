@@ -1,9 +1,9 @@
 """The engine's memory: one Unit per account, the unit of work that section 8 leases.
 
 A unit holds what its account's passes need and nothing of any other account: its client, its
-slice of the registry, its listing schedule and pause, and its desired channels indexed once per
-load. So a pass over an account costs what that account holds, and ``next_due`` costs O(channels)
-in all.
+slice of the registry, its listing schedule and pause, its desired channels indexed once per load,
+and its channels indexed by when the planner next needs them. So a pass over an account without a
+listing costs what is due in it, and ``next_due`` costs O(accounts) in all.
 """
 
 from __future__ import annotations
@@ -16,10 +16,11 @@ from datetime import datetime, timedelta
 
 from watchkeeper import outcome, planner, policy
 from watchkeeper.config import AccountSpec, DesiredState
+from watchkeeper.dueindex import DueIndex
 from watchkeeper.leases import Held
-from watchkeeper.model import ChannelSpec, RegistryEntry
+from watchkeeper.model import ChannelSpec, ObservedChannel, RegistryEntry
 from watchkeeper.outcome import Situation
-from watchkeeper.planner import Refusal
+from watchkeeper.planner import AccountView, Refusal
 from watchkeeper.policy import Policy
 from watchkeeper.zoho.client import PER_PAGE, WatchClient
 
@@ -94,6 +95,9 @@ class Unit:
     counted: Census | None = None
     """``census`` as last computed, None once an entry or the desired set changed: the status line
     sent after every pass costs O(accounts) on an idle tick, not O(channels)."""
+    index: DueIndex | None = None
+    """Its channels by ``planner.due``, kept up by ``record``; None once the desired set, the
+    refusals or the policy changed (rebuilt on next use)."""
 
     def paused(self, now: datetime) -> bool:
         return self.paused_until is not None and self.paused_until > now
@@ -126,12 +130,60 @@ class Unit:
         already, which stays due as time moves on."""
         if self.due_at is None:
             skew = self.client.skew
-            kept = self.kept()
-            entries = (e for c, e in self.entries.items() if c in kept)
-            at = policy.next_due(entries, now + skew, tuning)
-            due = self.next_listing if at is None else min(self.next_listing, at - skew)
+            act = self.schedule(tuning).next_act()
+            due = self.next_listing
+            if act is not None:
+                due = min(due, max(act, now + skew) - skew)
             self.due_at = due if self.paused_until is None else max(due, self.paused_until)
         return self.due_at
+
+    def view(
+        self, listing: Mapping[str, ObservedChannel] | None, zoho_now: datetime, tuning: Policy
+    ) -> AccountView:
+        """What the planner gets: without a listing, only the channels due by ``zoho_now``."""
+        due = self.schedule(tuning).due(zoho_now) if listing is None else None
+        return AccountView(
+            self.name, self.desired, listing, self.entries, self.refused, self.retained, due
+        )
+
+    def schedule(self, tuning: Policy) -> DueIndex:
+        if self.index is None:
+            self.index = DueIndex()
+            self._place(self.entries, tuning)
+        return self.index
+
+    def record(
+        self, changed: Mapping[str, RegistryEntry], removed: Iterable[str], tuning: Policy
+    ) -> None:
+        """The entries an answer changed and removed, into the registry slice and the index."""
+        self.entries.update(changed)
+        gone = [cid for cid in removed if self.entries.pop(cid, None) is not None]
+        if self.index is not None:
+            self._place([*changed, *gone], tuning)
+        self.touch()
+
+    def reload(self, entries: dict[str, RegistryEntry]) -> None:
+        """The registry slice as the store has it."""
+        self.entries = entries
+        self.reindex()
+
+    def reindex(self) -> None:
+        """The desired set, the refusals or the policy changed: every channel's ``Due`` may have."""
+        self.index = None
+        self.touch()
+
+    def _place(self, channel_ids: Iterable[str], tuning: Policy) -> None:
+        assert self.index is not None
+        view = AccountView(self.name, self.desired, None, self.entries, self.refused, self.retained)
+        for channel_id in channel_ids:
+            entry = self.entries.get(channel_id)
+            spec = planner.kept_spec(view, channel_id)
+            if entry is not None and spec is not None:
+                self.index.put(channel_id, planner.due(spec, entry, tuning))
+            elif entry is not None and channel_id not in self.refused:
+                self.index.put_orphan(channel_id)
+            else:
+                self.index.put(channel_id, None)
 
     def census(self) -> Census:
         """Cached until ``touch``."""
@@ -244,7 +296,7 @@ class Memory:
         self.desired = frozenset(keyed)  # the same key tuples as ``known``'s new ones
         for unit in self.units.values():
             unit.desired = {}
-            unit.touch()
+            unit.reindex()
         for spec in state.channels:
             if spec.account in self.units:
                 self.units[spec.account].desired[spec.channel_id] = spec
@@ -258,12 +310,11 @@ class Memory:
         """After a reload: the registry as the store has it, no pause (the token server's
         included), every account listed."""
         for unit in self.units.values():
-            unit.entries = {cid: e for (acc, cid), e in registry.items() if acc == unit.name}
+            unit.reload({cid: e for (acc, cid), e in registry.items() if acc == unit.name})
             unit.paused_until = None
             unit.next_listing = now
             unit.rows = None  # listed in full: the reload may change what the account holds
             unit.client.clear_block()
-            unit.touch()
 
     def hold_back(self, refused: Iterable[Refusal]) -> None:
         """What the guards refuse to delete stays owned, kept alive with the last spec known. A unit
@@ -280,7 +331,7 @@ class Memory:
                     retained[channel_id] = spec
             if (held, retained) != (unit.refused, unit.retained):
                 unit.refused, unit.retained = held, retained
-                unit.touch()
+                unit.reindex()
 
     def active(self, state: DesiredState) -> Iterator[Unit]:
         """Units of the state's accounts, plus gone accounts that still own channels to delete."""
