@@ -1,5 +1,5 @@
 """The unit's index of channels by ``planner.Due``: what it returns as due, its earliest act, and
-that superseded instants never come back, against a recount over a plain dict."""
+that items of a superseded entry never come back, against a recount over the latest values."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from watchkeeper.dueindex import DueIndex
+from watchkeeper.model import RegistryEntry
 from watchkeeper.planner import ALWAYS, Due
 
 NOW = datetime(2026, 1, 5, 12, 0, tzinfo=UTC)
@@ -18,78 +19,119 @@ def at(minutes: int) -> datetime:
     return NOW + minutes * MIN
 
 
+def entry(channel_id: str) -> RegistryEntry:
+    return RegistryEntry("main", channel_id, "active")
+
+
+R = 10 * MIN
+
+
 @pytest.mark.parametrize(
     ("puts", "now", "due", "next_act"),
     [
         pytest.param([], NOW, set(), None, id="empty"),
-        pytest.param([("1", Due(at(5), at(2)))], NOW, set(), at(5), id="nothing-yet"),
-        pytest.param([("1", Due(at(5), at(2)))], at(2), {"1"}, at(5), id="joinable"),
-        pytest.param([("1", Due(at(5), at(2)))], at(5), {"1"}, at(5), id="acts"),
-        pytest.param([("1", Due(ALWAYS, ALWAYS))], NOW, {"1"}, ALWAYS, id="always"),
+        pytest.param([("1", at(5))], NOW, set(), at(5), id="nothing-yet"),
+        pytest.param([("1", at(5))], at(5), {"1"}, at(5), id="acts"),
+        pytest.param([("1", ALWAYS)], NOW, {"1"}, ALWAYS, id="always"),
         pytest.param(
-            [("1", Due(at(1), at(0))), ("1", Due(at(9), at(8)))],
-            at(5),
-            set(),
-            at(9),
-            id="superseded-instant-never-comes-back",
+            [("1", at(1)), ("2", at(10))], at(1), {"1", "2"}, at(1), id="within-reach-of-a-due-one"
         ),
-        pytest.param([("1", Due(at(1), at(0))), ("1", None)], at(5), set(), None, id="removed"),
+        pytest.param([("1", at(1)), ("2", at(12))], at(1), {"1"}, at(1), id="beyond-reach"),
+        pytest.param([("2", at(10))], at(1), set(), at(10), id="reach-only-beside-a-due-one"),
         pytest.param(
-            [("1", Due(at(1), at(0))), ("2", Due(at(3), at(3))), ("3", Due(at(7), at(6)))],
-            at(3),
-            {"1", "2"},
-            at(1),
-            id="several",
+            [("1", at(1)), ("1", at(9))], at(5), set(), at(9), id="a-superseded-entry-never-returns"
         ),
+        pytest.param([("1", at(3)), ("1", at(3))], at(3), {"1"}, at(3), id="same-instant-twice"),
     ],
 )
 def test_index(
-    puts: list[tuple[str, Due | None]], now: datetime, due: set[str], next_act: datetime | None
+    puts: list[tuple[str, datetime]], now: datetime, due: set[str], next_act: datetime | None
 ) -> None:
-    index = DueIndex()
-    for channel_id, when in puts:
-        index.put(channel_id, when)
+    entries: dict[str, RegistryEntry] = {}
+    index = DueIndex(entries)
+    for channel_id, act in puts:
+        entries[channel_id] = entry(channel_id)  # a new entry each time, as an answer makes
+        index.put(channel_id, entries[channel_id], Due(act, R))
     assert index.due(now) == due
     assert index.next_act() == next_act
 
 
+def test_a_channel_gone_from_the_registry_is_gone_from_the_index() -> None:
+    entries = {"1": entry("1"), "2": entry("2")}
+    index = DueIndex(entries)
+    index.put("1", entries["1"], Due(at(1), R))
+    index.put_orphan("2")
+    del entries["1"], entries["2"]
+    index.forget("2")
+    assert (index.due(at(5)), index.next_act()) == (set(), None)
+
+
 def test_orphans_are_always_due_and_never_wake() -> None:
-    index = DueIndex()
-    index.put("1", Due(at(5), at(4)))
+    entries = {"1": entry("1"), "2": entry("2")}
+    index = DueIndex(entries)
     index.put_orphan("1")
     index.put_orphan("2")
     assert index.due(NOW) == {"1", "2"}
     assert index.next_act() is None
-    index.put("2", Due(at(5), at(4)))
+    index.put("2", entries["2"], Due(at(5), R))
     assert index.due(NOW) == {"1"}
     assert index.next_act() == at(5)
 
 
 def test_against_a_recount_over_many_changes() -> None:
-    """Random puts, removals and orphans (enough to compact the heaps several times): the index
-    always answers what a scan of the latest values would, and its heaps stay bounded."""
+    """Random answers (new entries), removals and orphans as time goes on: the index always
+    answers what a scan of
+    the latest values would (its reach the longest put since it was built), and says it has grown
+    once superseded items outnumber live ones."""
     rng = random.Random(11)
-    index, latest, orphans = DueIndex(), dict[str, Due](), set[str]()
+    entries: dict[str, RegistryEntry] = {}
+    index, latest, orphans = DueIndex(entries), dict[str, Due](), set[str]()
+    rebuilt, reach, now = 0, timedelta(0), NOW
     for step in range(5000):
         channel_id = str(rng.randrange(40))
         roll = rng.random()
         if roll < 0.1:
-            index.put(channel_id, None)
+            entries.pop(channel_id, None)
+            index.forget(channel_id)
             latest.pop(channel_id, None)
             orphans.discard(channel_id)
-        elif roll < 0.15:
+        elif roll < 0.15 and channel_id not in entries:
+            entries[channel_id] = entry(channel_id)
             index.put_orphan(channel_id)
-            latest.pop(channel_id, None)
             orphans.add(channel_id)
-        else:
-            act = at(rng.randrange(-30, 60))
-            when = Due(act, act - rng.randrange(0, 20) * MIN)
-            index.put(channel_id, when)
+        elif channel_id not in orphans:
+            when = Due(now + rng.randrange(-30, 600) * MIN, rng.randrange(0, 20) * MIN)
+            entries[channel_id] = entry(channel_id)
+            index.put(channel_id, entries[channel_id], when)
             latest[channel_id] = when
-            orphans.discard(channel_id)
-        now = at(rng.randrange(-40, 70))
-        expect = {c for c, d in latest.items() if d.act <= now or d.join <= now} | orphans
-        assert index.due(now) == expect, step
+            reach = max(reach, when.reach)
+        now += rng.randrange(0, 3) * MIN
+        acting = {c for c, d in latest.items() if d.act <= now}
+        near = {c for c, d in latest.items() if d.act <= now + reach} if acting else set()
+        assert index.due(now) == acting | near | orphans, step
         assert index.next_act() == min((d.act for d in latest.values()), default=None), step
-        assert len(index) == len(latest)
-        assert len(index._acts) <= 2 * len(latest) + 64 + 1
+        if index.grown():  # as the unit does: build it again from the latest values
+            rebuilt += 1
+            index, reach = (
+                DueIndex(entries),
+                max((d.reach for d in latest.values()), default=timedelta(0)),
+            )
+            for c, d in latest.items():
+                index.put(c, entries[c], d)
+            for c in orphans:
+                index.put_orphan(c)
+    assert rebuilt > 10
+
+
+def test_a_clock_stepped_back_keeps_what_had_come() -> None:
+    """Once an act has come the channel stays due until its entry changes, even if the clock then
+    steps back: planning a channel early is harmless, missing one is not."""
+    entries = {"1": entry("1")}
+    index = DueIndex(entries)
+    index.put("1", entries["1"], Due(at(5), R))
+    assert index.due(at(5)) == {"1"}
+    assert index.due(at(-60)) == {"1"}
+    assert index.next_act() == at(5)
+    entries["1"] = entry("1")
+    index.put("1", entries["1"], Due(at(30), R))
+    assert (index.due(at(-60)), index.next_act()) == (set(), at(30))

@@ -1,87 +1,118 @@
 """A unit's channels by when the planner next needs them (``planner.Due``).
 
-A pass without a listing plans only the channels whose time has come, and the engine's next wake-up
-is the top of a heap: at 10,000 channels, planning every channel on every pass was most of a pass's
-CPU (81 ms), and the wake-up scan was recomputed after every commit. Each channel is re-indexed when
-its entry or spec changes, the only things its ``Due`` depends on; the heaps are lazy (a superseded
-instant stays in until it comes up, and is compacted away when they grow to twice the channels).
+A pass without a listing plans only the channels whose time has come (and, when some has, those
+within reach of joining its renewal), and the engine's next wake-up is the top of a heap: at 10,000
+channels, planning every channel on every pass was most of a pass's CPU (81 ms), and the wake-up
+scan was redone after every commit. A channel's ``Due`` depends on its entry and its spec only: an
+answer that changes an entry indexes it again, and a change of specs (a reload, a refusal) rebuilds
+the index.
+
+The heap is lazy and lean, since it holds every channel of the daemon: an item is an instant, the
+channel id and the entry it was computed from (no copy of either), and it is live while that entry
+is still the one in the unit's registry slice. A superseded item is dropped when it comes up (each
+once: the items that came are kept apart, ``_ready``); the unit rebuilds the index once superseded
+items still to come outnumber the live ones (``grown``).
 """
 
 from __future__ import annotations
 
 import heapq
-from collections.abc import Iterator
-from datetime import datetime
+from collections.abc import Iterator, Mapping
+from datetime import datetime, timedelta
 
+from watchkeeper.model import RegistryEntry
 from watchkeeper.planner import Due
 
-COMPACT_SLACK = 64
-"""Superseded heap items tolerated beyond the live ones before a rebuild (small units)."""
+SLACK = 64
+"""Superseded items tolerated beyond the live ones before a rebuild (small units)."""
+
+
+class Item:
+    """An instant, the channel and the entry it was computed from; ordered by the instant alone
+    (two items of one channel may share it, and entries do not order)."""
+
+    __slots__ = ("at", "channel_id", "entry")
+
+    def __init__(self, at: datetime, channel_id: str, entry: RegistryEntry) -> None:
+        self.at, self.channel_id, self.entry = at, channel_id, entry
+
+    def __lt__(self, other: Item) -> bool:
+        return self.at < other.at
 
 
 class DueIndex:
-    def __init__(self) -> None:
-        self._due: dict[str, Due] = {}
-        self._acts: list[tuple[datetime, str]] = []
-        self._joins: list[tuple[datetime, str]] = []
+    def __init__(self, entries: Mapping[str, RegistryEntry]) -> None:
+        self._entries = entries
+        """The unit's registry slice, read only: which entry of a channel is current."""
+        self._acts: list[Item] = []
+        """The items whose act is still to come, as last seen (a heap)."""
+        self._ready: dict[str, Item] = {}
+        """The items whose act has come, taken off the heap: due until their entry changes."""
+        self._reach = timedelta(0)
+        """The longest ``Due.reach`` put (it only grows until a rebuild: a wider look is safe)."""
         self.orphans: set[str] = set()
         """Owned channels kept by nothing (no spec): a deletion is planned for each, whatever the
         time; they never wake the engine (a failed deletion waits for the next pass)."""
 
-    def __len__(self) -> int:
-        return len(self._due)
-
-    def put(self, channel_id: str, due: Due | None) -> None:
-        """``due`` None: the channel has nothing for the planner (not owned, or kept by a refusal
-        without a spec: left alone)."""
+    def put(self, channel_id: str, entry: RegistryEntry, due: Due) -> None:
+        """``due`` as computed from ``entry``, the channel's current one."""
         self.orphans.discard(channel_id)
-        if due is None:
-            self._due.pop(channel_id, None)
-        elif self._due.get(channel_id) != due:
-            self._due[channel_id] = due
-            heapq.heappush(self._acts, (due.act, channel_id))
-            heapq.heappush(self._joins, (due.join, channel_id))
-        self._compact_if_grown()
+        heapq.heappush(self._acts, Item(due.act, channel_id, entry))
+        self._reach = max(self._reach, due.reach)
 
     def put_orphan(self, channel_id: str) -> None:
-        self._due.pop(channel_id, None)
         self.orphans.add(channel_id)
-        self._compact_if_grown()
+
+    def forget(self, channel_id: str) -> None:
+        """The channel left the registry (its items are superseded with its entry)."""
+        self.orphans.discard(channel_id)
+
+    def grown(self) -> bool:
+        """Superseded items outnumber the live ones: time to rebuild."""
+        return len(self._acts) > 2 * len(self._entries) + SLACK
 
     def next_act(self) -> datetime | None:
         """The earliest act over the channels (None: there are none)."""
         acts = self._acts
-        while acts and self._stale(acts[0], act=True):
+        while acts and not self._live(acts[0]):
             heapq.heappop(acts)
-        return acts[0][0] if acts else None
+        times = [item.at for item in self._prune().values()]
+        if acts:
+            times.append(acts[0].at)
+        return min(times, default=None)
 
     def due(self, now: datetime) -> set[str]:
-        """Channels whose act or join has come by ``now``, and the orphans: O(those + the
-        superseded items among them), not O(channels)."""
-        found = set(self.orphans)
-        for heap, act in ((self._acts, True), (self._joins, False)):
-            found.update(item[1] for item in _upto(heap, now) if not self._stale(item, act=act))
-        return found
+        """The orphans, the channels whose act has come by ``now``, and when there are any of
+        those (a renewal may be due), the channels within reach of it: O(those + the superseded
+        items among them), not O(channels); each superseded item that comes up is seen once."""
+        ready, acts = self._prune(), self._acts
+        while acts and acts[0].at <= now:
+            item = heapq.heappop(acts)
+            if self._live(item):
+                ready[item.channel_id] = item
+        found = set(ready)
+        if found:
+            reach = now + self._reach
+            found.update(item.channel_id for item in _upto(acts, reach) if self._live(item))
+        return found | self.orphans
 
-    def _stale(self, item: tuple[datetime, str], *, act: bool) -> bool:
-        due = self._due.get(item[1])
-        return due is None or (due.act if act else due.join) != item[0]
+    def _prune(self) -> dict[str, Item]:
+        """The ready items, the superseded ones dropped."""
+        stale = [c for c, item in self._ready.items() if not self._live(item)]
+        for channel_id in stale:
+            del self._ready[channel_id]
+        return self._ready
 
-    def _compact_if_grown(self) -> None:
-        """Superseded items are dropped once they outnumber the live ones."""
-        if len(self._acts) > 2 * len(self._due) + COMPACT_SLACK:
-            self._acts = [(d.act, c) for c, d in self._due.items()]
-            self._joins = [(d.join, c) for c, d in self._due.items()]
-            heapq.heapify(self._acts)
-            heapq.heapify(self._joins)
+    def _live(self, item: Item) -> bool:
+        return self._entries.get(item.channel_id) is item.entry
 
 
-def _upto(heap: list[tuple[datetime, str]], now: datetime) -> Iterator[tuple[datetime, str]]:
-    """The items of a binary heap at or before ``now``, without popping: a subtree whose root is
+def _upto(heap: list[Item], at: datetime) -> Iterator[Item]:
+    """The items of a binary heap at or before ``at``, without popping: a subtree whose root is
     later holds nothing earlier."""
     stack = [0] if heap else []
     while stack:
         i = stack.pop()
-        if heap[i][0] <= now:
+        if heap[i].at <= at:
             yield heap[i]
             stack.extend(j for j in (2 * i + 1, 2 * i + 2) if j < len(heap))

@@ -118,13 +118,13 @@ ALWAYS = datetime.min.replace(tzinfo=UTC)
 @dataclass(frozen=True, slots=True)
 class Due:
     """When an owned channel next needs the planner on a pass without a listing, as long as neither
-    its entry nor its spec changes (instants on Zoho's clock): the engine keeps its channels
-    indexed by these, so a pass plans only what is due and the next wake-up is a heap's top."""
+    its entry nor its spec changes (Zoho's clock): the engine keeps its channels indexed by these,
+    so a pass plans only what is due and the next wake-up is a heap's top."""
 
     act: datetime
     """From this instant on the planner has an action for it (and before it, none)."""
-    join: datetime
-    """From this instant on it may be taken along in a due renewal of its account."""
+    reach: timedelta
+    """It may be taken along in a due renewal of its account only once ``act`` is this close."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,9 +142,9 @@ class AccountView:
     retained: Mapping[str, ChannelSpec] = field(default_factory=dict)
     """The refused ones to keep alive, with the spec to renew them with."""
     candidates: Collection[str] | None = None
-    """Without a listing, the only channels that can have an action: those whose ``due`` has come
-    (act or join) and the owned ones no longer kept; the others are left out unplanned. None: every
-    channel is planned (a listing may change any of them)."""
+    """Without a listing, the channels that can have an action (at least those whose ``due`` act
+    has come, those within reach of a due renewal, and the owned ones no longer kept); the others
+    are left out unplanned. None: every channel is planned (a listing may change any of them)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,7 +232,8 @@ def due(spec: ChannelSpec, entry: RegistryEntry, policy: Policy) -> Due:
     """PURE: ``Due`` of an owned channel kept with ``spec``, from exactly the conditions under
     which ``_for_desired`` acts without a listing: held back until its retry_at; otherwise at once
     when it was never granted, lapsed, has no renewal time or was changed in the state file since
-    Zoho accepted it; else at its renew_at or its emergency point, whichever comes first."""
+    Zoho accepted it; else at its renew_at or its emergency point, whichever comes first. Joining
+    a renewal takes a renew_at within the batch horizon and no hold, so such an act is within it."""
     lifetime = entry.lifetime or spec.ttl
     if (
         entry.expires_at is None
@@ -240,15 +241,12 @@ def due(spec: ChannelSpec, entry: RegistryEntry, policy: Policy) -> Due:
         or entry.state == "lapsed"
         or applied_drift(spec, entry)
     ):
-        act = join = ALWAYS
+        act = ALWAYS
     else:
-        renew_at = utc(entry.renew_at)
-        act = min(renew_at, emergency_at(entry.expires_at, lifetime, policy))
-        join = renew_at - batch_horizon(lifetime, policy)
-    if entry.retry_at is None:
-        return Due(act, join)
-    held = utc(entry.retry_at)
-    return Due(max(act, held), max(join, held))
+        act = min(utc(entry.renew_at), emergency_at(entry.expires_at, lifetime, policy))
+    if entry.retry_at is not None:
+        act = max(act, utc(entry.retry_at))
+    return Due(act, batch_horizon(lifetime, policy))
 
 
 def observed_drift(spec: ChannelSpec, seen: ObservedChannel) -> tuple[str, ...]:

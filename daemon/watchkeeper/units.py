@@ -148,18 +148,23 @@ class Unit:
 
     def schedule(self, tuning: Policy) -> DueIndex:
         if self.index is None:
-            self.index = DueIndex()
+            self.index = DueIndex(self.entries)
             self._place(self.entries, tuning)
         return self.index
 
     def record(
-        self, changed: Mapping[str, RegistryEntry], removed: Iterable[str], tuning: Policy
+        self, changed: Mapping[str, RegistryEntry], removed: Collection[str], tuning: Policy
     ) -> None:
         """The entries an answer changed and removed, into the registry slice and the index."""
         self.entries.update(changed)
-        gone = [cid for cid in removed if self.entries.pop(cid, None) is not None]
+        for channel_id in removed:
+            self.entries.pop(channel_id, None)
         if self.index is not None:
-            self._place([*changed, *gone], tuning)
+            self._place([c for c in changed if c in self.entries], tuning)
+            for channel_id in removed:
+                self.index.forget(channel_id)
+            if self.index.grown():
+                self.index = None
         self.touch()
 
     def reload(self, entries: dict[str, RegistryEntry]) -> None:
@@ -176,14 +181,12 @@ class Unit:
         assert self.index is not None
         view = AccountView(self.name, self.desired, None, self.entries, self.refused, self.retained)
         for channel_id in channel_ids:
-            entry = self.entries.get(channel_id)
+            entry = self.entries[channel_id]
             spec = planner.kept_spec(view, channel_id)
-            if entry is not None and spec is not None:
-                self.index.put(channel_id, planner.due(spec, entry, tuning))
-            elif entry is not None and channel_id not in self.refused:
+            if spec is not None:
+                self.index.put(channel_id, entry, planner.due(spec, entry, tuning))
+            elif channel_id not in self.refused:
                 self.index.put_orphan(channel_id)
-            else:
-                self.index.put(channel_id, None)
 
     def census(self) -> Census:
         """Cached until ``touch``."""
