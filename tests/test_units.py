@@ -247,4 +247,4 @@ def test_a_unit_plans_what_is_due_as_a_full_plan_would(unit: Unit) -> None:
             wake = unit.next_due(now, tuning)
             assert (wake <= now) == any(a.kind != "delete" for a in plan_account(full, now, tuning))
             changed = {c: drawn(c) for c in ids if rng.random() < 0.3}
-            unit.record(changed, [c for c in ids if rng.random() < 0.1], tuning)
+            unit.record(changed, [c for c in ids if rng.random() < 0.1])

@@ -209,7 +209,7 @@ class AccountPass:
             if closed.channel_id in unit.backfilled:
                 ready = backfill_plan.Window(closed.start, closed.end).end - unit.client.skew
                 unit.backfill_at = ready if unit.backfill_at is None else min(unit.backfill_at, ready)
-        unit.record(change.entries, change.removed, shell.policy)
+        unit.record(change.entries, change.removed)
         if change.pause_until is not None:
             unit.paused_until = change.pause_until
         if change.list_soon:

@@ -96,8 +96,11 @@ class Unit:
     """``census`` as last computed, None once an entry or the desired set changed: the status line
     sent after every pass costs O(accounts) on an idle tick, not O(channels)."""
     index: DueIndex | None = None
-    """Its channels by ``planner.due``, kept up by ``record``; None once the desired set, the
-    refusals or the policy changed (rebuilt on next use)."""
+    """Its channels by ``planner.due``; None once the desired set, the refusals or the policy
+    changed (rebuilt on next use)."""
+    changed: set[str] = field(default_factory=set)
+    """Channels whose entry changed since the index last took them in, as it does on its next use:
+    the several answers a pass records for a channel cost the index one item, not one each."""
 
     def paused(self, now: datetime) -> bool:
         return self.paused_until is not None and self.paused_until > now
@@ -147,24 +150,27 @@ class Unit:
         )
 
     def schedule(self, tuning: Policy) -> DueIndex:
+        """The index, brought up to date with the entries changed since its last use."""
+        if self.index is not None:
+            self._place([c for c in self.changed if c in self.entries], tuning)
+            if self.index.grown():
+                self.index = None
+        self.changed.clear()
         if self.index is None:
             self.index = DueIndex(self.entries)
             self._place(self.entries, tuning)
         return self.index
 
-    def record(
-        self, changed: Mapping[str, RegistryEntry], removed: Collection[str], tuning: Policy
-    ) -> None:
-        """The entries an answer changed and removed, into the registry slice and the index."""
+    def record(self, changed: Mapping[str, RegistryEntry], removed: Collection[str]) -> None:
+        """The entries an answer changed and removed, into the registry slice (and, on its next
+        use, the index)."""
         self.entries.update(changed)
         for channel_id in removed:
             self.entries.pop(channel_id, None)
         if self.index is not None:
-            self._place([c for c in changed if c in self.entries], tuning)
+            self.changed.update(changed)
             for channel_id in removed:
                 self.index.forget(channel_id)
-            if self.index.grown():
-                self.index = None
         self.touch()
 
     def reload(self, entries: dict[str, RegistryEntry]) -> None:
