@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -57,14 +57,16 @@ def write_state(
     *,
     api_version: str = "v8",
     daemon: str | None = "",
-    accounts: Sequence[str] = ("main",),
+    accounts: Sequence[str] | Mapping[str, str] = ("main",),
 ) -> Path:
     """A state file with one account ``main`` on the emulator at ``url`` (or the named ``accounts``:
     ``main`` logs in as the emulator's default org, any other as the org of the same name, which
-    the test adds with ``emu.add_org(name)``). ``daemon`` None: no ``[daemon]`` table (a file of a
-    state directory that leaves it to another)."""
+    the test adds with ``emu.add_org(name)``; a mapping gives each name more TOML lines for its
+    table, e.g. ``{"main": 'reconcile_every = "4h"'}``). ``daemon`` None: no ``[daemon]`` table (a
+    file of a state directory that leaves it to another)."""
     text = "" if daemon is None else f'[daemon]\ndatabase = "watchkeeper.db"\n{daemon}\n'
-    text += "".join(_account(name, url, api_version) for name in accounts)
+    more = accounts if isinstance(accounts, Mapping) else dict.fromkeys(accounts, "")
+    text += "".join(_account(name, url, api_version, lines) for name, lines in more.items())
     text += "\n\n".join(c.toml() for c in channels) + "\n"
     path.write_text(text)
     return path
@@ -75,7 +77,7 @@ def org_of(account: str) -> str:
     return DEFAULT_ORG if account == "main" else account
 
 
-def _account(name: str, url: str, api_version: str) -> str:
+def _account(name: str, url: str, api_version: str, more: str) -> str:
     refresh_token = (
         "env:WK_TEST_REFRESH_TOKEN" if name == "main" else f"{DEFAULT_REFRESH_TOKEN}-{org_of(name)}"
     )
@@ -88,7 +90,7 @@ accounts_url = "{url}"
 client_id = "{DEFAULT_CLIENT_ID}"
 client_secret = "env:WK_TEST_CLIENT_SECRET"
 refresh_token = "{refresh_token}"
-
+{more}
 """
 
 

@@ -220,6 +220,10 @@ ACCOUNT_ERRORS: list[tuple[str, Overrides, str, str]] = [
         "client_secret",
         "$CREDENTIALS_DIRECTORY",
     ),
+    ("reconcile-format", {"reconcile_every": '"20 h"'}, "reconcile_every", "like 90s, 15m, 23h"),
+    ("reconcile-zero", {"reconcile_every": '"0s"'}, "reconcile_every", "longer than 0s"),
+    ("reconcile-type", {"reconcile_every": "72000"}, "reconcile_every", "not an integer"),
+    ("reconcile-typo", {"reconcile_evry": '"20h"'}, "reconcile_evry", "'reconcile_every'"),
 ]
 
 CHANNEL_ERRORS: list[tuple[str, Overrides, str, str]] = [
@@ -247,6 +251,7 @@ CHANNEL_ERRORS: list[tuple[str, Overrides, str, str]] = [
     ("ttl-format", {"ttl": '"1 day"'}, "ttl", "is not a duration"),
     ("related-type", {"notify_on_related_action": '"no"'}, "notify_on_related_action", "true or false"),
     ("backfill-type", {"backfill": '"yes"'}, "backfill", "true or false"),
+    ("reconcile-per-account", {"reconcile_every": '"4h"'}, "reconcile_every", "unknown key"),
     ("affected-type", {"return_affected_field_values": "1"}, "return_affected_field_values", "true or"),
     ("condition-shape", {"notification_condition": '"Stage"'}, "notification_condition", "of tables"),
     (
@@ -512,6 +517,27 @@ def test_daemon_section_fills_the_policy(tmp_path: Path) -> None:
     assert (policy.reconcile_every, policy.renew_window) == (timedelta(minutes=10), (0.5, 0.5))
     assert (policy.retry_initial, policy.retry_max) == (timedelta(minutes=15), timedelta(minutes=15))
     assert (policy.max_delete_fraction, policy.allow_empty) == (1.0, True)
+
+
+@pytest.mark.parametrize(
+    ("daemon", "own", "expected"),
+    [
+        pytest.param("", None, timedelta(minutes=30), id="neither-the-default"),
+        pytest.param('reconcile_every = "10m"', None, timedelta(minutes=10), id="daemons"),
+        pytest.param("", '"20h"', timedelta(hours=20), id="own"),
+        pytest.param('reconcile_every = "10m"', '"4h"', timedelta(hours=4), id="own-over-daemons"),
+        pytest.param("", '"1d12h"', timedelta(hours=36), id="own-longer-than-a-day"),
+        pytest.param("", '"90s"', timedelta(seconds=90), id="own-shorter"),
+    ],
+)
+def test_an_accounts_own_reconcile_every_overrides_the_daemons(
+    tmp_path: Path, daemon: str, own: str | None, expected: timedelta
+) -> None:
+    text = f"[daemon]\n{daemon}\n" + account(reconcile_every=own) + account("other")
+    state = load(write(tmp_path, text), environ=ENV)
+    assert state.accounts["main"].reconcile_every == (None if own is None else expected)
+    assert state.reconcile_every("main") == expected
+    assert state.reconcile_every("other") == state.policy.reconcile_every  # the key is per account
 
 
 def test_concurrency_defaults_to_eight(tmp_path: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import itertools
 import random
 import threading
 from collections import Counter
@@ -1095,3 +1096,52 @@ def test_the_cached_censuses_match_a_recount_after_every_change(
         engine.run_due()  # and deleted
         check(engine)
     assert engine.memory.census().states == Counter(active=1)
+
+
+# -- each account's own look interval (``[accounts.NAME].reconcile_every``) ------------------------
+
+
+def look_gaps(emu: Emulator, org: str, since: datetime) -> list[timedelta]:
+    """The time between an org's consecutive looks (GETs of its channels) from ``since`` on."""
+    looks = [c.at for c in emu.calls if c.method == "GET" and c.org == org and c.at >= since]
+    return [b - a for a, b in itertools.pairwise(looks)]
+
+
+def test_each_account_is_looked_at_on_its_own_interval_and_a_reload_changes_it(
+    emulator: Emulator, tmp_path: Path, sim_clock: SimClock
+) -> None:
+    """``main`` says 2h, ``second`` nothing (the daemon's 30m); a reload swaps them (``main``
+    nothing, ``second`` 2h) and the new intervals apply from the listing the reload makes, with
+    the clients kept."""
+    emulator.add_org(org_of("second"))
+    chans = [Chan("9980", account="main", ttl="23h"), Chan("9981", account="second", ttl="23h")]
+    path, names = tmp_path / "channels.toml", ("main", "second")
+
+    def state(slow: str) -> config.DesiredState:
+        accounts = {name: 'reconcile_every = "2h"' if name == slow else "" for name in names}
+        return config.load(write_state(path, emulator.url, chans, accounts=accounts))
+
+    with open_engine(
+        state("main"), clock=sim_clock, rng=random.Random(7), sleep=sim_clock.sleep
+    ) as engine:
+        start = sim_clock()
+        run_until(engine, sim_clock, start + timedelta(hours=8))
+        gaps = {o: look_gaps(emulator, org_of(o), start) for o in names}
+        clients = {name: unit.client for name, unit in engine.memory.units.items()}
+        engine.reload(state("second"))
+        reloaded = emulator.now()
+        kept = {name: unit.client for name, unit in engine.memory.units.items()}
+        run_until(engine, sim_clock, sim_clock() + timedelta(hours=8))
+        swapped = {o: look_gaps(emulator, org_of(o), reloaded) for o in names}
+
+    def within(found: list[timedelta], every: timedelta) -> bool:
+        """At least three looks apart (8 hours of 2h ±10 %), each ``every`` ±10 % after the last."""
+        return len(found) >= 3 and all(every * 0.9 <= gap <= every * 1.1 for gap in found)
+
+    # The same client objects (and access tokens): only the intervals changed.
+    assert [kept[name] is client for name, client in clients.items()] == [True, True]
+    two_hours, half_hour = timedelta(hours=2), timedelta(minutes=30)
+    assert within(gaps["main"], two_hours), gaps["main"]
+    assert within(gaps["second"], half_hour), gaps["second"]
+    assert within(swapped["main"], half_hour), swapped["main"]
+    assert within(swapped["second"], two_hours), swapped["second"]

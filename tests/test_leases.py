@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from types import MappingProxyType
 
 import pytest
 from watchkeeper import leases
+from watchkeeper.config import AccountSpec, DesiredState
 from watchkeeper.leases import Held, Timing
+from watchkeeper.policy import Policy
 from watchkeeper.values import Board, InstanceBeat, LeaseState
+from watchkeeper.zoho.regions import Endpoint
 
 NOW = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
 LATER = NOW + timedelta(seconds=30)
@@ -101,6 +107,64 @@ def test_two_instances_prefer_different_free_accounts() -> None:
     empty = board({}, beat("a"), beat("b"))
     a, b = leases.decide("a", "d", ACCOUNTS, empty), leases.decide("b", "d", ACCOUNTS, empty)
     assert len(set(a.take) & set(b.take)) < 5
+
+
+DEFAULTS = Policy()
+
+
+def state_of(*accounts: AccountSpec, policy: Policy = DEFAULTS) -> DesiredState:
+    named = MappingProxyType({a.name: a for a in accounts})
+    return DesiredState(Path("channels.toml"), Path("wk.db"), policy, named, ())
+
+
+ACME = AccountSpec("acme", "crm", "v8", Endpoint.resolve("crm", "v8"), access_token="at")
+HOURS = timedelta(hours=1)
+
+DIGESTS = [
+    # (case, a state, another: whether their digests differ)
+    ("the same state", state_of(ACME), state_of(ACME), False),
+    ("credentials never enter", state_of(ACME), state_of(replace(ACME, access_token="at2")), False),
+    (
+        "[daemon] never enters",
+        state_of(ACME),
+        state_of(ACME, policy=Policy(reconcile_every=HOURS)),
+        False,
+    ),
+    ("an own interval set", state_of(ACME), state_of(replace(ACME, reconcile_every=HOURS)), True),
+    (
+        "an own interval changed",
+        state_of(replace(ACME, reconcile_every=HOURS)),
+        state_of(replace(ACME, reconcile_every=4 * HOURS)),
+        True,
+    ),
+    (
+        "an own interval equal to the daemon's still enters",
+        state_of(ACME, policy=Policy(reconcile_every=HOURS)),
+        state_of(replace(ACME, reconcile_every=HOURS), policy=Policy(reconcile_every=HOURS)),
+        True,
+    ),
+    (
+        "another region",
+        state_of(ACME),
+        state_of(replace(ACME, endpoint=Endpoint.resolve("crm", "v8", "eu"))),
+        True,
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("one", "other", "differ"), [c[1:] for c in DIGESTS], ids=[c[0] for c in DIGESTS]
+)
+def test_the_digest_follows_the_account_keys_instances_must_agree_on(
+    one: DesiredState, other: DesiredState, differ: bool
+) -> None:
+    assert (leases.digest(one) != leases.digest(other)) is differ
+
+
+def test_a_state_without_own_intervals_keeps_the_digest_it_had() -> None:
+    """What the version before the per-account ``reconcile_every`` computes for this state: in a
+    rolling upgrade, instances of both versions do not see each other diverge."""
+    assert leases.digest(state_of(ACME)) == "24c71006045ffc72"
 
 
 def test_live_instances_with_another_digest_are_diverged() -> None:

@@ -14,6 +14,7 @@ from watchkeeper.policy import (
     emergency_at,
     expiry_clamped,
     is_at_risk,
+    listing_retry,
     next_reconcile,
     next_retry,
     tallies,
@@ -167,9 +168,44 @@ def test_expiry_clamped(requested: timedelta, granted: timedelta, clamped: bool)
 
 
 def test_next_reconcile_is_jittered_ten_percent() -> None:
-    draws = [next_reconcile(NOW, POLICY, random.Random(s)) for s in SEEDS]
+    draws = [next_reconcile(NOW, POLICY.reconcile_every, POLICY, random.Random(s)) for s in SEEDS]
     assert all(NOW + 27 * MIN <= d <= NOW + 33 * MIN for d in draws)
     assert max(draws) - min(draws) > 5 * MIN
+
+
+@pytest.mark.parametrize(
+    ("every", "draw", "after"),
+    [
+        pytest.param(30 * MIN, 0.0, 27 * MIN, id="30m-earliest"),
+        pytest.param(30 * MIN, 1.0, 33 * MIN, id="30m-latest"),
+        pytest.param(4 * HOUR, 0.5, 4 * HOUR, id="4h-middle"),
+        pytest.param(20 * HOUR, 0.0, 18 * HOUR, id="20h-earliest"),
+        pytest.param(20 * HOUR, 1.0, 22 * HOUR, id="20h-latest"),
+        pytest.param(10 * S, 1.0, 11 * S, id="10s-latest"),
+    ],
+)
+def test_next_reconcile_follows_the_accounts_interval(
+    every: timedelta, draw: float, after: timedelta
+) -> None:
+    """The interval passed in, not ``[daemon]``'s (30m here), with the same ±10 %."""
+    assert next_reconcile(NOW, every, POLICY, FixedRandom(draw)) == NOW + after
+
+
+@pytest.mark.parametrize(
+    ("failures", "every", "draw", "after"),
+    [
+        pytest.param(1, 30 * MIN, 1.0, 30 * S, id="first-failure-backoff"),
+        pytest.param(1, 30 * MIN, 0.0, S, id="never-under-the-floor"),
+        pytest.param(10, 30 * MIN, 1.0, 2 * MIN, id="within-probe-max"),
+        pytest.param(10, 20 * HOUR, 1.0, 2 * MIN, id="a-long-interval-probes-as-often"),
+        pytest.param(10, MIN, 1.0, MIN, id="never-after-the-regular-look"),
+        pytest.param(1, 10 * S, 1.0, 10 * S, id="a-short-interval-caps-the-first-backoff"),
+    ],
+)
+def test_listing_retry_backs_off_within_probe_max_and_the_accounts_interval(
+    failures: int, every: timedelta, draw: float, after: timedelta
+) -> None:
+    assert listing_retry(NOW, failures, every, POLICY, FixedRandom(draw)) == NOW + after
 
 
 @pytest.mark.parametrize(

@@ -341,6 +341,20 @@ def test_a_directory_is_one_desired_state(directory: Path, monkeypatch: pytest.M
     )
 
 
+def test_an_accounts_own_reconcile_every_holds_in_its_file_and_the_others_take_the_daemons(
+    directory: Path,
+) -> None:
+    """The ``[daemon]`` value is in another file: an account without its own resolves to it."""
+    own = {"acme": 'reconcile_every = "20h"'}
+    write_state(directory / "acme.toml", URL, [Chan("100")], daemon=None, accounts=own)
+    state = load(directory, environ=env())
+    assert state.accounts["acme"].reconcile_every == timedelta(hours=20)
+    assert (state.reconcile_every("acme"), state.reconcile_every("beta")) == (
+        timedelta(hours=20),
+        timedelta(minutes=10),
+    )
+
+
 def test_every_files_errors_name_the_file_and_the_key(directory: Path) -> None:
     (directory / "acme.toml").write_text(
         (directory / "acme.toml")

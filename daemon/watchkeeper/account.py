@@ -115,7 +115,7 @@ class AccountPass:
             self.commit(outcome.listing_failed(situation, exc, unit.next_listing))
             return None
         unit.list_failures = 0
-        unit.next_listing = policy.next_reconcile(now, tuning, self.shell.rng)
+        unit.next_listing = policy.next_reconcile(now, unit.every, tuning, self.shell.rng)
         unit.touch()
         if counted is None:  # the count stands: nothing vanished or appeared since the last listing
             return None

@@ -71,7 +71,15 @@ DEFAULT_CONCURRENCY = 8
 MAX_CONCURRENCY = 64
 REFRESH_KEYS = ("client_id", "client_secret", "refresh_token")
 CREDENTIAL_KEYS = (*REFRESH_KEYS, "access_token")
-ACCOUNT_KEYS = ("product", "api_version", "region", "api_domain", "accounts_url", *CREDENTIAL_KEYS)
+ACCOUNT_KEYS = (
+    "product",
+    "api_version",
+    "region",
+    "api_domain",
+    "accounts_url",
+    *CREDENTIAL_KEYS,
+    "reconcile_every",
+)
 CHANNEL_KEYS = (
     "account",
     "channel_id",
@@ -110,6 +118,14 @@ class AccountSpec:
     client_secret: str | None = field(default=None, repr=False)
     refresh_token: str | None = field(default=None, repr=False)
     access_token: str | None = field(default=None, repr=False)
+    reconcile_every: timedelta | None = None
+    """Its own look interval; None: ``[daemon]``'s (which, in a state directory, another file may
+    set: so it is resolved when applied, by ``DesiredState.reconcile_every``)."""
+
+    def same_client(self, other: AccountSpec) -> bool:
+        """Whether ``other`` is served by the same client: a new look interval alone needs none
+        (a new client would fetch a new access token)."""
+        return replace(self, reconcile_every=other.reconcile_every) == other
 
 
 class Address(NamedTuple):
@@ -139,6 +155,12 @@ class DesiredState:
     """``[daemon].instance``: this instance's name among those sharing a database."""
     lease: timedelta = DEFAULT_LEASE
     """``[daemon].lease``: how long an account stays with an instance that went silent."""
+
+    def reconcile_every(self, account: str) -> timedelta:
+        """How often ``account`` is looked at: its own interval, else ``[daemon]``'s."""
+        spec = self.accounts.get(account)
+        own = spec.reconcile_every if spec is not None else None
+        return self.policy.reconcile_every if own is None else own
 
     def secrets(self) -> frozenset[str]:
         """Every secret value, for the log redactor (which masks the short ones as whole tokens).
@@ -641,10 +663,13 @@ def _account(
     accounts_url = scope.get(table, "accounts_url", _base_url("accounts_url"), None)
     creds = {key: scope.get(table, key, _secret(resolve), None) for key in CREDENTIAL_KEYS}
     _credentials_complete(scope, table)
+    every = scope.get(table, "reconcile_every", _positive_duration, None)
     if len(scope.found) > before or version is None:
         return None
     endpoint = Endpoint.resolve(version[0], version[1], region, api_domain, accounts_url)
-    return AccountSpec(name, endpoint.product, endpoint.version, endpoint, **creds)
+    return AccountSpec(
+        name, endpoint.product, endpoint.version, endpoint, **creds, reconcile_every=every
+    )
 
 
 def _credentials_complete(scope: _Scope, table: Mapping[str, Any]) -> None:

@@ -110,9 +110,12 @@ def lost(held: Mapping[str, Held], renewed: Mapping[str, LeaseState]) -> list[st
 def digest(state: DesiredState) -> str:
     """The state file's accounts and channels (not ``[daemon]``, which differs per instance), as
     a digest that holds no secret: tokens and notify_urls enter as their own digests, credentials
-    not at all."""
+    not at all. An account's own ``reconcile_every`` enters (whichever instance holds the account
+    looks at it that often, so the instances must agree), and only when set: a state without it
+    keeps the digest it had, so instances of the version before it do not see it diverge."""
     accounts = {
         name: [a.product, a.api_version, a.endpoint.api_domain, a.endpoint.accounts_url]
+        + ([] if a.reconcile_every is None else [a.reconcile_every.total_seconds()])
         for name, a in sorted(state.accounts.items())
     }
     channels = [

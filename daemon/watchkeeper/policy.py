@@ -19,6 +19,8 @@ class Policy:
     """The tunables of DESIGN.md section 2 ``[daemon]`` that decide timing and guards."""
 
     reconcile_every: timedelta = timedelta(minutes=30)
+    """How often an account is looked at, unless its own ``reconcile_every`` says otherwise
+    (``DesiredState.reconcile_every``)."""
     renew_window: tuple[float, float] = (0.60, 0.70)
     retry_initial: timedelta = timedelta(seconds=30)
     retry_max: timedelta = timedelta(minutes=15)
@@ -138,10 +140,11 @@ def expiry_clamped(requested: timedelta, granted: timedelta, policy: Policy) -> 
     return granted < requested * policy.clamp_fraction
 
 
-def next_reconcile(now: datetime, policy: Policy, rng: random.Random) -> datetime:
-    """The next full listing: ``reconcile_every`` with ±``reconcile_jitter`` spread."""
+def next_reconcile(now: datetime, every: timedelta, policy: Policy, rng: random.Random) -> datetime:
+    """The account's next look: ``every`` (its own ``reconcile_every``, else ``[daemon]``'s) with
+    ±``reconcile_jitter`` spread."""
     spread = policy.reconcile_jitter
-    return utc(now) + policy.reconcile_every * rng.uniform(1 - spread, 1 + spread)
+    return utc(now) + every * rng.uniform(1 - spread, 1 + spread)
 
 
 def tallies(rows: int | None, per_page: int, now: datetime, full_due: datetime | None) -> bool:
@@ -183,9 +186,12 @@ def rate_limit_pause(retry_after: float | None, policy: Policy) -> timedelta:
     return timedelta(seconds=min(retry_after, cap))
 
 
-def listing_retry(now: datetime, failures: int, policy: Policy, rng: random.Random) -> datetime:
+def listing_retry(
+    now: datetime, failures: int, every: timedelta, policy: Policy, rng: random.Random
+) -> datetime:
     """After ``failures`` listings of an account failed in a row, the next one comes on the backoff
-    scale, within ``probe_max``: a failing listing costs one request, and it is the probe that
-    ends an outage's holds (so lapsed channels come back at once)."""
+    scale, within ``probe_max`` and never later than its regular look (``every``): a failing
+    listing costs one request, and it is the probe that ends an outage's holds (so lapsed channels
+    come back at once)."""
     delay = min(backoff(failures, policy, rng), policy.probe_max)
-    return utc(now) + min(policy.reconcile_every, max(delay, policy.retry_floor))
+    return utc(now) + min(every, max(delay, policy.retry_floor))

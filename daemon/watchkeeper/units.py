@@ -63,6 +63,8 @@ class Unit:
     client: WatchClient
     entries: dict[str, RegistryEntry]
     next_listing: datetime
+    every: timedelta = Policy().reconcile_every
+    """How often the account is looked at (``DesiredState.reconcile_every``), set on ``adopt``."""
     list_failures: int = 0
     paused_until: datetime | None = None
     """Our clock: no request of the account goes out before (429, bad credentials)."""
@@ -224,7 +226,7 @@ class Unit:
 
     def failed_listing(self, now: datetime, tuning: Policy, rng: random.Random) -> None:
         self.list_failures += 1
-        self.next_listing = policy.listing_retry(now, self.list_failures, tuning, rng)
+        self.next_listing = policy.listing_retry(now, self.list_failures, self.every, tuning, rng)
         self.touch()
 
 
@@ -290,7 +292,8 @@ class Memory:
         """A new client for every account that is new or changed (region, version, credentials);
         an account that is gone keeps its client, so that its channels can still be deleted."""
         for name, account in new.accounts.items():
-            if old.accounts.get(name) == account:
+            before = old.accounts.get(name)
+            if before is not None and before.same_client(account):
                 continue
             client = connect(account)
             if name in self.units:
@@ -299,12 +302,14 @@ class Memory:
                 self.units[name] = Unit(name, client, {}, now)
 
     def adopt(self, state: DesiredState) -> None:
-        """Index the desired channels by account, once per load rather than once per pass."""
+        """Index the desired channels by account, once per load rather than once per pass, and set
+        each account's look interval (a gone account's is ``[daemon]``'s)."""
         keyed = {(c.account, c.channel_id): c for c in state.channels}
         self.known.update(keyed)
         self.desired = frozenset(keyed)  # the same key tuples as ``known``'s new ones
         for unit in self.units.values():
             unit.desired = {}
+            unit.every = state.reconcile_every(unit.name)
             unit.reindex()
         for spec in state.channels:
             if spec.account in self.units:

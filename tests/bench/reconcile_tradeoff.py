@@ -2,13 +2,15 @@
 the daemon's back stays down.
 
     python -m tests.bench.reconcile_tradeoff [--rules 30m/each 2h/each 4h/each 12h/each 30m]
-                                             [--channels 1000] [--ttl 23h] [--days 3]
-                                             [--deletions 20] [--seed 1]
+                                             [--channels 1000] [--accounts 1] [--per-account]
+                                             [--ttl 23h] [--days 3] [--deletions 20] [--seed 1]
 
 A rule is ``EVERY[/FULL]``: each account is looked at every EVERY (``reconcile_every``) and listed
 in full every FULL (``Policy.full_listing_every``), its other looks a one-page tally of its row
 count; ``/each`` makes every look a full listing (the daemon before the tallies), no ``/FULL``
-keeps the default.
+keeps the default. ``--per-account`` sets EVERY as each account's own ``reconcile_every``
+(``[accounts.NAME]``) instead of ``[daemon]``'s; ``--accounts`` spreads the channels over that
+many accounts, as the soak does.
 
 Each rule runs twice on the soak's harness (simulated time, the real engine, store and client
 against the emulator, the daemon's 60 s tick) without faults: once as it is (the steady state's
@@ -103,6 +105,10 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m tests.bench.reconcile_tradeoff")
     parser.add_argument("--rules", nargs="+", type=rule, default=None)
     parser.add_argument("--channels", type=int, default=1000)
+    parser.add_argument("--accounts", type=int, default=1)
+    parser.add_argument(
+        "--per-account", action="store_true", help="EVERY as each account's own reconcile_every"
+    )
     parser.add_argument("--ttl", default="23h")
     parser.add_argument("--days", type=float, default=3.0)
     parser.add_argument("--deletions", type=int, default=20)
@@ -122,11 +128,13 @@ def main(argv: list[str] | None = None) -> None:
     for every, full in rules:
         params = Params(
             channels=args.channels,
+            accounts=args.accounts,
             days=args.days,
             ttl=args.ttl,
             profile="none",
             seed=args.seed,
-            reconcile_every=every,
+            reconcile_every=None if args.per_account else every,
+            account_reconcile=every if args.per_account else None,
             full_listing_every=full,
         )
         with tempfile.TemporaryDirectory(prefix="tradeoff-") as tmp:

@@ -2,6 +2,7 @@
 
     python -m tests.soak [--channels 1000] [--modules 2] [--accounts 1] [--days 7] [--ttl 23h]
                          [--profile default|none] [--seed 1] [--reconcile-every 30m]
+                         [--account-reconcile 20h]
                          [--baselines fixed,zoho-advice] [--json] [--workdir DIR]
 
 Run from the repository root. The real engine, store and client run against the emulator over

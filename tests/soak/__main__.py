@@ -34,6 +34,11 @@ def main(argv: list[str] | None = None) -> int:
         "--reconcile-every", default=None, help="the state file's reconcile_every (default 30m)"
     )
     parser.add_argument(
+        "--account-reconcile",
+        default=None,
+        help="every account's own reconcile_every ([accounts.NAME]; default none: [daemon]'s)",
+    )
+    parser.add_argument(
         "--change-every",
         default=defaults.change_every,
         help="one record change per watched module this often (default 15m; off for none)",
@@ -63,6 +68,7 @@ def main(argv: list[str] | None = None) -> int:
             profile=args.profile,
             seed=args.seed,
             reconcile_every=args.reconcile_every,
+            account_reconcile=args.account_reconcile,
             backfill=not args.no_backfill,
             change_every=None if args.change_every == "off" else args.change_every,
         )

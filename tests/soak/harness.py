@@ -62,6 +62,9 @@ class Params:
     seed: int = 1
     reconcile_every: str | None = None
     """The state file's ``[daemon] reconcile_every``; None keeps the default (30m)."""
+    account_reconcile: str | None = None
+    """Every account's own ``reconcile_every`` (``[accounts.NAME]``); None: none, ``[daemon]``'s
+    applies."""
     full_listing_every: timedelta | None = None
     """``Policy.full_listing_every`` (no state-file key sets it); None keeps the default (6h),
     zero makes every look a full listing (the daemon before the tallies)."""
@@ -80,8 +83,9 @@ class Params:
         if self.profile not in PROFILES:
             raise ValueError(f"profile must be one of {sorted(PROFILES)}")
         config.parse_duration(self.ttl)  # ValueError, worded for the command line
-        if self.change_every is not None:
-            config.parse_duration(self.change_every)
+        for duration in (self.change_every, self.account_reconcile):
+            if duration is not None:
+                config.parse_duration(duration)
 
     @property
     def duration(self) -> timedelta:
@@ -368,7 +372,10 @@ def simulation(params: Params, state_file: Path) -> Iterator[Simulation]:
         daemon = "concurrency = 1\n"
         if params.reconcile_every:
             daemon += f'reconcile_every = "{params.reconcile_every}"\n'
-        write_state(state_file, emu.url, chans, daemon=daemon, accounts=params.account_names)
+        own = params.account_reconcile
+        lines = f'reconcile_every = "{own}"' if own else ""
+        accounts = dict.fromkeys(params.account_names, lines)
+        write_state(state_file, emu.url, chans, daemon=daemon, accounts=accounts)
         state = config.load(state_file, environ=env())
         if params.full_listing_every is not None:
             tuning = replace(state.policy, full_listing_every=params.full_listing_every)

@@ -192,6 +192,7 @@ def summarize(result: RunResult) -> dict[str, Any]:
             "profile": params.profile,
             "seed": params.seed,
             "reconcile_every": params.reconcile_every,
+            "account_reconcile": params.account_reconcile,
         },
         "coverage": {
             "overall_pct": 100 * live_total / span_total if span_total else 0.0,
@@ -474,6 +475,7 @@ def table(summaries: Sequence[dict[str, Any]], goals: dict[str, Any]) -> str:
         f"{params['accounts']} account(s), {params['days']:g} days, ttl {params['ttl']}, "
         f"profile {params['profile']}, seed {params['seed']}"
         + (f", reconcile_every {params['reconcile_every']}" if params["reconcile_every"] else "")
+        + (f", each account's {params['account_reconcile']}" if params["account_reconcile"] else "")
     )
     columns = [s["name"] for s in summaries] + [f"{s['name']} / wk" for s in others]
     all_rows = [rows(s) for s in summaries]
