@@ -28,7 +28,7 @@ def test_only_closed_gaps_are_requested(tmp_path: Path) -> None:
         assert store.backfill_states() == {closed: ("pending", 0)}
         (job,) = store.pending_backfills("main")
         assert (job.gap.id, job.gap.channel_id, job.collected) == (closed, "1001", False)
-        assert store.pending_backfills("other") == []
+        assert list(store.pending_backfills("other")) == []
 
 
 def test_collected_notifications_come_back_in_order_until_delivered(tmp_path: Path) -> None:
@@ -50,7 +50,7 @@ def test_collected_notifications_come_back_in_order_until_delivered(tmp_path: Pa
         store.backfill_delivered(gap, 1, 1, T0 + MIN)
         store.finish_backfill(gap, "done")
         assert store.backfill_states() == {gap: ("done", 3)}
-        assert store.pending_backfills() == []
+        assert list(store.pending_backfills()) == []
 
 
 def test_a_new_request_starts_a_finished_backfill_afresh(tmp_path: Path) -> None:

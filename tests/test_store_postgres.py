@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -17,13 +17,14 @@ from alembic.migration import MigrationContext
 from sqlalchemy import create_engine
 from sqlalchemy.engine import make_url
 from watchkeeper.model import RegistryEntry
-from watchkeeper.store import LeaseLost, Store, StoreError, StoreUnavailable, migrate
+from watchkeeper.store import LeaseLost, Store, StoreError, StoreUnavailable, database, migrate
 from watchkeeper.store.schema import METADATA
 from watchkeeper.store.target import PostgresTarget, Target, parse_url
 
 from tests.pg_server import PASSWORD, PgServer, binaries
 
 HEAD = "0005"
+T0 = datetime(2026, 11, 20, 3, 0, tzinfo=UTC)
 
 
 def target_of(request: pytest.FixtureRequest, tmp_path: Path) -> Target:
@@ -218,6 +219,49 @@ def test_the_board_reads_the_databases_clock_and_heartbeats(store: Store) -> Non
     assert all(i.expires_at > board.now for i in board.instances)
     store.leave("b")
     assert [i.instance for i in store.lease_cycle("a", "digest-a", 30)[1].instances] == ["a"]
+
+
+# --- backfill jobs, a page at a time -------------------------------------------------------------
+
+
+def backlog(store: Store, account: str, count: int, start: datetime) -> list[int]:
+    """``count`` closed gaps requested for backfill, three to each start (ties order by gap id)."""
+    ids = []
+    for n in range(count):
+        begun = start + timedelta(minutes=n // 3)
+        ids.append(store.open_gap(account, str(1000 + n), begun, "expired").id)
+        store.close_gap(account, str(1000 + n), begun + timedelta(minutes=5))
+    assert store.request_backfill(ids, start) == count
+    return ids
+
+
+def test_pending_jobs_come_a_page_at_a_time_each_once_even_as_they_finish(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(database, "BACKFILL_PAGE", 4)
+    ids = backlog(store, "main", 15, T0)
+    backlog(store, "other", 2, T0)
+    seen = []
+    for job in store.pending_backfills("main"):
+        seen.append(job.gap.id)
+        store.finish_backfill(job.gap.id, "done")  # the page after it is keyed, not offset
+    assert seen == ids
+    assert list(store.pending_backfills("main")) == []
+    assert store.backfill_accounts() == {"other"}
+
+
+def test_only_ready_jobs_are_read_and_the_next_one_says_when(store: Store) -> None:
+    now = T0 + timedelta(hours=1)
+    ready, retried, later = backlog(store, "main", 3, T0)
+    store.backfill_retry(retried, 1, now, now + timedelta(minutes=10), "HTTP 503")
+    store.backfill_retry(ready, 1, T0, now, "HTTP 503")  # its retry time has come
+    (unended,) = backlog(store, "main", 1, now)  # its window ends 5 minutes from now
+    assert [j.gap.id for j in store.pending_backfills("main", ready_by=now)] == [ready, later]
+    assert store.next_backfill_ready("main", now) == now + timedelta(minutes=5)
+    store.finish_backfill(unended, "done")
+    assert store.next_backfill_ready("main", now) == now + timedelta(minutes=10)
+    assert store.next_backfill_ready("other", now) is None
+    assert store.backfill_accounts() == {"main"}
 
 
 # --- watchkeeper migrate --------------------------------------------------------------------------

@@ -103,15 +103,11 @@ class Backfiller:
         specs: Mapping[str, ChannelSpec],
         interrupted: Callable[[], bool],
     ) -> Progress:
-        """Advance every pending job of the account as far as it can go now."""
+        """Advance every job of the account that is ready as far as it can go now."""
         step = _Step(unit, at, interrupted, Progress())
         progress = step.progress
-        for job in self._store.pending_backfills(unit.name):
+        for job in self._store.pending_backfills(unit.name, ready_by=at.zoho_now):
             window = Window(job.gap.start, _end(job))
-            ready = max(window.end, job.retry_at or window.end)
-            if ready > at.zoho_now:
-                progress.later(ready - at.skew)
-                continue
             if interrupted() or unit.paused(at.now):
                 progress.later(at.now if unit.paused_until is None else max(at.now, unit.paused_until))
                 return progress
@@ -127,6 +123,9 @@ class Backfiller:
             if progress.transitions:  # the account is paused: nothing more of it now
                 progress.later(at.now)
                 return progress
+        waiting = self._store.next_backfill_ready(unit.name, at.zoho_now)
+        if waiting is not None:
+            progress.later(waiting - at.skew)
         return progress
 
     def _collect(self, step: _Step, job: Backfill, spec: ChannelSpec, window: Window) -> int | None:

@@ -39,8 +39,7 @@ class BackfillSchedule:
 
     def arm(self, now: datetime) -> None:
         """Accounts with a backfill pending in the store look at it in their next pass."""
-        accounts = {job.gap.account for job in self._store.pending_backfills()}
-        for name in accounts & self._memory.units.keys():
+        for name in self._store.backfill_accounts() & self._memory.units.keys():
             self._memory.units[name].backfill_at = now
 
     def deadline(self, units: Iterable[Unit], current: datetime, tuning: Policy) -> datetime:

@@ -9,7 +9,7 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, delete, select, update
+from sqlalchemy import ColumnElement, Connection, and_, case, delete, func, or_, select, update
 
 from watchkeeper.store import codec
 from watchkeeper.store.schema import BACKFILL_NOTIFICATIONS, BACKFILLS, GAPS
@@ -54,16 +54,53 @@ def request(conn: Connection, gap_ids: Iterable[int], at: datetime) -> int:
     return len(gaps)
 
 
-def pending(conn: Connection, account: str | None) -> list[Backfill]:
+def pending(
+    conn: Connection,
+    account: str | None,
+    ready_by: datetime | None = None,
+    after: tuple[datetime, int] | None = None,
+    limit: int | None = None,
+) -> list[Backfill]:
+    """Pending jobs by (gap start, gap id), from just ``after`` that key; ``ready_by`` keeps those
+    whose window has ended and whose retry time has come by then (Zoho's clock)."""
     query = (
         select(GAPS, *(_B[name] for name in _PROGRESS))
         .join(BACKFILLS, GAPS.c.id == _B.gap_id)
         .where(_B.state == "pending")
         .order_by(GAPS.c.start, _B.gap_id)
+        .limit(limit)
     )
     if account is not None:
         query = query.where(_B.account == account)
+    if ready_by is not None:
+        query = query.where(_ready_at() <= ready_by)
+    if after is not None:
+        start, gap_id = after
+        query = query.where(or_(GAPS.c.start > start, and_(GAPS.c.start == start, _B.gap_id > gap_id)))
     return [_backfill(row) for row in conn.execute(query)]
+
+
+def next_ready(conn: Connection, account: str, now: datetime) -> datetime | None:
+    """When the account's first pending job not ready by ``now`` will be (Zoho's clock)."""
+    ready_at = _ready_at()
+    query = (
+        select(func.min(ready_at))
+        .select_from(BACKFILLS.join(GAPS, GAPS.c.id == _B.gap_id))
+        .where(_B.state == "pending", _B.account == account, ready_at > now)
+    )
+    return conn.execute(query).scalar_one()
+
+
+def accounts(conn: Connection) -> set[str]:
+    """The accounts with a backfill pending."""
+    query = select(_B.account).where(_B.state == "pending").distinct()
+    return set(conn.execute(query).scalars())
+
+
+def _ready_at() -> ColumnElement[datetime]:
+    """A job's window end, or its retry time when later: the job waits until then."""
+    later = and_(_B.retry_at.is_not(None), _B.retry_at > GAPS.c.end)
+    return case((later, _B.retry_at), else_=GAPS.c.end)
 
 
 def by_gap(conn: Connection) -> dict[int, tuple[str, int]]:

@@ -37,6 +37,10 @@ Migrate = Literal["always", "alone", "never"]
 always (``watchkeeper migrate``), only when no other instance is live (``run``), never (the
 one-shot commands, which need the schema at the head revision)."""
 
+BACKFILL_PAGE = 100
+"""Pending backfill jobs read at once: a step advances a few jobs between two renewals, and reading
+every pending one each time made the step grow with the backlog."""
+
 
 class Store:
     """The store, synchronous. Each method is its own transaction unless called inside
@@ -309,9 +313,29 @@ class Store:
         with self._tx() as conn:
             return backfills.request(conn, gap_ids, at)
 
-    def pending_backfills(self, account: str | None = None) -> list[Backfill]:
+    def pending_backfills(
+        self, account: str | None = None, *, ready_by: datetime | None = None
+    ) -> Iterator[Backfill]:
+        """Pending jobs oldest gap first, read a page at a time, each page in its own short
+        transaction: a step that stops early has read only what it reached, and a job finished
+        meanwhile is neither skipped past nor seen twice (the pages are keyed, not offset)."""
+        after: tuple[datetime, int] | None = None
+        while True:
+            with self._tx(write=False) as conn:
+                page = backfills.pending(conn, account, ready_by, after, BACKFILL_PAGE)
+            yield from page
+            if len(page) < BACKFILL_PAGE:
+                return
+            after = (page[-1].gap.start, page[-1].gap.id)
+
+    def next_backfill_ready(self, account: str, now: datetime) -> datetime | None:
+        """Zoho's clock: when the account's next pending job not ready by ``now`` will be."""
         with self._tx(write=False) as conn:
-            return backfills.pending(conn, account)
+            return backfills.next_ready(conn, account, now)
+
+    def backfill_accounts(self) -> set[str]:
+        with self._tx(write=False) as conn:
+            return backfills.accounts(conn)
 
     def backfill_states(self) -> dict[int, tuple[str, int]]:
         """gap id -> (backfill state, records redelivered), for ``gaps``."""
