@@ -15,7 +15,9 @@ from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
+import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from watchkeeper.emulator import Emulator
 from watchkeeper.model import parse_instant
 
@@ -29,6 +31,7 @@ from tests.cluster import (
 )
 from tests.daemon_process import DaemonProcess
 from tests.pg_server import PASSWORD, PgServer, binaries
+from tests.ports import free_port
 from tests.statefiles import SECRETS
 from tests.statefiles import env as secrets_env
 
@@ -53,10 +56,12 @@ class Fleet:
         self.tmp_path, self.emu, self.url, self.daemons = tmp_path, emu, url, daemons
         self.names = accounts(4)
 
-    def state(self, instance: str, per_account: int = 1) -> Path:
+    def state(self, instance: str, per_account: int = 1, metrics: int | None = None) -> Path:
         folder = self.tmp_path / instance
         folder.mkdir(exist_ok=True)
         daemon = f'{FAST}\ninstance = "{instance}"'
+        if metrics is not None:
+            daemon += f'\nmetrics = "127.0.0.1:{metrics}"'
         return cluster_state(folder / "channels.toml", self.emu, self.names, per_account, daemon=daemon)
 
     @property
@@ -64,8 +69,8 @@ class Fleet:
         """The database as a secret reference, so its password comes from the environment."""
         return {"WATCHKEEPER_DB": "env:WK_TEST_DB", "WK_TEST_DB": self.url}
 
-    def start(self, instance: str, per_account: int = 1) -> DaemonProcess:
-        daemon = DaemonProcess(self.state(instance, per_account), extra_env=self.env)
+    def start(self, instance: str, per_account: int = 1, metrics: int | None = None) -> DaemonProcess:
+        daemon = DaemonProcess(self.state(instance, per_account, metrics), extra_env=self.env)
         self.daemons.append(daemon)
         return daemon
 
@@ -156,6 +161,37 @@ def test_sigterm_hands_the_leases_over_at_once(fleet: Fleet) -> None:
         assert got["reason"] == "free"  # released, not expired
     assert time.monotonic() - stopped < LEASE  # no waiting for the lease to run out
     assert_no_password(a, b)
+
+
+def test_each_instance_s_lease_gauge_shows_the_accounts_it_holds(fleet: Fleet) -> None:
+    ports = {"A": free_port(), "B": free_port()}
+    a = fleet.start("A", metrics=ports["A"])
+    wait_holding(a, 4)
+    b = fleet.start("B", metrics=ports["B"])
+    wait_holding(b, 2)
+    wait_holding(a, 2)
+
+    def held() -> dict[str, set[str]]:
+        out: dict[str, set[str]] = {}
+        for instance, port in ports.items():
+            text = httpx.get(f"http://127.0.0.1:{port}/metrics").text
+            (family,) = [f for f in text_string_to_metric_families(text)
+                         if f.name == "watchkeeper_account_lease_held"]  # fmt: skip
+            assert {s.labels["account"] for s in family.samples} == set(fleet.names)
+            out[instance] = {s.labels["account"] for s in family.samples if s.value == 1.0}
+        return out
+
+    def split() -> dict[str, set[str]] | None:
+        shown = held()
+        return shown if len(shown["A"]) == len(shown["B"]) == 2 else None
+
+    shown = a.wait_for(split, 10, "two accounts shown held by each")
+    assert shown["A"].isdisjoint(shown["B"])
+    status = json.loads(fleet.command(a.state, "status", "--json").stdout)["accounts"]
+    assert {r["account"]: r["holder"] for r in status} == {
+        account: instance for instance, names in shown.items() for account in names
+    }
+    assert a.stop() == 0 == b.stop()
 
 
 def test_a_paused_holder_is_fenced_out_and_calls_nothing_after_its_lease(fleet: Fleet) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import time
 from collections.abc import Iterator
@@ -14,28 +15,30 @@ from pathlib import Path
 import httpx
 import pytest
 from prometheus_client import CollectorRegistry
+from prometheus_client.core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 from watchkeeper.config import Address, ConfigError, load
 from watchkeeper.emulator import Emulator, Fault
 from watchkeeper.health import Health, ListenError
-from watchkeeper.metrics import Meter, channel_text, serve, write_results
+from watchkeeper.metrics import (
+    Meter,
+    accepts_credentials,
+    account_families,
+    channel_text,
+    serve,
+    write_results,
+)
 from watchkeeper.model import RegistryEntry, parse_instant
 from watchkeeper.outcome import LogEvent, Transition
 from watchkeeper.planner import Action
 from watchkeeper.store import StatusRow, Store
 
 from tests.daemon_process import DaemonProcess, watchkeeper
+from tests.ports import free_port
 from tests.statefiles import SECRETS, Chan, env, write_state
 
 FAST = 'reconcile_every = "10s"\nretry_initial = "1s"\nretry_max = "4s"'
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def parse(text: str) -> tuple[dict[str, str], Samples]:
@@ -179,6 +182,57 @@ def test_a_request_that_gets_no_answer_counts_as_error() -> None:
     assert meter.durations.labels("GET")._sum.get() > 0
 
 
+@pytest.mark.parametrize(
+    ("path", "status", "accepted"),
+    [
+        ("/crm/v8/actions/watch", 200, True),
+        ("/crm/v8/actions/watch", 204, True),  # an empty listing
+        ("/bigin/v2/Deals", 304, False),  # not modified: says nothing either way
+        ("/crm/v8/actions/watch", 401, False),
+        ("/crm/v8/actions/watch", 500, False),
+        ("/oauth/v2/token", 200, False),  # a refused refresh is a 200 too
+    ],
+)
+def test_what_says_zoho_accepted_the_credentials(path: str, status: int, accepted: bool) -> None:
+    assert accepts_credentials(path, status) is accepted
+
+
+def gauge(families: list[Metric], name: str) -> dict[str, float]:
+    (family,) = [f for f in families if f.name == name]
+    return {sample.labels["account"]: sample.value for sample in family.samples}
+
+
+def test_the_lease_and_auth_gauges_follow_what_this_instance_serves(tmp_path: Path) -> None:
+    path = write_state(tmp_path / "s.toml", "http://127.0.0.1:9", [], accounts=("main", "other"))
+    state = load(path, environ=env())
+    refused = {"main": True, "other": True}
+    families = account_families(state, [], {}, frozenset({"main"}), refused)
+    assert gauge(families, "watchkeeper_account_lease_held") == {"main": 1.0, "other": 0.0}
+    # Another instance serves "other": what this one last heard of it may be stale.
+    assert gauge(families, "watchkeeper_account_auth_failing") == {"main": 1.0, "other": 0.0}
+    families = account_families(state, [], {}, frozenset({"main", "other"}), {"main": False})
+    assert gauge(families, "watchkeeper_account_auth_failing") == {"main": 0.0, "other": 0.0}
+
+
+def test_an_auth_failure_sets_the_gauge_and_an_answered_api_request_clears_it(
+    emu: Emulator,
+) -> None:
+    meter = Meter(CollectorRegistry())
+    failed = Transition("main", events=[LogEvent("error", "auth.failed", {"code": "invalid_code"})])
+    meter.committed(failed, [])
+    meter.committed(Transition("other"), [])  # no word on credentials: nothing known
+    assert meter.refused == {"main": True}
+    with meter.http(httpx.HTTPTransport(), "main") as http:
+        token = emu.issue_access_token("org1")
+        http.get(emu.url + "/crm/v8/actions/watch")  # no token: 401
+        assert meter.refused == {"main": True}
+        answer = http.get(
+            emu.url + "/crm/v8/actions/watch", headers={"Authorization": f"Zoho-oauthtoken {token}"}
+        )
+    assert answer.status_code in (200, 204)
+    assert meter.refused == {"main": False}
+
+
 # -- the listener in-process -----------------------------------------------------------------------
 
 
@@ -216,14 +270,17 @@ def test_the_exposition_before_any_pass_and_after_a_failed_reload(
     assert not series(samples, "watchkeeper_backfill_records_total")  # no backfill yet
     assert not series(samples, "watchkeeper_last_pass_timestamp_seconds")
     assert value(samples, "watchkeeper_config_last_reload_successful") == 1.0
-    assert value(samples, "watchkeeper_account_lease_held", account="main") == 1.0
+    assert value(samples, "watchkeeper_account_lease_held", account="main") == 0.0  # not yet served
+    assert value(samples, "watchkeeper_account_auth_failing", account="main") == 0.0
     assert value(samples, "watchkeeper_gaps_open", account="main") == 0.0
     labels = {"account": "main", "channel_id": "1", "name": ""}
     assert value(samples, "watchkeeper_channel_state", **labels, state="pending") == 1.0
     assert not series(samples, "watchkeeper_channel_expiry_timestamp_seconds")
     health.reload_ok = False
+    health.served = frozenset({"main"})
     _, samples = parse(httpx.get(url + "/metrics").text)
     assert value(samples, "watchkeeper_config_last_reload_successful") == 0.0
+    assert value(samples, "watchkeeper_account_lease_held", account="main") == 1.0
 
 
 def test_a_taken_port_is_a_listen_error_naming_the_address(tmp_path: Path) -> None:
@@ -433,6 +490,29 @@ def test_a_gap_shows_in_the_gauges_then_in_the_counters_as_gaps_reports_it(
     assert abs(length - (truth[1][0] - truth[0][1]).total_seconds()) <= 2
     expiry = value(samples, "watchkeeper_channel_expiry_timestamp_seconds", **labels)
     assert expiry == emu.channels()["8000"].expires_at.timestamp()
+    assert daemon.stop() == 0
+
+
+@pytest.mark.slow
+def test_refused_credentials_raise_the_auth_gauge_until_zoho_answers_again(
+    tmp_path: Path, emu: Emulator, daemons: list[DaemonProcess]
+) -> None:
+    port = free_port()
+    emu.add_fault(Fault(status=200, paths="token", code="invalid_code"))
+    daemon_keys = f'{FAST}\nmetrics = "127.0.0.1:{port}"'
+    state = write_state(tmp_path / "channels.toml", emu.url, [Chan("9000")], daemon=daemon_keys)
+    daemon = DaemonProcess(state)
+    daemons.append(daemon)
+    assert daemon.wait_event("auth.failed", timeout=20)["code"] == "invalid_code"
+
+    def failing() -> float | None:
+        return value(scrape(port)[2], "watchkeeper_account_auth_failing", account="main")
+
+    daemon.wait_for(lambda: failing() == 1.0, 10, "the gauge at 1")
+    emu.clear_faults()  # the operator mends the credentials and reloads
+    daemon.signal(signal.SIGHUP)
+    daemon.wait_event("channel.created", channel_id="9000", timeout=20)
+    daemon.wait_for(lambda: failing() == 0.0, 10, "the gauge back at 0")
     assert daemon.stop() == 0
 
 

@@ -3,13 +3,15 @@
 Each value has one source, the one the logs and ``status`` already use, so nothing is counted
 twice in different places:
 
-- the channel, gap, token and lease gauges are read at scrape time from the store (a read
-  connection of the listener's own, as ``watchkeeper status`` reads it) and the desired state in
-  force; a channel the state file no longer wants is not shown;
+- the channel, gap and token gauges are read at scrape time from the store (a read connection
+  of the listener's own, as ``watchkeeper status`` reads it) and the desired state in force; a
+  channel the state file no longer wants is not shown;
 - the write and gap counters follow every Transition the engine records (``Meter.committed``,
   the hook the engine calls where it emits the log events of that Transition);
 - the request counters and durations are taken on the HTTP transport every Zoho call goes through;
-- the pass and reload gauges, /livez and /readyz come from the service (health.Health).
+- the credentials gauge is set by both: refused where a Transition logs ``auth.failed``, accepted
+  where an API request is answered with a 2xx;
+- the pass, reload and lease gauges, /livez and /readyz come from the service (health.Health).
 
 Labels hold account names, channel ids, channel names, states and HTTP methods and statuses:
 never a URL, a token or any other value of the state file's secrets.
@@ -22,7 +24,7 @@ import socket
 import threading
 import time
 from collections import Counter as Tally
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from socketserver import ThreadingMixIn
@@ -118,10 +120,14 @@ class Meter:
             ["account", "operation"],
             registry=registry,
         )
+        self.refused: dict[str, bool] = {}
+        """Per account: Zoho refused its credentials, and has answered no API request since."""
 
     def committed(self, change: Transition, actions: Sequence[Action]) -> None:
         """The engine recorded ``change`` (answering ``actions``, if it answers a request)."""
         account = change.account
+        if any(event.event == "auth.failed" for event in change.events):
+            self.refused[account] = True
         for opened in change.opened:
             self.gaps.labels(account, opened.cause).inc()
         for closed in change.closed:
@@ -138,6 +144,12 @@ class Meter:
         return httpx.Client(timeout=DEFAULT_TIMEOUT, transport=_Metered(transport, account, self))
 
 
+def accepts_credentials(path: str, status: int) -> bool:
+    """PURE: an API request answered with a 2xx was let in. Not the OAuth path: Zoho answers a
+    refused refresh with 200 and an ``error`` body (the engine logs it as ``auth.failed``)."""
+    return 200 <= status < 300 and not path.startswith("/oauth/")
+
+
 class _Metered(httpx.BaseTransport):
     def __init__(self, inner: httpx.BaseTransport, account: str, meter: Meter) -> None:
         self._inner = inner
@@ -150,6 +162,8 @@ class _Metered(httpx.BaseTransport):
         try:
             response = self._inner.handle_request(request)
             status = str(response.status_code)
+            if accepts_credentials(request.url.path, response.status_code):
+                self._meter.refused[self._account] = False
             return response
         finally:
             self._meter.requests.labels(self._account, request.method, status).inc()
@@ -206,9 +220,15 @@ def channel_text(names: Mapping[tuple[str, str], str], rows: Iterable[StatusRow]
 
 
 def account_families(
-    state: DesiredState, open_gaps: Iterable[Gap], token_expiry: Mapping[str, datetime | None]
+    state: DesiredState,
+    open_gaps: Iterable[Gap],
+    token_expiry: Mapping[str, datetime | None],
+    served: Collection[str],
+    refused: Mapping[str, bool],
 ) -> list[Metric]:
-    """PURE: the per-account gauges, from the gaps ``gaps`` shows and the cached access tokens."""
+    """PURE: the per-account gauges, from the gaps ``gaps`` shows, the cached access tokens, the
+    accounts this instance serves and the credentials Zoho refused. An account another instance
+    serves is not failing here: what this instance last heard of it may be stale."""
     accounts = sorted(state.accounts)
     gaps = GaugeMetricFamily(
         "watchkeeper_gaps_open", "Gaps not closed yet (channels lapsed now).", labels=["account"]
@@ -226,12 +246,19 @@ def account_families(
         "1 when this instance serves the account (SQLite: one instance serves them all).",
         labels=["account"],
     )
+    failing = GaugeMetricFamily(
+        "watchkeeper_account_auth_failing",
+        "1 while Zoho refuses the account's credentials (auth.failed, no API answer since).",
+        labels=["account"],
+    )
     for account in accounts:
         expires = token_expiry.get(account)
         if expires is not None:
             token.add_metric([account], expires.timestamp())
-        lease.add_metric([account], 1.0)
-    return [gaps, token, lease]
+        held = account in served
+        lease.add_metric([account], 1.0 if held else 0.0)
+        failing.add_metric([account], 1.0 if held and refused.get(account, False) else 0.0)
+    return [gaps, token, lease, failing]
 
 
 def service_families(health: Health) -> list[Metric]:
@@ -258,10 +285,11 @@ class Scraper:
     then the per-channel gauges; the store is read under a lock (scrapes may overlap, and a Store
     takes one caller at a time)."""
 
-    def __init__(self, registry: CollectorRegistry, store: Store, health: Health) -> None:
+    def __init__(self, registry: CollectorRegistry, store: Store, health: Health, meter: Meter) -> None:
         self._registry = registry
         self._store = store
         self._health = health
+        self._meter = meter
         self._lock = threading.Lock()
         registry.register(self)
 
@@ -272,7 +300,8 @@ class Scraper:
             with self._lock:
                 gaps = self._store.open_gaps()
                 tokens = {account: self._token_expiry(account) for account in state.accounts}
-            yield from account_families(state, gaps, tokens)
+            refused = dict(self._meter.refused)  # a copy: the engine's threads write it
+            yield from account_families(state, gaps, tokens, self._health.served, refused)
         yield from service_families(self._health)
 
     def exposition(self) -> bytes:
@@ -348,7 +377,7 @@ def serve(address: Address, db: Target, health: Health) -> Iterator[Meter]:
         server = make_server(
             address.host,
             address.port,
-            health_app(health, Scraper(registry, store, health)),
+            health_app(health, Scraper(registry, store, health, meter)),
             server_class=_server_class(address),
             handler_class=_Quiet,
         )

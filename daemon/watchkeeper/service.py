@@ -223,6 +223,7 @@ class Service:
                 open_engine(state, db, meter=meter) as engine,
             ):
                 self._engine = engine
+                self._note_served(engine)
                 self.log.info(
                     "config.loaded",
                     path=str(self.state_path),
@@ -417,6 +418,10 @@ class Service:
             if allowed:
                 self._pass()
 
+    def _note_served(self, engine: Engine) -> None:
+        """For the lease gauge: what the engine serves, read on the thread that changes it."""
+        self.health.served = frozenset(unit.name for unit in engine.served())
+
     def _pass(self) -> None:
         engine = self._engine
         assert engine is not None
@@ -430,6 +435,7 @@ class Service:
         try:
             engine.run_due(utcnow())
             self.health.last_pass = time.time()
+            self._note_served(engine)
             self._failed_passes = 0
         except Exception:
             # A bug must not end the keeping of every other channel: log it and try again.
