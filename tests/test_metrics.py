@@ -191,6 +191,7 @@ def test_a_request_that_gets_no_answer_counts_as_error() -> None:
         ("/crm/v8/actions/watch", 401, False),
         ("/crm/v8/actions/watch", 500, False),
         ("/oauth/v2/token", 200, False),  # a refused refresh is a 200 too
+        ("/proxy/oauth/v2/token", 200, False),  # accounts_url with a path
     ],
 )
 def test_what_says_zoho_accepted_the_credentials(path: str, status: int, accepted: bool) -> None:

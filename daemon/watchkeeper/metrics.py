@@ -44,6 +44,7 @@ from watchkeeper.outcome import Transition
 from watchkeeper.planner import Action
 from watchkeeper.store import Gap, StatusRow, Store
 from watchkeeper.store.target import Target
+from watchkeeper.zoho.auth import REFRESH_PATH
 from watchkeeper.zoho.client import DEFAULT_TIMEOUT
 
 STATES: tuple[str, ...] = get_args(ChannelState)
@@ -145,9 +146,10 @@ class Meter:
 
 
 def accepts_credentials(path: str, status: int) -> bool:
-    """PURE: an API request answered with a 2xx was let in. Not the OAuth path: Zoho answers a
-    refused refresh with 200 and an ``error`` body (the engine logs it as ``auth.failed``)."""
-    return 200 <= status < 300 and not path.startswith("/oauth/")
+    """PURE: an API request answered with a 2xx was let in. Not a token refresh (``accounts_url``
+    may have a path of its own): Zoho answers a refused one with 200 and an ``error`` body, which
+    the engine logs as ``auth.failed``."""
+    return 200 <= status < 300 and not path.endswith(REFRESH_PATH)
 
 
 class _Metered(httpx.BaseTransport):

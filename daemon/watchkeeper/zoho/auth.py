@@ -29,6 +29,8 @@ from watchkeeper.zoho.exchange import DEFAULT_LIMITS, Answer, Limits, Request, e
 from watchkeeper.zoho.regions import check_base_url
 from watchkeeper.zoho.wire import json_object, retry_after_seconds
 
+REFRESH_PATH = "/oauth/v2/token"
+"""Under ``accounts_url``."""
 REFRESH_BLOCK = 600.0
 """Seconds to wait after the accounts server says "too many requests": its window is 10 minutes.
 Also the longest wait believed: a larger ``Retry-After`` is cut to it."""
@@ -105,7 +107,7 @@ class OAuth:
         on_refresh: Callable[[AccessToken], None] | None = None,
         limits: Limits = DEFAULT_LIMITS,
     ) -> None:
-        self._url = check_base_url(credentials.accounts_url, "accounts_url") + "/oauth/v2/token"
+        self._url = check_base_url(credentials.accounts_url, "accounts_url") + REFRESH_PATH
         self._form = {
             "grant_type": "refresh_token",
             "refresh_token": credentials.refresh_token,
@@ -182,7 +184,7 @@ class OAuth:
                 code="too_many_requests",
                 retry_after=wait,
             )
-        request = Request("POST", self._url, "token refresh: POST /oauth/v2/token", {}, form=self._form)
+        request = Request("POST", self._url, f"token refresh: POST {REFRESH_PATH}", {}, form=self._form)
         answer = exchange(self._http, request, self._limits)
         try:
             token = self._parse(answer, now)
@@ -193,7 +195,7 @@ class OAuth:
 
     def _parse(self, answer: Answer, now: datetime) -> AccessToken:
         status = answer.status
-        where = f"token refresh: POST /oauth/v2/token: HTTP {status}"
+        where = f"token refresh: POST {REFRESH_PATH}: HTTP {status}"
         if status == 429:
             raise RateLimited(
                 f"{where} too many requests", status=status, retry_after=_block(answer, now)
