@@ -232,6 +232,9 @@ def test_an_auth_failure_sets_the_gauge_and_an_answered_api_request_clears_it(
         )
     assert answer.status_code in (200, 204)
     assert meter.refused == {"main": False}
+    meter.committed(failed, [])
+    meter.forget_all_but(frozenset({"other"}))  # main's lease went to another instance
+    assert meter.refused == {}
 
 
 # -- the listener in-process -----------------------------------------------------------------------

@@ -136,6 +136,11 @@ class Meter:
         for (action, result), count in write_results(change, actions).items():
             self.writes.labels(account, action, result).inc(count)
 
+    def forget_all_but(self, accounts: frozenset[str]) -> None:
+        """Drop what was heard of accounts this instance no longer serves: another instance may
+        mend them meanwhile. Called between passes, when no worker writes."""
+        self.refused = {name: value for name, value in self.refused.items() if name in accounts}
+
     def backfilled(self, account: str, operation: str, records: int) -> None:
         """A receiver took a backfill notification of ``records`` ids."""
         self.backfill.labels(account, operation).inc(records)

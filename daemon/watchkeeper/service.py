@@ -40,7 +40,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from apscheduler.events import EVENT_JOB_ERROR, EVENT_JOB_EXECUTED, JobExecutionEvent
 from apscheduler.executors.pool import ThreadPoolExecutor
@@ -60,6 +60,9 @@ from watchkeeper.statedir import Fingerprint, Loader
 from watchkeeper.store.errors import StoreError
 from watchkeeper.store.target import PostgresTarget, Target
 from watchkeeper.units import Census
+
+if TYPE_CHECKING:
+    from watchkeeper.metrics import Meter
 
 EX_OK, EX_FAILURE, EX_CONFIG = 0, 1, 78
 STOP = 0
@@ -174,6 +177,7 @@ class Service:
         self.timing = timing
         self.log = logs.get_logger()
         self._engine: Engine | None = None
+        self._meter: Meter | None = None
         self._scheduler: BackgroundScheduler | None = None
         self._ready = False
         self._stop = False
@@ -222,7 +226,7 @@ class Service:
                 serve_metrics(state, db, self.health) as meter,
                 open_engine(state, db, meter=meter) as engine,
             ):
-                self._engine = engine
+                self._engine, self._meter = engine, meter
                 self._note_served(engine)
                 self.log.info(
                     "config.loaded",
@@ -419,8 +423,13 @@ class Service:
                 self._pass()
 
     def _note_served(self, engine: Engine) -> None:
-        """For the lease gauge: what the engine serves, read on the thread that changes it."""
-        self.health.served = frozenset(unit.name for unit in engine.served())
+        """For the lease and auth gauges: what the engine serves, read between passes (by the
+        thread that changes it); what the meter heard of the others will be stale when they
+        come back."""
+        served = frozenset(unit.name for unit in engine.served())
+        self.health.served = served
+        if self._meter is not None:
+            self._meter.forget_all_but(served)
 
     def _pass(self) -> None:
         engine = self._engine
@@ -495,6 +504,7 @@ class Service:
                     )
                 engine.reload(state)
                 self.health.state, self.health.reload_ok = state, True
+                self._note_served(engine)
                 self.log.info(
                     "config.loaded",
                     path=str(self.state_path),
