@@ -206,12 +206,11 @@ def gauge(families: list[Metric], name: str) -> dict[str, float]:
 def test_the_lease_and_auth_gauges_follow_what_this_instance_serves(tmp_path: Path) -> None:
     path = write_state(tmp_path / "s.toml", "http://127.0.0.1:9", [], accounts=("main", "other"))
     state = load(path, environ=env())
-    refused = {"main": True, "other": True}
-    families = account_families(state, [], {}, frozenset({"main"}), refused)
+    families = account_families(state, [], {}, frozenset({"main"}), {"main", "other"})
     assert gauge(families, "watchkeeper_account_lease_held") == {"main": 1.0, "other": 0.0}
     # Another instance serves "other": what this one last heard of it may be stale.
     assert gauge(families, "watchkeeper_account_auth_failing") == {"main": 1.0, "other": 0.0}
-    families = account_families(state, [], {}, frozenset({"main", "other"}), {"main": False})
+    families = account_families(state, [], {}, frozenset({"main", "other"}), set())
     assert gauge(families, "watchkeeper_account_auth_failing") == {"main": 0.0, "other": 0.0}
 
 
@@ -222,19 +221,20 @@ def test_an_auth_failure_sets_the_gauge_and_an_answered_api_request_clears_it(
     failed = Transition("main", events=[LogEvent("error", "auth.failed", {"code": "invalid_code"})])
     meter.committed(failed, [])
     meter.committed(Transition("other"), [])  # no word on credentials: nothing known
-    assert meter.refused == {"main": True}
+    assert meter.refused == {"main"}
     with meter.http(httpx.HTTPTransport(), "main") as http:
         token = emu.issue_access_token("org1")
         http.get(emu.url + "/crm/v8/actions/watch")  # no token: 401
-        assert meter.refused == {"main": True}
+        assert meter.refused == {"main"}
         answer = http.get(
             emu.url + "/crm/v8/actions/watch", headers={"Authorization": f"Zoho-oauthtoken {token}"}
         )
     assert answer.status_code in (200, 204)
-    assert meter.refused == {"main": False}
+    assert meter.refused == set()
     meter.committed(failed, [])
+    assert meter.refused == {"main"}
     meter.forget_all_but(frozenset({"other"}))  # main's lease went to another instance
-    assert meter.refused == {}
+    assert meter.refused == set()
 
 
 # -- the listener in-process -----------------------------------------------------------------------

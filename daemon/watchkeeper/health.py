@@ -35,8 +35,8 @@ class Health:
     """Whether the last reload applied the state file (the one loaded at start is valid, or the
     daemon would not be running)."""
     served: frozenset[str] = frozenset()
-    """The accounts this instance serves, as of the engine's opening and its last pass: every
-    account on SQLite, the leased ones on a shared database."""
+    """The accounts this instance serves, as of the engine's opening, the last reload and the
+    last completed pass: every account on SQLite, the leased ones on a shared database."""
 
     @property
     def ready(self) -> bool:

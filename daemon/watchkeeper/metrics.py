@@ -121,14 +121,15 @@ class Meter:
             ["account", "operation"],
             registry=registry,
         )
-        self.refused: dict[str, bool] = {}
-        """Per account: Zoho refused its credentials, and has answered no API request since."""
+        self.refused: set[str] = set()
+        """The accounts whose credentials Zoho refused, and which it has answered no API request
+        of since."""
 
     def committed(self, change: Transition, actions: Sequence[Action]) -> None:
         """The engine recorded ``change`` (answering ``actions``, if it answers a request)."""
         account = change.account
         if any(event.event == "auth.failed" for event in change.events):
-            self.refused[account] = True
+            self.refused.add(account)
         for opened in change.opened:
             self.gaps.labels(account, opened.cause).inc()
         for closed in change.closed:
@@ -139,7 +140,7 @@ class Meter:
     def forget_all_but(self, accounts: frozenset[str]) -> None:
         """Drop what was heard of accounts this instance no longer serves: another instance may
         mend them meanwhile. Called between passes, when no worker writes."""
-        self.refused = {name: value for name, value in self.refused.items() if name in accounts}
+        self.refused &= accounts
 
     def backfilled(self, account: str, operation: str, records: int) -> None:
         """A receiver took a backfill notification of ``records`` ids."""
@@ -170,7 +171,7 @@ class _Metered(httpx.BaseTransport):
             response = self._inner.handle_request(request)
             status = str(response.status_code)
             if accepts_credentials(request.url.path, response.status_code):
-                self._meter.refused[self._account] = False
+                self._meter.refused.discard(self._account)
             return response
         finally:
             self._meter.requests.labels(self._account, request.method, status).inc()
@@ -231,7 +232,7 @@ def account_families(
     open_gaps: Iterable[Gap],
     token_expiry: Mapping[str, datetime | None],
     served: Collection[str],
-    refused: Mapping[str, bool],
+    refused: Collection[str],
 ) -> list[Metric]:
     """PURE: the per-account gauges, from the gaps ``gaps`` shows, the cached access tokens, the
     accounts this instance serves and the credentials Zoho refused. An account another instance
@@ -264,7 +265,7 @@ def account_families(
             token.add_metric([account], expires.timestamp())
         held = account in served
         lease.add_metric([account], 1.0 if held else 0.0)
-        failing.add_metric([account], 1.0 if held and refused.get(account, False) else 0.0)
+        failing.add_metric([account], 1.0 if held and account in refused else 0.0)
     return [gaps, token, lease, failing]
 
 
@@ -307,7 +308,7 @@ class Scraper:
             with self._lock:
                 gaps = self._store.open_gaps()
                 tokens = {account: self._token_expiry(account) for account in state.accounts}
-            refused = dict(self._meter.refused)  # a copy: the engine's threads write it
+            refused = frozenset(self._meter.refused)  # a copy: the engine's threads write it
             yield from account_families(state, gaps, tokens, self._health.served, refused)
         yield from service_families(self._health)
 
