@@ -132,7 +132,7 @@ def test_journald_prefixes_lock_and_apply_while_running(
     tmp_path: Path, live_emulator: Emulator, daemons: list[DaemonProcess]
 ) -> None:
     emu = live_emulator
-    emu.add_fault(Fault(status=500, methods=frozenset({"POST"}), count=1))
+    emu.add_fault(Fault(status=500, methods=frozenset({"POST"}), count=4))  # and its retries
     state = write_state(tmp_path / "channels.toml", emu.url, [Chan("2000", ttl=TTL)], daemon=FAST)
     daemon = start(daemons, state, extra_env={"JOURNAL_STREAM": "8:12345"})
     daemon.wait_event("channel.created", channel_id="2000", timeout=20)

@@ -90,12 +90,13 @@ def test_a_request_is_recorded_a_slice_at_a_time_and_its_rest_goes_with_a_failed
         if stop:
             after_first_post(engine, lambda: setattr(engine.shell, "stopping", True))
         else:
-            fault = Fault(status=503, methods=frozenset({"POST"}), count=1)
+            # the chunk and its three retries in place
+            fault = Fault(status=503, methods=frozenset({"POST"}), count=4)
             after_first_post(engine, lambda: emulator.add_fault(fault))
         report = engine.run_due()
         entries = [engine.registry[("main", c.channel_id)] for c in chans]
         intents = engine.store.pending_intents()
-    assert methods(emulator) == ["GET", "POST"] + ([] if stop else ["POST"])
+    assert methods(emulator) == ["GET", "POST"] + ([] if stop else ["POST"] * 4)
     assert set(emulator.channels()) == {"1100", "1101"}
     assert [e.state for e in entries] == ["active"] * 2 + ["pending"] * 3
     assert [e.failures for e in entries[2:]] == [0 if stop else 1] * 3
@@ -450,12 +451,16 @@ def test_a_batch_that_failed_together_is_retried_together(
     with engine_for([Chan(str(9200 + i), ttl="10h") for i in range(20)]) as engine:
         engine.run_due()
         engine.next_reconcile = sim_clock() + timedelta(days=1)
-        emulator.add_fault(Fault(status=500, methods=frozenset({"PATCH"}), count=3))
+        # two attempts, each the request and its three retries in place
+        emulator.add_fault(Fault(status=500, methods=frozenset({"PATCH"}), count=8))
+        passes = 0
         while not [c for c in emulator.calls if c.method == "PATCH" and c.status == 200]:
             sim_clock.set(engine.next_due())
             engine.run_due()
+            passes += 1
     patches = [(c.status, c.items) for c in emulator.calls if c.method == "PATCH"]
-    assert patches == [(500, 20)] * 3 + [(200, 20)]
+    assert patches == [(500, 20)] * 8 + [(200, 20)]
+    assert passes == 3
 
 
 @pytest.mark.parametrize("emulator", [{"clock_skew": timedelta(minutes=5)}], indirect=True)
@@ -728,7 +733,8 @@ def test_a_5xx_on_the_first_re_creation_after_an_outage_backs_off_afresh(
     channels retries them within retry_initial, not on the outage's streak (up to 15 minutes)."""
     with engine_for([Chan("9930", ttl="1h"), Chan("9931", ttl="1h")]) as engine:
         first_listing = _through_an_outage(engine, emulator, sim_clock)
-        emulator.add_fault(Fault(status=500, methods=frozenset({"POST"}), count=1))
+        # the POST and its three retries in place
+        emulator.add_fault(Fault(status=500, methods=frozenset({"POST"}), count=4))
         engine.run_due()
         retries = [e.retry_at for e in engine.registry.values()]
     soon = first_listing + engine.state.policy.retry_initial
@@ -1082,7 +1088,8 @@ def test_the_cached_censuses_match_a_recount_after_every_change(
         expiry = engine.registry[("main", "9970")].expires_at
         assert expiry is not None
         engine.next_reconcile = expiry + timedelta(hours=1)
-        emulator.add_fault(Fault(status=500, methods=frozenset({"PATCH"}), count=2))
+        # two attempts, each the request and its three retries in place
+        emulator.add_fault(Fault(status=500, methods=frozenset({"PATCH"}), count=8))
         sim_clock.set(expiry - timedelta(minutes=2))  # inside the last twentieth: at risk
         engine.run_due()
         check(engine)

@@ -254,7 +254,8 @@ def test_a_failed_later_batch_returns_the_completed_results(
 
     hooked = httpx.Client(event_hooks={"response": [fail_from_now_on]})
     auth = oauth_for(emulator, http, sim_clock)
-    watch = WatchClient(endpoint_for(emulator), auth, http=hooked, clock=sim_clock)
+    slept: list[float] = []
+    watch = WatchClient(endpoint_for(emulator), auth, http=hooked, clock=sim_clock, sleep=slept.append)
     expiry = sim_clock.now() + timedelta(days=6)
     ids = channel_ids(150)
     answer = watch.write("POST", [item(channel_id, expires_at=expiry) for channel_id in ids])
@@ -263,10 +264,68 @@ def test_a_failed_later_batch_returns_the_completed_results(
     assert [r.channel_id for r in answer.results] == ids[:100]
     assert all(r.ok for r in answer.results)
     assert answer.unsent == ()
-    assert [c.status for c in calls(emulator, "POST")] == [201, 503]
+    # the failed chunk was retried in place, after each of the default delays, then given up
+    assert [c.status for c in calls(emulator, "POST")] == [201, 503, 503, 503, 503]
+    assert slept == [0.5, 1.0, 2.0]
     watch.close()
     assert not hooked.is_closed  # a client passed in belongs to the caller
     hooked.close()
+
+
+@pytest.mark.parametrize("method", ["POST", "PATCH", "PUT", "DELETE"])
+def test_a_chunk_that_fails_transiently_is_retried_in_place_and_the_rest_goes_on(
+    emulator: Emulator, http: httpx.Client, sim_clock: SimClock, method: str
+) -> None:
+    """One 5xx on the first of three chunks costs one more call and a short wait, not the channels
+    of every chunk (which would back off together until a later pass)."""
+    from watchkeeper.emulator import Fault
+
+    slept: list[float] = []
+    auth = oauth_for(emulator, http, sim_clock)
+    watch = WatchClient(endpoint_for(emulator), auth, http=http, clock=sim_clock, sleep=slept.append)
+    expiry = sim_clock.now() + timedelta(hours=6)
+    ids = channel_ids(250)
+    items = [item(channel_id, expires_at=expiry) for channel_id in ids]
+    if method != "POST":
+        assert all(r.ok for r in settled(watch.write("POST", items)))
+    emulator.clear_calls()
+    emulator.add_fault(Fault(status=502, methods=frozenset({method}), count=1))
+    answer = watch.delete(ids) if method == "DELETE" else watch.write(method, items)  # type: ignore[arg-type]
+    assert answer.error is None
+    assert answer.unsent == ()
+    assert [r.channel_id for r in answer.results] == ids
+    assert all(r.ok for r in answer.results)
+    made = calls(emulator, method)
+    assert made[0].status == 502
+    assert made[1].items == made[0].items
+    assert all(200 <= c.status < 300 for c in made[1:])
+    assert slept == [0.5]
+
+
+def test_a_chunk_is_not_retried_after_a_429_nor_once_a_stop_is_asked(
+    emulator: Emulator, http: httpx.Client, sim_clock: SimClock
+) -> None:
+    """A 429 pauses the account (retrying in place would press on a limit), and a stop asked for
+    while a chunk fails ends the call rather than waiting out the retries."""
+    from watchkeeper.emulator import Fault
+
+    slept: list[float] = []
+    auth = oauth_for(emulator, http, sim_clock)
+    watch = WatchClient(endpoint_for(emulator), auth, http=http, clock=sim_clock, sleep=slept.append)
+    expiry = sim_clock.now() + timedelta(hours=6)
+    items = [item(channel_id, expires_at=expiry) for channel_id in channel_ids(3)]
+    emulator.add_fault(Fault(status=429, methods=frozenset({"POST"}), retry_after=30, count=1))
+    limited = watch.write("POST", items)
+    assert type(limited.error) is RateLimited
+    assert slept == []
+    assert len(calls(emulator, "POST")) == 1
+    emulator.clear_calls()
+    emulator.add_fault(Fault(status=503, methods=frozenset({"POST"})))
+    stops = iter([False, False, True])  # before the chunk, before its first retry, before the next
+    stopped = watch.write("POST", items, should_stop=lambda: next(stops))
+    assert type(stopped.error) is TransientError
+    assert slept == [0.5]
+    assert len(calls(emulator, "POST")) == 2
 
 
 def test_per_item_errors_map_to_their_channels(
@@ -492,7 +551,7 @@ def test_server_trouble_is_transient(
     from watchkeeper.emulator import Fault
 
     auth = oauth_for(emulator, http, sim_clock)
-    limits = Limits(timeout=httpx.Timeout(0.3), page_retries=())  # one exchange's error
+    limits = Limits(timeout=httpx.Timeout(0.3), retries=())  # one exchange's error
     watch = WatchClient(endpoint_for(emulator), auth, clock=sim_clock, limits=limits)
     emulator.add_fault(Fault(**fault))
     expiry = sim_clock.now() + timedelta(hours=1)
@@ -519,9 +578,7 @@ def test_connection_refused_is_transient(sim_clock: SimClock) -> None:
     closed = Endpoint.resolve(
         "crm", "v8", api_domain="http://127.0.0.1:9", accounts_url="http://127.0.0.1:9"
     )
-    watch = WatchClient(
-        closed, StaticToken("1000.unused"), clock=sim_clock, limits=Limits(page_retries=())
-    )
+    watch = WatchClient(closed, StaticToken("1000.unused"), clock=sim_clock, limits=Limits(retries=()))
     with pytest.raises(TransientError, match="GET /crm/v8/actions/watch"):
         watch.list()
     watch.close()
@@ -636,7 +693,7 @@ class Hostile:
     def client(self, **limits: Any) -> WatchClient:
         """A client whose listing pages are tried once: these scripts test one exchange."""
         endpoint = Endpoint.resolve("crm", "v8", "com", self.url, self.url)
-        bounds = Limits(**{"page_retries": (), **limits})
+        bounds = Limits(**{"retries": (), **limits})
         return WatchClient(endpoint, StaticToken("t" * 20), limits=bounds)
 
 
@@ -758,7 +815,7 @@ def test_each_failure_says_its_reason(emulator: Emulator, sim_clock: SimClock) -
             endpoint_for(emulator),
             StaticToken(value),
             clock=sim_clock,
-            limits=Limits(timeout=httpx.Timeout(0.3), page_retries=()),
+            limits=Limits(timeout=httpx.Timeout(0.3), retries=()),
         )
         with pytest.raises(TransientError) as caught:
             watch.list()

@@ -172,7 +172,7 @@ def test_a_listing_longer_than_1000_pages_is_not_capped() -> None:
     """1,001 pages of one row: the old cap (1,000 pages) made such an account unlistable."""
     asked: list[int] = []
     with Hostile(serving(lambda page: ([row(page)], page < 1001), asked)) as server:
-        watch = server.client(page_retries=(0.5, 1.0, 2.0))
+        watch = server.client(retries=(0.5, 1.0, 2.0))
         listed = watch.list()
         watch.close()
     assert len(listed) == 1001
@@ -182,7 +182,7 @@ def test_a_listing_longer_than_1000_pages_is_not_capped() -> None:
 def test_a_server_that_ignores_page_is_stopped_at_the_first_repeat() -> None:
     asked: list[int] = []
     with Hostile(serving(lambda page: ([row(1), row(2)], True), asked)) as server:
-        watch = server.client(page_retries=(0.5, 1.0, 2.0))
+        watch = server.client(retries=(0.5, 1.0, 2.0))
         with pytest.raises(TransientError, match=r"\(page 2\): every row repeats an earlier page"):
             watch.list()
         watch.close()
@@ -193,7 +193,7 @@ def test_a_page_overlapping_the_one_before_is_kept() -> None:
     """A channel created between two pages shifts the rows by one: a repeat, not a loop."""
     asked: list[int] = []
     with Hostile(serving(lambda page: ([row(page), row(page + 1)], page < 3), asked)) as server:
-        watch = server.client(page_retries=(0.5, 1.0, 2.0))
+        watch = server.client(retries=(0.5, 1.0, 2.0))
         listed = watch.list()
         watch.close()
     assert len(listed) == 4
@@ -210,7 +210,7 @@ def test_a_server_that_never_stops_inventing_rows_is_stopped_at_the_bound(
         return [row(10 * page + i) for i in range(10)], True
 
     with Hostile(serving(fresh, asked)) as server:
-        watch = server.client(page_retries=(0.5, 1.0, 2.0))
+        watch = server.client(retries=(0.5, 1.0, 2.0))
         with pytest.raises(TransientError, match="more_records after 50 rows"):
             watch.list()
         watch.close()

@@ -33,7 +33,7 @@ def measure(channels: int, listings: int, errors: float, retries: tuple[float, .
         endpoint = Endpoint.resolve("crm", "v8", api_domain=emu.url, accounts_url=emu.url)
         token = StaticToken(emu.issue_access_token(lifetime=None))
         slept: list[float] = []
-        client = WatchClient(endpoint, token, limits=Limits(page_retries=retries), sleep=slept.append)
+        client = WatchClient(endpoint, token, limits=Limits(retries=retries), sleep=slept.append)
         ok = 0
         for _ in range(listings):
             try:

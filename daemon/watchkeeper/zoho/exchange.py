@@ -27,10 +27,10 @@ DEFAULT_TIMEOUT = httpx.Timeout(connect=10.0, read=30.0, write=30.0, pool=10.0)
 """Explicit timeouts for every call to Zoho: httpx's 5 s default is too short for a 100-item PATCH."""
 DEFAULT_DEADLINE = 60.0
 """Seconds one exchange may take in all, trickled body included."""
-PAGE_RETRIES = (0.5, 1.0, 2.0)
-"""Seconds before each retry of a listing page that failed transiently: three retries, 3.5 s in
-all. With 2 % of 5xx a page then fails four times in a row once in 6 million, so a 500-page
-listing completes 99.99 % of the time instead of 0.004 %."""
+RETRIES = (0.5, 1.0, 2.0)
+"""Seconds before each retry of a listing page or a write chunk that failed transiently: three
+retries, 3.5 s in all. With 2 % of 5xx a page then fails four times in a row once in 6 million, so
+a 500-page listing completes 99.99 % of the time instead of 0.004 %."""
 DEFAULT_MAX_ANSWER = 16 * 1024 * 1024
 """Bytes of one answer (one listing page), decoded: 200 rows are a few hundred KB."""
 
@@ -42,20 +42,20 @@ MAX_ITEMS = 100
 @dataclass(frozen=True, slots=True)
 class Limits:
     """How long one exchange may take, how much it may bring back, how many channels one watch
-    request may carry, and how a failed listing page is retried in place (the OAuth exchange
-    ignores ``max_items`` and ``page_retries``)."""
+    request may carry, and how a failed listing page or write chunk is retried in place (the OAuth
+    exchange ignores ``max_items`` and ``retries``)."""
 
     timeout: httpx.Timeout = field(default_factory=lambda: DEFAULT_TIMEOUT)
     deadline: float = DEFAULT_DEADLINE
     max_answer_bytes: int = DEFAULT_MAX_ANSWER
     max_items: int = MAX_ITEMS
-    page_retries: tuple[float, ...] = PAGE_RETRIES
+    retries: tuple[float, ...] = RETRIES
 
     def __post_init__(self) -> None:
         if not self.deadline > 0 or self.max_answer_bytes < 1:
             raise ValueError("deadline and max_answer_bytes must be positive")
-        if any(not delay >= 0 for delay in self.page_retries):
-            raise ValueError("page_retries must be delays of zero seconds or more")
+        if any(not delay >= 0 for delay in self.retries):
+            raise ValueError("retries must be delays of zero seconds or more")
         if not 1 <= self.max_items <= MAX_ITEMS:
             raise ValueError(f"max_items must be between 1 and {MAX_ITEMS}, not {self.max_items}")
 
