@@ -4,7 +4,9 @@ that items of a superseded entry never come back, against a recount over the lat
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from watchkeeper.dueindex import DueIndex
@@ -26,6 +28,10 @@ def entry(channel_id: str) -> RegistryEntry:
 R = 10 * MIN
 
 
+H = "held"
+"""A put's third member: the channel is held back until its act."""
+
+
 @pytest.mark.parametrize(
     ("puts", "now", "due", "next_act"),
     [
@@ -42,16 +48,24 @@ R = 10 * MIN
             [("1", at(1)), ("1", at(9))], at(5), set(), at(9), id="a-superseded-entry-never-returns"
         ),
         pytest.param([("1", at(3)), ("1", at(3))], at(3), {"1"}, at(3), id="same-instant-twice"),
+        pytest.param([("1", at(4), H)], at(1), set(), at(4), id="held-until-its-act"),
+        pytest.param([("1", at(4), H)], at(4), {"1"}, at(4), id="held-then-due"),
+        pytest.param(
+            [("1", at(1)), ("2", at(5), H)], at(1), {"1"}, at(1), id="held-is-never-within-reach"
+        ),
+        pytest.param(
+            [("2", at(5), H), ("2", at(7))], at(5), set(), at(7), id="a-superseded-hold-never-returns"
+        ),
     ],
 )
 def test_index(
-    puts: list[tuple[str, datetime]], now: datetime, due: set[str], next_act: datetime | None
+    puts: list[tuple[Any, ...]], now: datetime, due: set[str], next_act: datetime | None
 ) -> None:
     entries: dict[str, RegistryEntry] = {}
     index = DueIndex(entries)
-    for channel_id, act in puts:
+    for channel_id, act, *held in puts:
         entries[channel_id] = entry(channel_id)  # a new entry each time, as an answer makes
-        index.put(channel_id, entries[channel_id], Due(act, R))
+        index.put(channel_id, entries[channel_id], Due(act, R, held=bool(held)))
     assert index.due(now) == due
     assert index.next_act() == next_act
 
@@ -64,6 +78,32 @@ def test_a_channel_gone_from_the_registry_is_gone_from_the_index() -> None:
     del entries["1"], entries["2"]
     index.forget("2")
     assert (index.due(at(5)), index.next_act()) == (set(), None)
+
+
+def test_expired_names_the_channels_not_lapsed_whose_expiry_came_until_their_entry_changes() -> None:
+    """What a pass without a listing asks the ledger about. An expiry that came stays expired
+    until the channel's entry changes (a pass whose answer was never recorded finds it again); a
+    lapsed entry, a renewed one or a removed one drops out; one with no expiry never enters."""
+    entries = {
+        "1": replace(entry("1"), expires_at=at(5)),
+        "2": replace(entry("2"), expires_at=at(30)),
+        "3": replace(entry("3"), expires_at=at(1), lapsed_since=at(1)),
+        "4": replace(entry("4"), expires_at=None),
+    }
+    index = DueIndex(entries)
+    for channel_id, current in entries.items():
+        index.put_expiry(channel_id, current)
+    assert index.expired(at(4)) == set()
+    assert index.expired(at(5)) == {"1"}
+    assert index.expired(at(6)) == {"1"}  # not recorded yet: asked about again
+    entries["1"] = replace(entries["1"], lapsed_since=at(5))  # the ledger lapsed it
+    index.put_expiry("1", entries["1"])
+    assert index.expired(at(40)) == {"2"}
+    entries["2"] = replace(entries["2"], expires_at=at(90))  # renewed
+    index.put_expiry("2", entries["2"])
+    assert index.expired(at(40)) == set()
+    del entries["2"]
+    assert index.expired(at(100)) == set()
 
 
 def test_orphans_are_always_due_and_never_wake() -> None:
@@ -79,10 +119,10 @@ def test_orphans_are_always_due_and_never_wake() -> None:
 
 
 def test_against_a_recount_over_many_changes() -> None:
-    """Random answers (new entries), removals and orphans as time goes on: the index always
-    answers what a scan of
-    the latest values would (its reach the longest put since it was built), and says it has grown
-    once superseded items outnumber live ones."""
+    """Random answers (new entries, some held back), removals and orphans as time goes on: the
+    index always answers what a scan of the latest values would (its reach the longest of a
+    channel not held back put since it was built, held ones never within it), and says it has
+    grown once superseded items outnumber live ones."""
     rng = random.Random(11)
     entries: dict[str, RegistryEntry] = {}
     index, latest, orphans = DueIndex(entries), dict[str, Due](), set[str]()
@@ -100,21 +140,26 @@ def test_against_a_recount_over_many_changes() -> None:
             index.put_orphan(channel_id)
             orphans.add(channel_id)
         elif channel_id not in orphans:
-            when = Due(now + rng.randrange(-30, 600) * MIN, rng.randrange(0, 20) * MIN)
+            when = Due(
+                now + rng.randrange(-30, 600) * MIN,
+                rng.randrange(0, 20) * MIN,
+                held=rng.random() < 0.3,
+            )
             entries[channel_id] = entry(channel_id)
             index.put(channel_id, entries[channel_id], when)
             latest[channel_id] = when
-            reach = max(reach, when.reach)
+            reach = reach if when.held else max(reach, when.reach)
         now += rng.randrange(0, 3) * MIN
         acting = {c for c, d in latest.items() if d.act <= now}
-        near = {c for c, d in latest.items() if d.act <= now + reach} if acting else set()
+        near = {c for c, d in latest.items() if not d.held and d.act <= now + reach}
+        near = near if acting else set()
         assert index.due(now) == acting | near | orphans, step
         assert index.next_act() == min((d.act for d in latest.values()), default=None), step
         if index.grown():  # as the unit does: build it again from the latest values
             rebuilt += 1
             index, reach = (
                 DueIndex(entries),
-                max((d.reach for d in latest.values()), default=timedelta(0)),
+                max((d.reach for d in latest.values() if not d.held), default=timedelta(0)),
             )
             for c, d in latest.items():
                 index.put(c, entries[c], d)

@@ -421,6 +421,22 @@ def test_a_listing_answered_ends_transient_holds_and_marks_seen() -> None:
     assert change.seen == ["1", "2"]
 
 
+def test_a_pass_without_a_listing_asks_the_ledger_only_about_the_expired_it_is_given() -> None:
+    """The unit's index names the channels whose expiry may have passed; the ledger still checks
+    each (a stale name changes nothing), and leaves every other entry alone, even one that
+    expired (it would be named: the index is what knows)."""
+    gone = entry(expires_at=NOW - MIN)
+    live = entry(channel_id="2", expires_at=NOW + HOUR)
+    unnamed = entry(channel_id="3", expires_at=NOW - MIN)
+    lapsed = entry(channel_id="4", expires_at=NOW - HOUR, state="lapsed", lapsed_since=NOW - HOUR)
+    at = situation({"1": gone, "2": live, "3": unnamed, "4": lapsed})
+    watched = frozenset({"1", "2", "3", "4"})
+    change = outcome.observed(at, None, watched, expired={"1", "2", "4", "9"})
+    assert sorted(change.entries) == ["1"]
+    assert [(g.channel_id, g.start, g.cause) for g in change.opened] == [("1", NOW - MIN, "expired")]
+    assert outcome.observed(at, None, watched).entries == {}
+
+
 HELD = entry(retry_at=NOW + 10 * MIN, failures=9)
 LISTED = {"1": outcome.ObservedChannel("1", frozenset(), "https://x.example/", NOW + HOUR)}
 

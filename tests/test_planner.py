@@ -648,16 +648,20 @@ R = LIFE / 10
         pytest.param(owned(renew_at=NOW - MIN), Due(NOW - MIN, R), id="overdue"),
         pytest.param(
             owned(retry_at=NOW + 2 * MIN, renew_at=NOW - MIN),
-            Due(NOW + 2 * MIN, R),
+            Due(NOW + 2 * MIN, R, held=True),
             id="held-back-until-its-retry",
         ),
         pytest.param(owned(retry_at=NOW - MIN), Due(NOW + 2 * HOUR, R), id="retry-passed"),
+        pytest.param(owned(retry_at=NOW + HOUR), Due(NOW + 2 * HOUR, R), id="retry-before-its-renewal"),
+        pytest.param(
+            owned(retry_at=NOW + 2 * HOUR), Due(NOW + 2 * HOUR, R, held=True), id="retry-at-its-renewal"
+        ),
         pytest.param(owned(renew_at=None), Due(ALWAYS, R), id="no-renew-at"),
         pytest.param(owned(expires_at=None, state="pending"), Due(ALWAYS, R), id="never-granted"),
         pytest.param(owned(state="lapsed"), Due(ALWAYS, R), id="lapsed"),
         pytest.param(
             owned(state="failed", expires_at=None, retry_at=NOW + MIN),
-            Due(NOW + MIN, R),
+            Due(NOW + MIN, R, held=True),
             id="failed-create-waits-for-its-retry",
         ),
         pytest.param(
@@ -680,7 +684,7 @@ def test_due_says_exactly_when_the_planner_acts() -> None:
     """What the engine indexes a channel by must agree with the planner both ways: an act that has
     come always has an action (or the engine would wake for nothing forever), one still to come
     never has (or a pass planning only what is due would miss it), and a channel taken along in a
-    due renewal has its act within reach."""
+    due renewal has its act within reach and is not held back until it."""
     rng = random.Random(7)
     offsets = [None, -HOUR, -S, timedelta(0), S, 20 * MIN, 45 * MIN, 2 * HOUR, 6 * HOUR]
     batched = 0
@@ -704,6 +708,7 @@ def test_due_says_exactly_when_the_planner_acts() -> None:
         if any(a.channel_id == "1001" and a.reason == "batched" for a in joined):
             batched += 1
             assert when.act <= now + when.reach, (entry, now)
+            assert not when.held, (entry, now)
     assert batched > 40
 
 

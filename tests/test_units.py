@@ -11,11 +11,12 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from watchkeeper import outcome
 from watchkeeper.model import ChannelSpec, ChannelState, RegistryEntry, parse_events
 from watchkeeper.planner import plan_account
 from watchkeeper.policy import Policy
 from watchkeeper.service import status_line
-from watchkeeper.units import Census, Memory, Unit, census
+from watchkeeper.units import Census, Memory, RunningCensus, Unit
 from watchkeeper.zoho.auth import StaticToken
 from watchkeeper.zoho.client import WatchClient
 from watchkeeper.zoho.regions import Endpoint
@@ -77,11 +78,39 @@ def test_census_counts_the_owned_desired_channels(
     renew_in: timedelta | None,
     undesired: list[str],
 ) -> None:
-    counted = census("main", {e.channel_id: e for e in entries}, frozenset(desired))
+    counted = RunningCensus("main", {e.channel_id: e for e in entries}, frozenset(desired)).census()
     assert counted.states == Counter(states)
     assert counted.renew_at == (None if renew_in is None else NOW + renew_in)
     assert counted.owned == len(entries)
     assert counted.undesired == {("main", c) for c in undesired}
+
+
+def test_a_running_census_is_a_recount_after_every_change() -> None:
+    """Random changes and removals, told to the census as the unit tells them: it always says
+    what counting the entries afresh says, the superseded renewal times of a long run included."""
+    rng = random.Random(3)
+    desired = frozenset(str(i) for i in range(0, 30, 2))
+    entries: dict[str, RegistryEntry] = {}
+    running = RunningCensus("main", entries, desired)
+    states: list[ChannelState] = ["active", "at_risk", "lapsed", "failed", "pending"]
+    for step in range(4000):
+        channel_id = str(rng.randrange(30))
+        old = entries.get(channel_id)
+        if rng.random() < 0.15:
+            new = None
+            entries.pop(channel_id, None)
+        else:
+            offset = rng.choice([None, -HOUR, MIN, 3 * HOUR]) if rng.random() < 0.9 else None
+            new = entry(channel_id, rng.choice(states), offset)
+            entries[channel_id] = new
+        running.change(channel_id, old, new)
+        if rng.random() < 0.3:  # read now and then, as passes do
+            fresh = RunningCensus("main", entries, desired).census()
+            assert running.census() == fresh, step
+            kept = [e for c, e in entries.items() if c in desired]
+            assert fresh.states == Counter(e.state for e in kept)
+            assert fresh.renew_at == min((e.renew_at for e in kept if e.renew_at), default=None)
+            assert fresh.undesired == {("main", c) for c in entries if c not in desired}
 
 
 @pytest.mark.parametrize(
@@ -210,8 +239,9 @@ def test_specs_are_looked_up_state_file_first(
 def test_a_unit_plans_what_is_due_as_a_full_plan_would(unit: Unit) -> None:
     """The index as a property: over random accounts (desired, orphaned, refused and retained
     channels at every stage) and answers that change some entries, planning only the channels the
-    unit's index says are due gives exactly the actions a plan of every channel gives, and the
-    unit wakes when the earliest of them acts."""
+    unit's index says are due gives exactly the actions a plan of every channel gives, the
+    ledger asked only about the channels the index says expired changes exactly what asking it
+    about every channel would, and the unit wakes when the earliest of them acts."""
     rng = random.Random(5)
     offsets = [None, -HOUR, timedelta(0), 20 * MIN, 2 * HOUR, 6 * HOUR]
     tuning = Policy()
@@ -229,6 +259,7 @@ def test_a_unit_plans_what_is_due_as_a_full_plan_would(unit: Unit) -> None:
             renew_at=maybe(rng.choice(offsets)),
             retry_at=maybe(rng.choice(offsets)),
             lifetime=rng.choice([None, 10 * HOUR]),
+            lapsed_since=maybe(rng.choice([None, None, -HOUR])),
         )
 
     for _ in range(300):
@@ -244,6 +275,10 @@ def test_a_unit_plans_what_is_due_as_a_full_plan_would(unit: Unit) -> None:
             assert plan_account(unit.view(None, now, tuning), now, tuning) == plan_account(
                 full, now, tuning
             )
+            at = unit.situation(now, tuning, random.Random(1))
+            asked = outcome.observed(at, None, unit.watched(), expired=unit.expired(now, tuning))
+            everyone = outcome.observed(at, None, unit.watched(), expired=list(unit.entries))
+            assert (asked.entries, asked.opened) == (everyone.entries, everyone.opened)
             wake = unit.next_due(now, tuning)
             assert (wake <= now) == any(a.kind != "delete" for a in plan_account(full, now, tuning))
             changed = {c: drawn(c) for c in ids if rng.random() < 0.3}

@@ -130,15 +130,20 @@ class AccountPass:
 
     def _observed(self, listing: Listing | None, outage_over: bool) -> Transition:
         unit = self.unit
+        zoho_now = self.now + unit.client.skew
         last_seen = {}
+        expired: set[str] = set()
         if listing is not None:  # where a vanished channel's gap starts
-            zoho_now = self.now + unit.client.skew
             for cid, e in unit.entries.items():
                 live = e.expires_at is not None and e.expires_at > zoho_now
                 if live and e.lapsed_since is None and cid not in listing:
                     last_seen[cid] = self.shell.store.last_seen(unit.name, cid)
+        else:
+            expired = unit.expired(zoho_now, self.shell.policy)
         situation = self.situation(last_seen)
-        return outcome.observed(situation, listing, unit.watched(), outage_over=outage_over)
+        return outcome.observed(
+            situation, listing, unit.watched(), expired=expired, outage_over=outage_over
+        )
 
     def _act(self, method: Method, actions: list[Action]) -> list[Action]:
         """One request: journalled whole, then sent and its answer recorded a slice at a time (the

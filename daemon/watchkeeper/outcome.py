@@ -173,11 +173,16 @@ def observed(
     listing: Mapping[str, ObservedChannel] | None,
     watched: frozenset[str],
     *,
+    expired: Iterable[str] = (),
     outage_over: bool = False,
 ) -> Transition:
     """A pass's look at the account: the ledger over every owned channel, and, when Zoho answered a
     listing, the end of the holds an outage put on them (so they are tried in this pass, not at
     the end of their backoff). ``listing`` already leaves out expired rows.
+
+    ``expired``: without a listing, the channels whose expiry may have passed (at least those not
+    lapsed whose expiry did): the ledger changes no other entry then, so a pass without a listing
+    does not look at each of an account's thousands of channels.
 
     ``outage_over``: the listing is the first Zoho answered after failed ones. The failures of the
     channels it frees were the outage's, so their streak starts again: one 5xx on the re-creation
@@ -185,7 +190,7 @@ def observed(
     ``retry_max``, 15 minutes by default, for every channel of that request)."""
     out = Transition(at.account, at.names)
     live = dict(listing) if listing is not None else None
-    for channel_id, entry in _observable(at, listing is not None):
+    for channel_id, entry in _observable(at, listing is not None, expired):
         step = ledger.observe(
             entry, live, at.last_seen.get(channel_id), at.zoho_now, watched=channel_id in watched
         )
@@ -202,14 +207,21 @@ def observed(
     return out
 
 
-def _observable(at: Situation, listed: bool) -> Iterable[tuple[str, RegistryEntry]]:
-    """The entries the ledger may change: all of them after a listing; otherwise only those whose
-    expiry passed (ledger.observe leaves the others as they are), so that a pass without a listing
-    does not call it for each of an account's thousands of channels."""
+def _observable(
+    at: Situation, listed: bool, expired: Iterable[str]
+) -> Iterable[tuple[str, RegistryEntry]]:
+    """The entries the ledger may change: all of them after a listing; otherwise those of
+    ``expired`` whose expiry passed and that are not lapsed yet (ledger.observe leaves the others
+    as they are)."""
     if listed:
         return at.entries.items()
-    now = at.zoho_now
-    return ((c, e) for c, e in at.entries.items() if e.expires_at is not None and e.expires_at <= now)
+    now, entries = at.zoho_now, at.entries
+    found = ((c, entries[c]) for c in sorted(expired) if c in entries)
+    return ((c, e) for c, e in found if e.lapsed_since is None and _expired(e, now))
+
+
+def _expired(entry: RegistryEntry, zoho_now: datetime) -> bool:
+    return entry.expires_at is not None and entry.expires_at <= zoho_now
 
 
 def listing_failed(at: Situation, exc: ZohoError, next_listing: datetime) -> Transition:

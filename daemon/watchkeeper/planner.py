@@ -125,6 +125,9 @@ class Due:
     """From this instant on the planner has an action for it (and before it, none)."""
     reach: timedelta
     """It may be taken along in a due renewal of its account only once ``act`` is this close."""
+    held: bool = False
+    """``act`` is the end of a hold (its retry_at): until then it is held back, so it joins no
+    renewal whatever its reach (the index leaves it out of the look for channels within reach)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,7 +236,8 @@ def due(spec: ChannelSpec, entry: RegistryEntry, policy: Policy) -> Due:
     which ``_for_desired`` acts without a listing: held back until its retry_at; otherwise at once
     when it was never granted, lapsed, has no renewal time or was changed in the state file since
     Zoho accepted it; else at its renew_at or its emergency point, whichever comes first. Joining
-    a renewal takes a renew_at within the batch horizon and no hold, so such an act is within it."""
+    a renewal takes a renew_at within the batch horizon and no hold, so such an act is within it,
+    and one held back until its act joins nothing before."""
     lifetime = entry.lifetime or spec.ttl
     if (
         entry.expires_at is None
@@ -244,9 +248,10 @@ def due(spec: ChannelSpec, entry: RegistryEntry, policy: Policy) -> Due:
         act = ALWAYS
     else:
         act = min(utc(entry.renew_at), emergency_at(entry.expires_at, lifetime, policy))
-    if entry.retry_at is not None:
-        act = max(act, utc(entry.retry_at))
-    return Due(act, batch_horizon(lifetime, policy))
+    reach = batch_horizon(lifetime, policy)
+    if entry.retry_at is not None and utc(entry.retry_at) >= act:
+        return Due(utc(entry.retry_at), reach, held=True)
+    return Due(act, reach)
 
 
 def observed_drift(spec: ChannelSpec, seen: ObservedChannel) -> tuple[str, ...]:

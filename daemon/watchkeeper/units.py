@@ -8,6 +8,7 @@ listing costs what is due in it, and ``next_due`` costs O(accounts) in all.
 
 from __future__ import annotations
 
+import heapq
 import random
 from collections import Counter
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
@@ -16,7 +17,7 @@ from datetime import datetime, timedelta
 
 from watchkeeper import outcome, planner, policy
 from watchkeeper.config import AccountSpec, DesiredState
-from watchkeeper.dueindex import DueIndex
+from watchkeeper.dueindex import SLACK, DueIndex, Item
 from watchkeeper.leases import Held
 from watchkeeper.model import ChannelSpec, ObservedChannel, RegistryEntry
 from watchkeeper.outcome import Situation
@@ -48,13 +49,60 @@ class Census:
         )
 
 
-def census(account: str, entries: Mapping[str, RegistryEntry], desired: Collection[str]) -> Census:
-    """PURE: the census of an account's entries against its desired channels (states as stored,
-    not derived from the clock, so it stays true until an entry or the desired set changes)."""
-    kept = [e for c, e in entries.items() if c in desired]
-    renewals = (e.renew_at for e in kept if e.renew_at is not None)
-    undesired = frozenset((account, c) for c in entries if c not in desired)
-    return Census(Counter(e.state for e in kept), min(renewals, default=None), len(entries), undesired)
+class RunningCensus:
+    """An account's census (states as stored, not derived from the clock, so it stays true until
+    an entry or the desired set changes), kept up to date change by change from one count: the
+    guards and the status line read it after every pass, and recounting an account of 10,000
+    channels after each pass that changed one was O(channels). Valid while the desired set and the
+    registry slice it was made from are the unit's (a reindex or reload makes a new one)."""
+
+    def __init__(
+        self, account: str, entries: Mapping[str, RegistryEntry], desired: Collection[str]
+    ) -> None:
+        self._account, self._entries, self._desired = account, entries, desired
+        self._states = Counter[str](e.state for c, e in entries.items() if c in desired)
+        self._undesired = {c for c in entries if c not in desired}
+        self._renewals: list[Item] = []
+        """The renewal times of the desired entries, as last seen (a lazy heap, as the index's)."""
+        for channel_id, entry in entries.items():
+            self._push(channel_id, entry)
+        self._counted: Census | None = None
+
+    def change(self, channel_id: str, old: RegistryEntry | None, new: RegistryEntry | None) -> None:
+        """``channel_id``'s entry went from ``old`` to ``new`` (None: absent)."""
+        if channel_id not in self._desired:
+            if (new is None) != (old is None):
+                self._undesired.symmetric_difference_update({channel_id})
+                self._counted = None
+            return
+        if old is not None:
+            self._states[old.state] -= 1
+        if new is not None:
+            self._states[new.state] += 1
+            self._push(channel_id, new)
+        self._counted = None
+
+    def census(self) -> Census:
+        """O(1) when nothing changed; else O(the renewals superseded + the undesired)."""
+        if self._counted is None:
+            if len(self._renewals) > 2 * len(self._entries) + SLACK:  # mostly superseded
+                self._renewals = []
+                for channel_id, entry in self._entries.items():
+                    self._push(channel_id, entry)
+            heap = self._renewals
+            while heap and self._entries.get(heap[0].channel_id) is not heap[0].entry:
+                heapq.heappop(heap)
+            self._counted = Census(
+                +self._states,
+                heap[0].at if heap else None,
+                len(self._entries),
+                frozenset((self._account, c) for c in self._undesired),
+            )
+        return self._counted
+
+    def _push(self, channel_id: str, entry: RegistryEntry) -> None:
+        if entry.renew_at is not None and channel_id in self._desired:
+            heapq.heappush(self._renewals, Item(entry.renew_at, channel_id, entry))
 
 
 @dataclass
@@ -94,12 +142,15 @@ class Unit:
     """Several instances on PostgreSQL: this instance's lease of the account, without which the
     engine neither calls Zoho for it nor writes its rows (unused on SQLite, where one instance
     serves every account)."""
-    counted: Census | None = None
-    """``census`` as last computed, None once an entry or the desired set changed: the status line
-    sent after every pass costs O(accounts) on an idle tick, not O(channels)."""
+    counted: RunningCensus | None = None
+    """Its census, kept up to date by ``record``; None once the desired set changed (counted again
+    on next use): the status line sent after every pass costs O(accounts) on an idle tick, and a
+    pass O(what it changed), not O(channels)."""
     index: DueIndex | None = None
     """Its channels by ``planner.due``; None once the desired set, the refusals or the policy
     changed (rebuilt on next use)."""
+    watching: frozenset[str] | None = None
+    """``watched`` as last computed; None once the desired set or the refusals changed."""
     changed: set[str] = field(default_factory=set)
     """Channels whose entry changed since the index last took them in, as it does on its next use:
     the several answers a pass records for a channel cost the index one item, not one each."""
@@ -107,13 +158,12 @@ class Unit:
     def paused(self, now: datetime) -> bool:
         return self.paused_until is not None and self.paused_until > now
 
-    def kept(self) -> set[str]:
-        """Channels the engine renews: desired, or kept alive while their deletion is refused."""
-        return self.desired.keys() | self.retained.keys()
-
     def watched(self) -> frozenset[str]:
-        """Channels whose lapses go to the ledger: kept, or refused deletion without a spec."""
-        return frozenset(self.kept()) | self.refused
+        """Channels whose lapses go to the ledger: desired, or refused deletion (kept alive with a
+        spec or not). Cached until ``reindex``: every pass asks."""
+        if self.watching is None:
+            self.watching = frozenset(self.desired.keys() | self.retained.keys()) | self.refused
+        return self.watching
 
     def situation(
         self,
@@ -166,9 +216,15 @@ class Unit:
     def record(self, changed: Mapping[str, RegistryEntry], removed: Collection[str]) -> None:
         """The entries an answer changed and removed, into the registry slice (and, on its next
         use, the index)."""
-        self.entries.update(changed)
+        counted = self.counted
+        for channel_id, entry in changed.items():
+            if counted is not None:
+                counted.change(channel_id, self.entries.get(channel_id), entry)
+            self.entries[channel_id] = entry
         for channel_id in removed:
-            self.entries.pop(channel_id, None)
+            old = self.entries.pop(channel_id, None)
+            if counted is not None and old is not None:
+                counted.change(channel_id, old, None)
         if self.index is not None:
             self.changed.update(changed)
             for channel_id in removed:
@@ -183,6 +239,8 @@ class Unit:
     def reindex(self) -> None:
         """The desired set, the refusals or the policy changed: every channel's ``Due`` may have."""
         self.index = None
+        self.watching = None
+        self.counted = None
         self.touch()
 
     def _place(self, channel_ids: Iterable[str], tuning: Policy) -> None:
@@ -190,22 +248,26 @@ class Unit:
         view = AccountView(self.name, self.desired, None, self.entries, self.refused, self.retained)
         for channel_id in channel_ids:
             entry = self.entries[channel_id]
+            self.index.put_expiry(channel_id, entry)
             spec = planner.kept_spec(view, channel_id)
             if spec is not None:
                 self.index.put(channel_id, entry, planner.due(spec, entry, tuning))
             elif channel_id not in self.refused:
                 self.index.put_orphan(channel_id)
 
+    def expired(self, zoho_now: datetime, tuning: Policy) -> set[str]:
+        """Channels not lapsed whose expiry has come by ``zoho_now``: what a pass without a listing
+        asks the ledger about."""
+        return self.schedule(tuning).expired(zoho_now)
+
     def census(self) -> Census:
-        """Cached until ``touch``."""
         if self.counted is None:
-            self.counted = census(self.name, self.entries, self.desired)
-        return self.counted
+            self.counted = RunningCensus(self.name, self.entries, self.desired)
+        return self.counted.census()
 
     def touch(self) -> None:
-        """Something ``next_due`` or ``census`` depends on changed."""
+        """Something ``next_due`` depends on changed."""
         self.due_at = None
-        self.counted = None
 
     def tally_rows(self, now: datetime) -> int | None:
         """The row count the account's look at ``now`` checks with one page (policy.tallies);
