@@ -302,6 +302,32 @@ def test_a_chunk_that_fails_transiently_is_retried_in_place_and_the_rest_goes_on
     assert slept == [0.5]
 
 
+def test_while_zoho_fails_a_chunk_is_tried_once_until_an_answer_succeeds(
+    emulator: Emulator, http: httpx.Client, sim_clock: SimClock
+) -> None:
+    """Retrying in place is for a failure among answers: once a chunk failed through its retries,
+    every later attempt is one call (an outage of hours is not met with four calls an attempt),
+    until Zoho answers again; then a failure is retried in place again."""
+    from watchkeeper.emulator import Fault
+
+    slept: list[float] = []
+    auth = oauth_for(emulator, http, sim_clock)
+    watch = WatchClient(endpoint_for(emulator), auth, http=http, clock=sim_clock, sleep=slept.append)
+    expiry = sim_clock.now() + timedelta(hours=6)
+    items = [item(channel_id, expires_at=expiry) for channel_id in channel_ids(3)]
+    emulator.add_fault(Fault(status=503, methods=frozenset({"POST"}), count=6))
+    for tries in (4, 1, 1):
+        emulator.clear_calls()
+        assert type(watch.write("POST", items).error) is TransientError
+        assert len(calls(emulator, "POST")) == tries
+    assert slept == [0.5, 1.0, 2.0]
+    assert all(r.ok for r in settled(watch.write("POST", items)))  # the fault is spent: answered
+    emulator.add_fault(Fault(status=503, methods=frozenset({"PATCH"}), count=1))
+    emulator.clear_calls()
+    assert all(r.ok for r in settled(watch.write("PATCH", items)))
+    assert [c.status for c in calls(emulator, "PATCH")] == [503, 200]
+
+
 def test_a_chunk_is_not_retried_after_a_429_nor_once_a_stop_is_asked(
     emulator: Emulator, http: httpx.Client, sim_clock: SimClock
 ) -> None:

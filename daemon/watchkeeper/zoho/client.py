@@ -97,6 +97,9 @@ class WatchClient:
         self._sleep = sleep
         """Waits between the retries of a page or a chunk (a test's simulated clock moves instead)."""
         self._batch = {"write": limits.max_items, "delete": limits.max_items}
+        self._failing = False
+        """Zoho's latest answer was a transient failure (a 429 aside): until one succeeds, a page
+        or a chunk is tried once, not retried in place (see ``_retried``)."""
 
     def __repr__(self) -> str:
         return f"WatchClient({self.session.base_url + self._path!r})"
@@ -177,9 +180,11 @@ class WatchClient:
 
     def _retried(self, call: Callable[[], T], should_stop: Callable[[], bool] = _never) -> T:
         """``call``, made again in place after each of ``Limits.retries`` delays while it fails
-        transiently (a 5xx, a timeout). A 429 or an auth error is raised at once: it pauses the
-        account. ``should_stop`` is asked before each retry."""
-        delays = iter(self._retries)
+        transiently (a 5xx, a timeout), unless the call before it failed so too: while Zoho is
+        down each attempt costs one call, as the probe does, not four (the account's backoff
+        spaces them). A 429 or an auth error is raised at once: it pauses the account.
+        ``should_stop`` is asked before each retry."""
+        delays = iter(() if self._failing else self._retries)
         while True:
             try:
                 return call()
@@ -284,8 +289,15 @@ class WatchClient:
         json_body: dict[str, Any] | None = None,
     ) -> dict[str, Any] | None:
         """One call (the session handles 401, 429 and 5xx). None for 204."""
-        answer = self.session.call(method, self._path, params=params, json_body=json_body)
-        return self._classify(method, answer, writing=json_body is not None or method == "DELETE")
+        writing = json_body is not None or method == "DELETE"
+        try:
+            answer = self.session.call(method, self._path, params=params, json_body=json_body)
+            body = self._classify(method, answer, writing=writing)
+        except TransientError as exc:
+            self._failing = self._failing or not isinstance(exc, RateLimited)
+            raise
+        self._failing = False
+        return body
 
     def _classify(self, method: str, answer: Answer, *, writing: bool) -> dict[str, Any] | None:
         status = answer.status
