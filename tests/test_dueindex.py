@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from watchkeeper.dueindex import DueIndex
+from watchkeeper.dueindex import SLACK, DueIndex
 from watchkeeper.model import RegistryEntry
 from watchkeeper.planner import ALWAYS, Due
 
@@ -104,6 +104,21 @@ def test_expired_names_the_channels_not_lapsed_whose_expiry_came_until_their_ent
     assert index.expired(at(40)) == set()
     del entries["2"]
     assert index.expired(at(100)) == set()
+
+
+def test_superseded_expiries_are_swept_without_a_rebuild() -> None:
+    """An outage's failed requests give their channels new entries pass after pass, the expiry
+    unchanged: the superseded expiry items are dropped in a sweep, the heap stays within twice the
+    channels, and the index is not rebuilt for them (a rebuild recomputes every channel's Due)."""
+    entries = {str(i): replace(entry(str(i)), expires_at=at(60 + i)) for i in range(10)}
+    index = DueIndex(entries)
+    for _ in range(50):
+        for channel_id in entries:
+            entries[channel_id] = replace(entries[channel_id])  # a new entry, the same expiry
+            index.put_expiry(channel_id, entries[channel_id])
+            assert len(index._expiries) <= 2 * len(entries) + SLACK + 1  # the heap, bounded
+    assert not index.grown()
+    assert index.expired(at(64)) == {"0", "1", "2", "3", "4"}
 
 
 def test_orphans_are_always_due_and_never_wake() -> None:

@@ -434,7 +434,9 @@ def test_a_pass_without_a_listing_asks_the_ledger_only_about_the_expired_it_is_g
     change = outcome.observed(at, None, watched, expired={"1", "2", "4", "9"})
     assert sorted(change.entries) == ["1"]
     assert [(g.channel_id, g.start, g.cause) for g in change.opened] == [("1", NOW - MIN, "expired")]
-    assert outcome.observed(at, None, watched).entries == {}
+    assert outcome.observed(at, None, watched, expired=()).entries == {}
+    with pytest.raises(ValueError, match="needs the channels whose expiry came"):
+        outcome.observed(at, None, watched)  # forgetting them would miss every lapse
 
 
 HELD = entry(retry_at=NOW + 10 * MIN, failures=9)

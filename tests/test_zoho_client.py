@@ -321,11 +321,14 @@ def test_while_zoho_fails_a_chunk_is_tried_once_until_an_answer_succeeds(
         assert type(watch.write("POST", items).error) is TransientError
         assert len(calls(emulator, "POST")) == tries
     assert slept == [0.5, 1.0, 2.0]
-    assert all(r.ok for r in settled(watch.write("POST", items)))  # the fault is spent: answered
-    emulator.add_fault(Fault(status=503, methods=frozenset({"PATCH"}), count=1))
+    # a refusal is an answer too: Zoho is up, and the next transient failure is retried in place
+    emulator.add_fault(Fault(status=400, methods=frozenset({"POST"}), code="INVALID_REQUEST"))
+    assert type(watch.write("POST", items).error) is TerminalError
+    emulator.clear_faults()
+    emulator.add_fault(Fault(status=503, methods=frozenset({"POST"}), count=1))
     emulator.clear_calls()
-    assert all(r.ok for r in settled(watch.write("PATCH", items)))
-    assert [c.status for c in calls(emulator, "PATCH")] == [503, 200]
+    assert all(r.ok for r in settled(watch.write("POST", items)))
+    assert [c.status for c in calls(emulator, "POST")] == [503, 201]
 
 
 def test_a_chunk_is_not_retried_after_a_429_nor_once_a_stop_is_asked(
@@ -347,11 +350,11 @@ def test_a_chunk_is_not_retried_after_a_429_nor_once_a_stop_is_asked(
     assert len(calls(emulator, "POST")) == 1
     emulator.clear_calls()
     emulator.add_fault(Fault(status=503, methods=frozenset({"POST"})))
-    stops = iter([False, False, True])  # before the chunk, before its first retry, before the next
+    stops = iter([False, False, True])  # before the chunk, before the first wait, after it
     stopped = watch.write("POST", items, should_stop=lambda: next(stops))
     assert type(stopped.error) is TransientError
     assert slept == [0.5]
-    assert len(calls(emulator, "POST")) == 2
+    assert len(calls(emulator, "POST")) == 1  # the stop came during the wait: nothing more
 
 
 def test_per_item_errors_map_to_their_channels(

@@ -85,6 +85,12 @@ class DueIndex:
         ledger decides whether it is watched)."""
         if entry.expires_at is not None and entry.lapsed_since is None:
             heapq.heappush(self._expiries, Item(entry.expires_at, channel_id, entry))
+            if len(self._expiries) > 2 * len(self._entries) + SLACK:
+                # Every answer for a channel supersedes its item, expiry moved or not (a failed
+                # request's channels, pass after pass of an outage): dropped here, in one sweep,
+                # rather than by rebuilding the whole index.
+                self._expiries = [item for item in self._expiries if self._live(item)]
+                heapq.heapify(self._expiries)
 
     def put_orphan(self, channel_id: str) -> None:
         self.orphans.add(channel_id)
@@ -95,8 +101,7 @@ class DueIndex:
 
     def grown(self) -> bool:
         """Superseded items outnumber the live ones: time to rebuild."""
-        live = 2 * len(self._entries) + SLACK
-        return len(self._acts) + len(self._holds) > live or len(self._expiries) > live
+        return len(self._acts) + len(self._holds) > 2 * len(self._entries) + SLACK
 
     def next_act(self) -> datetime | None:
         """The earliest act over the channels (None: there are none)."""

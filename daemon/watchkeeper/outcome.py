@@ -173,16 +173,16 @@ def observed(
     listing: Mapping[str, ObservedChannel] | None,
     watched: frozenset[str],
     *,
-    expired: Iterable[str] = (),
+    expired: Iterable[str] | None = None,
     outage_over: bool = False,
 ) -> Transition:
     """A pass's look at the account: the ledger over every owned channel, and, when Zoho answered a
     listing, the end of the holds an outage put on them (so they are tried in this pass, not at
     the end of their backoff). ``listing`` already leaves out expired rows.
 
-    ``expired``: without a listing, the channels whose expiry may have passed (at least those not
-    lapsed whose expiry did): the ledger changes no other entry then, so a pass without a listing
-    does not look at each of an account's thousands of channels.
+    ``expired``: without a listing (where it is required), the channels whose expiry may have
+    passed (at least those not lapsed whose expiry did): the ledger changes no other entry then,
+    so a pass without a listing does not look at each of an account's thousands of channels.
 
     ``outage_over``: the listing is the first Zoho answered after failed ones. The failures of the
     channels it frees were the outage's, so their streak starts again: one 5xx on the re-creation
@@ -190,7 +190,9 @@ def observed(
     ``retry_max``, 15 minutes by default, for every channel of that request)."""
     out = Transition(at.account, at.names)
     live = dict(listing) if listing is not None else None
-    for channel_id, entry in _observable(at, listing is not None, expired):
+    if listing is None and expired is None:
+        raise ValueError("a look without a listing needs the channels whose expiry came")
+    for channel_id, entry in _observable(at, listing is not None, expired or ()):
         step = ledger.observe(
             entry, live, at.last_seen.get(channel_id), at.zoho_now, watched=channel_id in watched
         )

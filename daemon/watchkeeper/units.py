@@ -143,14 +143,14 @@ class Unit:
     engine neither calls Zoho for it nor writes its rows (unused on SQLite, where one instance
     serves every account)."""
     counted: RunningCensus | None = None
-    """Its census, kept up to date by ``record``; None once the desired set changed (counted again
-    on next use): the status line sent after every pass costs O(accounts) on an idle tick, and a
+    """Its census, kept up to date by ``record``; None after a ``reindex`` (counted again on next
+    use): the status line sent after every pass costs O(accounts) on an idle tick, and a
     pass O(what it changed), not O(channels)."""
     index: DueIndex | None = None
     """Its channels by ``planner.due``; None once the desired set, the refusals or the policy
     changed (rebuilt on next use)."""
     watching: frozenset[str] | None = None
-    """``watched`` as last computed; None once the desired set or the refusals changed."""
+    """``watched`` as last computed; None after a ``reindex``."""
     changed: set[str] = field(default_factory=set)
     """Channels whose entry changed since the index last took them in, as it does on its next use:
     the several answers a pass records for a channel cost the index one item, not one each."""
@@ -372,12 +372,12 @@ class Memory:
         for unit in self.units.values():
             unit.desired = {}
             unit.every = state.reconcile_every(unit.name)
-            unit.reindex()
         for spec in state.channels:
             if spec.account in self.units:
                 self.units[spec.account].desired[spec.channel_id] = spec
         for unit in self.units.values():
             unit.backfilled = frozenset(c for c, s in unit.desired.items() if s.backfill)
+            unit.reindex()  # once the desired set is whole: what is cached is counted from it
         for (account, channel_id), spec in self.known.items():
             if account in self.units:
                 self.units[account].names[channel_id] = spec.name

@@ -98,8 +98,9 @@ class WatchClient:
         """Waits between the retries of a page or a chunk (a test's simulated clock moves instead)."""
         self._batch = {"write": limits.max_items, "delete": limits.max_items}
         self._failing = False
-        """Zoho's latest answer was a transient failure (a 429 aside): until one succeeds, a page
-        or a chunk is tried once, not retried in place (see ``_retried``)."""
+        """Zoho's latest call failed transiently (a 429 aside): until one is answered, a page or a
+        chunk is tried once, not retried in place (see ``_retried``). Read once per page or chunk:
+        calls racing on another thread change at most one's number of tries."""
 
     def __repr__(self) -> str:
         return f"WatchClient({self.session.base_url + self._path!r})"
@@ -183,7 +184,8 @@ class WatchClient:
         transiently (a 5xx, a timeout), unless the call before it failed so too: while Zoho is
         down each attempt costs one call, as the probe does, not four (the account's backoff
         spaces them). A 429 or an auth error is raised at once: it pauses the account.
-        ``should_stop`` is asked before each retry."""
+        ``should_stop`` is asked before each wait and after it: a stop, or a lease's margin,
+        reached meanwhile sends nothing more."""
         delays = iter(() if self._failing else self._retries)
         while True:
             try:
@@ -195,6 +197,8 @@ class WatchClient:
                 if delay is None or should_stop():
                     raise
                 self._sleep(delay)
+                if should_stop():
+                    raise
 
     # -- writes and deletes ----------------------------------------------------------------------
 
@@ -293,8 +297,13 @@ class WatchClient:
         try:
             answer = self.session.call(method, self._path, params=params, json_body=json_body)
             body = self._classify(method, answer, writing=writing)
-        except TransientError as exc:
-            self._failing = self._failing or not isinstance(exc, RateLimited)
+        except RateLimited:
+            raise
+        except TransientError:
+            self._failing = True
+            raise
+        except ZohoError:  # Zoho answered, if only to refuse
+            self._failing = False
             raise
         self._failing = False
         return body
