@@ -1002,13 +1002,14 @@ def test_accounts_are_served_concurrently_each_in_order(
             real = client.list_counted
 
             def listing(
-                real: Callable[[], tuple[dict[str, ObservedChannel], int]] = real,
+                real: Callable[..., tuple[dict[str, ObservedChannel], int]] = real,
+                **kwargs: Any,
             ) -> tuple[dict[str, ObservedChannel], int]:
                 with lock:
                     active[0] += 1
                     most[0] = max(most[0], active[0])
                 try:
-                    return real()
+                    return real(**kwargs)
                 finally:
                     with lock:
                         active[0] -= 1

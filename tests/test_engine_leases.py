@@ -17,6 +17,7 @@ from watchkeeper import config
 from watchkeeper.emulator import Emulator
 from watchkeeper.engine import Engine
 from watchkeeper.leases import Held
+from watchkeeper.model import RegistryEntry
 from watchkeeper.runtime import open_engine
 from watchkeeper.store import Store
 from watchkeeper.store.target import parse_url
@@ -65,6 +66,31 @@ def test_the_engine_serves_under_its_lease_and_names_itself_in_every_call(
     assert [(e["account"], e["instance"], e["reason"]) for e in acquired] == [("main", "A", "free")]
     assert writes(emulator) == ["POST"]
     assert {agent_instance(c) for c in emulator.calls if c.method != "TOKEN"} == {"A"}
+
+
+def test_an_account_taken_is_served_only_once_its_rows_are_loaded(
+    tmp_path: Path,
+    emulator: Emulator,
+    sim_clock: SimClock,
+    pg_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The pool's top-up loop looks at the served units from another thread while a worker runs
+    the lease cycle: a unit must not be served while its rows are being reloaded."""
+    with leased_engine(tmp_path, emulator, sim_clock, pg_url) as engine:
+        unit = engine.memory.units["main"]
+        served_during: list[list[str]] = []
+        reload = unit.reload
+
+        def watched_reload(entries: dict[str, RegistryEntry]) -> None:
+            served_during.append([u.name for u in engine.served()])
+            reload(entries)
+
+        monkeypatch.setattr(unit, "reload", watched_reload)
+        engine.run_due()
+        assert served_during == [[]]
+        assert [u.name for u in engine.served()] == ["main"]
+    assert writes(emulator) == ["POST"]
 
 
 def test_no_call_starts_within_the_margin_of_the_lease(

@@ -22,7 +22,7 @@ from watchkeeper.zoho.auth import (
     refresh_point,
     refresh_spread,
 )
-from watchkeeper.zoho.errors import AuthError, RateLimited, TransientError
+from watchkeeper.zoho.errors import AuthError, RateLimited, RefreshFailed, TransientError
 from watchkeeper.zoho.exchange import Limits
 
 from tests.helpers import SimClock
@@ -301,7 +301,7 @@ def test_server_trouble_is_transient(
     auth = oauth_for(emulator, http, sim_clock, limits=Limits(timeout=httpx.Timeout(0.3)))
     with pytest.raises(TransientError) as caught:
         auth.token()
-    assert type(caught.value) is TransientError
+    assert type(caught.value) is RefreshFailed  # transient, and not retried in place
     assert_no_secret(caught.value, *SECRETS)
 
 
@@ -427,7 +427,7 @@ def test_an_unusable_expires_in_is_transient_and_named(expires_in: bytes, sim_cl
         )
         with pytest.raises(TransientError, match="expires_in is not a finite number") as caught:
             auth.token()
-    assert type(caught.value) is TransientError
+    assert type(caught.value) is RefreshFailed  # transient, and not retried in place
     assert_no_secret(caught.value, "the-access")
 
 

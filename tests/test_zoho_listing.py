@@ -9,6 +9,7 @@ import json
 import random
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
@@ -25,7 +26,7 @@ from watchkeeper.zoho.errors import AuthError, RateLimited, TransientError
 
 from tests.helpers import SimClock
 from tests.statefiles import Chan, env, write_state
-from tests.test_zoho_auth import oauth_for
+from tests.test_zoho_auth import oauth_for, refreshes
 from tests.test_zoho_client import NOTIFY_URL, Hostile, channel_ids, endpoint_for
 
 Sleeps = list[float]
@@ -126,6 +127,43 @@ def test_a_429_or_an_auth_error_is_not_retried_in_place(
         client.list()
     assert len(gets(emulator)) == 1
     assert slept == []
+
+
+@pytest.mark.parametrize("look", ["list", "tally"])
+def test_a_stop_asked_while_a_page_fails_ends_the_look_without_waiting_out_its_retries(
+    emulator: Emulator, client: WatchClient, slept: Sleeps, look: str
+) -> None:
+    """As for a chunk: a SIGTERM (or a lease's margin) reached during a wait sends nothing more."""
+    foreign(emulator, 10)
+    emulator.add_fault(Fault(status=503, methods=frozenset({"GET"})))
+    stops = iter([False, True])  # before the first wait, after it
+
+    def stop() -> bool:
+        return next(stops)
+
+    call = partial(client.list_counted, should_stop=stop)
+    if look == "tally":
+        call = partial(client.tally, 30, should_stop=stop)
+    with pytest.raises(TransientError, match=r"HTTP 503"):
+        call()
+    assert len(gets(emulator)) == 1
+    assert slept == [0.5]
+
+
+def test_a_failed_token_refresh_is_not_retried_in_place(
+    emulator: Emulator, client: WatchClient, slept: Sleeps
+) -> None:
+    """Each refresh may spend one of the refresh token's 10 in 10 minutes: the account's backoff
+    spaces them, not four attempts in 3.5 s."""
+    foreign(emulator, 10)
+    emulator.add_fault(Fault(status=503, methods=frozenset({"TOKEN"}), paths="token"))
+    with pytest.raises(TransientError, match=r"token refresh: POST /oauth/v2/token: HTTP 503"):
+        client.list()
+    assert refreshes(emulator) == 1
+    assert gets(emulator) == []
+    assert slept == []
+    emulator.clear_faults()
+    assert sorted(client.list()) == channel_ids(10)
 
 
 def test_the_probe_is_one_row_of_one_page_tried_once(

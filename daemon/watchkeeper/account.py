@@ -99,14 +99,19 @@ class AccountPass:
         when = self.now if now is None else now
         return self.unit.situation(when, self.shell.policy, self.shell.rng, last_seen)
 
+    def _stopped(self) -> bool:
+        """Asked before each chunk and around each retry's wait: a stop, or a lease near its end,
+        sends nothing more."""
+        return not self.shell.may_call(self.unit, self.now)
+
     def _list(self) -> Listing | None:
         unit, now, tuning = self.unit, self.now, self.shell.policy
         rows = unit.tally_rows(now)
         try:
             if unit.list_failures:  # while Zoho fails, one small page; once it answers, all of them
                 unit.client.probe()
-            tallied = rows is not None and unit.client.tally(rows)
-            counted = None if tallied else unit.client.list_counted()
+            tallied = rows is not None and unit.client.tally(rows, should_stop=self._stopped)
+            counted = None if tallied else unit.client.list_counted(should_stop=self._stopped)
         except ZohoError as exc:
             failed_at = self.shell.clock()
             self.report.list_failed.append(unit.name)
@@ -170,10 +175,7 @@ class AccountPass:
         client, store = self.unit.client, self.shell.store
         part = actions[:REQUEST_SLICE]
         items = [] if method == "DELETE" else _items(part, requested_at)
-
-        def stop() -> bool:  # asked before each chunk: a lease near its end sends no more
-            return not self.shell.may_call(self.unit, self.now)
-
+        stop = self._stopped
         if method == "DELETE":
             answer = _call(lambda: client.delete([a.channel_id for a in part], should_stop=stop))
         else:

@@ -93,13 +93,15 @@ class Leasing:
                 )
 
     def _adopt(self, unit: Unit, taken: Taken) -> None:
-        """A newly held account: its rows as the last holder left them, listed at once."""
-        unit.lease = taken.held
+        """A newly held account: its rows as the last holder left them, listed at once. The lease
+        is set last: it is what makes the unit served, and the pool's top-up loop looks at served
+        units from another thread, so it must not find one half reloaded."""
         unit.reload({cid: e for (_, cid), e in self._store.registry(unit.name).items()})
         unit.next_listing = min(unit.next_listing, self._clock())
         unit.rows = None  # in full: the last holder may have written since this instance listed
         unit.paused_until = None
         unit.touch()
+        unit.lease = taken.held
         self._on_taken()
         self.log.info(
             "lease.acquired",

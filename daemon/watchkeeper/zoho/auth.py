@@ -24,7 +24,7 @@ from typing import Any, Protocol
 import httpx
 
 from watchkeeper.model import AccessToken
-from watchkeeper.zoho.errors import AuthError, RateLimited, TransientError
+from watchkeeper.zoho.errors import AuthError, RateLimited, RefreshFailed, TransientError
 from watchkeeper.zoho.exchange import DEFAULT_LIMITS, Answer, Limits, Request, exchange
 from watchkeeper.zoho.regions import check_base_url
 from watchkeeper.zoho.wire import json_object, retry_after_seconds
@@ -147,10 +147,12 @@ class OAuth:
                 return current.value
             try:
                 fresh = self._refresh(now)
-            except TransientError:
+            except TransientError as exc:
                 if current is not None and self._clock() < current.expires_at:
                     return current.value
-                raise
+                if isinstance(exc, RateLimited):
+                    raise
+                raise RefreshFailed(str(exc), code=exc.code, status=exc.status) from exc
             self._current = fresh
             if self._cache is not None:
                 self._cache.save(fresh)

@@ -32,6 +32,7 @@ from watchkeeper.model import ItemResult, ObservedChannel, WatchItem
 from watchkeeper.zoho.auth import OAuth, StaticToken
 from watchkeeper.zoho.errors import (
     RateLimited,
+    RefreshFailed,
     RequestRefused,
     TerminalError,
     TransientError,
@@ -126,13 +127,16 @@ class WatchClient:
         """Every live channel, its per-module rows merged (events united, earliest expiry)."""
         return self.list_counted()[0]
 
-    def list_counted(self) -> tuple[dict[str, ObservedChannel], int]:
+    def list_counted(
+        self, *, should_stop: Callable[[], bool] = _never
+    ) -> tuple[dict[str, ObservedChannel], int]:
         """``list``, and how many rows Zoho listed (one per channel and module, expired rows it
         still shows included): what a later ``tally`` checks.
 
         A page that fails transiently is retried in place (``Limits.retries``), keeping the
         pages already fetched: all or nothing, a 500-page listing would almost never finish under
-        2 % of 5xx. A 429 or an auth error is raised at once (it pauses the account). Zoho ignoring
+        2 % of 5xx. ``should_stop`` is asked around each wait, as for a chunk (see ``_retried``).
+        A 429 or an auth error is raised at once (it pauses the account). Zoho ignoring
         ``page`` (a page whose every row came before) or a listing past MAX_LISTING_ROWS is a
         server bug: a TransientError, not an endless loop.
         """
@@ -140,7 +144,7 @@ class WatchClient:
         seen: set[object] = set()
         page = 1
         while True:
-            page_rows, more = self._page(page)
+            page_rows, more = self._page(page, should_stop)
             keys = {_row_key(row) for row in page_rows}
             if page_rows and keys <= seen:
                 where = f"GET {self._path} (page {page})"
@@ -164,33 +168,38 @@ class WatchClient:
         body = self._request("GET", params={"per_page": 1, "page": 1})
         listing_page(body, f"GET {self._path} (probe)")
 
-    def tally(self, rows: int) -> bool:
+    def tally(self, rows: int, *, should_stop: Callable[[], bool] = _never) -> bool:
         """Whether Zoho still lists exactly ``rows`` rows, in one call: the page that holds the
         last of them must hold exactly its share and say that no more follow. A channel deleted,
         added or given other modules moves the count; a change that keeps it (another notify_url,
         a deletion and an addition of as many rows) is for the next full listing to see. The page
         is one the full listing fetches too, retried in place like it; errors are ``list``'s."""
         page = max(1, -(-rows // PER_PAGE))
-        page_rows, more = self._page(page)
+        page_rows, more = self._page(page, should_stop)
         return not more and len(page_rows) == rows - (page - 1) * PER_PAGE
 
-    def _page(self, page: int) -> tuple[Sequence[Any], bool]:
+    def _page(self, page: int, should_stop: Callable[[], bool]) -> tuple[Sequence[Any], bool]:
         where = f"GET {self._path} (page {page})"
         params = {"per_page": PER_PAGE, "page": page}
-        return self._retried(lambda: listing_page(self._request("GET", params=params), where))
+
+        def call() -> tuple[list[Any], bool]:
+            return listing_page(self._request("GET", params=params), where)
+
+        return self._retried(call, should_stop)
 
     def _retried(self, call: Callable[[], T], should_stop: Callable[[], bool] = _never) -> T:
         """``call``, made again in place after each of ``Limits.retries`` delays while it fails
         transiently (a 5xx, a timeout), unless the call before it failed so too: while Zoho is
         down each attempt costs one call, as the probe does, not four (the account's backoff
-        spaces them). A 429 or an auth error is raised at once: it pauses the account.
-        ``should_stop`` is asked before each wait and after it: a stop, or a lease's margin,
+        spaces them). A 429 or an auth error is raised at once: it pauses the account. So is a
+        failed token refresh: each attempt may spend one of the 10 a refresh token has in 10
+        minutes. ``should_stop`` is asked before each wait and after it: a stop, or a lease's margin,
         reached meanwhile sends nothing more."""
         delays = iter(() if self._failing else self._retries)
         while True:
             try:
                 return call()
-            except RateLimited:
+            except (RateLimited, RefreshFailed):
                 raise
             except TransientError:
                 delay = next(delays, None)

@@ -43,6 +43,12 @@ class RateLimited(TransientError):
     "too many requests" for token refreshes)."""
 
 
+class RefreshFailed(TransientError):
+    """The accounts server failed a token refresh (a 5xx, a timeout, an answer without a token).
+    Not retried in place: each attempt may spend one of the refresh token's 10 in 10 minutes, so
+    the account's backoff spaces them."""
+
+
 class AuthError(ZohoError):
     """Credentials Zoho will not accept; terminal until the operator fixes them."""
 
